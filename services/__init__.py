@@ -1,0 +1,1 @@
+"""The three FAMA services. None imports another; they share only ``shared``."""

@@ -1,0 +1,1 @@
+"""Directory: fellowships, pilot sites, venues and meetings; engagement counters per site."""

@@ -1,0 +1,1 @@
+"""Notifications: reminder plans and messages, opt-outs, and a replica of meeting schedules."""

@@ -1,0 +1,1 @@
+"""Referrals: referrals and their lifecycle, consent, and a replica of meetings."""

@@ -1,0 +1,178 @@
+"""The event envelope and the catalogue of event types, payloads and subscribers.
+
+Events are past-tense facts. Every event travels in one envelope; its payload is validated
+against the pydantic model registered for its type. ``SUBSCRIBERS`` is the one place that
+says which services receive which events.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+AttendanceOption = Literal["in_person", "hybrid", "online", "inactive"]
+
+
+class Payload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MeetingSnapshot(Payload):
+    """Everything a replica needs to know about a meeting (Meeting Guide fields + UK extras)."""
+
+    slug: str
+    name: str
+    fellowship: str
+    day: int | None = None  # 0-6, Sunday = 0; None for appointment-only meetings
+    time: str | None = None  # "HH:MM" local
+    end_time: str | None = None
+    timezone: str = "Europe/London"
+    types: list[str] = []
+    attendance_option: AttendanceOption = "in_person"
+    location: str | None = None
+    formatted_address: str | None = None
+    postcode: str | None = None
+    latitude: float | None = None
+    longitude: float | None = None
+    conference_url: str | None = None
+    conference_url_notes: str | None = None
+    conference_phone: str | None = None
+    conference_phone_notes: str | None = None
+    site_id: str | None = None
+    booking_required: bool = False
+    active: bool = True
+    updated: dt.datetime | None = None
+
+
+class MeetingWithdrawn(Payload):
+    slug: str
+    reason: str | None = None
+    meeting: MeetingSnapshot
+
+
+class ReferralCreated(Payload):
+    referral_id: uuid.UUID
+    site_id: str
+    meeting_slug: str
+    fellowship: str
+    planned_date: dt.date
+    support: str
+    status: str
+    business_status: str
+    consent_to_reminders: bool
+    # Discreet wording unless the client opted in to the meeting's full details.
+    reminder_detail: Literal["discreet", "full"] = "discreet"
+    # Mobile/email as Fernet ciphertext under the contact transit key (see shared.crypto);
+    # None when the client gave no contact or no consent.
+    contact_ciphertext: str | None = None
+
+
+class ReferralStatusChanged(Payload):
+    referral_id: uuid.UUID
+    site_id: str
+    meeting_slug: str
+    fellowship: str
+    from_status: str
+    to_status: str
+    from_business_status: str | None = None
+    business_status: str | None = None
+    accompanied: bool | None = None
+    reason: str | None = None
+
+
+class ReferralConsentWithdrawn(Payload):
+    referral_id: uuid.UUID
+    site_id: str
+    fellowship: str
+
+
+class ReminderFact(Payload):
+    """What happened to one reminder; shared by the reminder.* events."""
+
+    reminder_id: uuid.UUID
+    referral_id: uuid.UUID
+    site_id: str
+    fellowship: str
+    kind: str  # day_before, hours_before, follow_up, meeting_moved, meeting_cancelled
+    channel: Literal["sms", "email"]
+    due_at: dt.datetime | None = None
+    reason: str | None = None
+
+
+class ContactOptedOut(Payload):
+    channel: Literal["sms", "email"]
+    # Keyed hash of the number or address: the clear value never leaves notifications.
+    contact_hash: str
+    referrals: list[OptedOutReferral] = []
+
+
+class OptedOutReferral(Payload):
+    referral_id: uuid.UUID
+    site_id: str
+    fellowship: str
+
+
+ContactOptedOut.model_rebuild()
+
+
+class EventSpec(BaseModel):
+    payload: type[Payload]
+    subscribers: tuple[str, ...]
+
+
+CATALOGUE: dict[str, EventSpec] = {
+    "meeting.published": EventSpec(payload=MeetingSnapshot, subscribers=("referrals", "notifications")),
+    "meeting.updated": EventSpec(payload=MeetingSnapshot, subscribers=("referrals", "notifications")),
+    "meeting.withdrawn": EventSpec(payload=MeetingWithdrawn, subscribers=("referrals", "notifications")),
+    "referral.created": EventSpec(payload=ReferralCreated, subscribers=("notifications", "directory")),
+    "referral.status_changed": EventSpec(payload=ReferralStatusChanged, subscribers=("notifications", "directory")),
+    "referral.consent_withdrawn": EventSpec(payload=ReferralConsentWithdrawn, subscribers=("notifications", "directory")),
+    "reminder.scheduled": EventSpec(payload=ReminderFact, subscribers=("referrals",)),
+    "reminder.cancelled": EventSpec(payload=ReminderFact, subscribers=("referrals",)),
+    "reminder.sent": EventSpec(payload=ReminderFact, subscribers=("referrals", "directory")),
+    "reminder.delivered": EventSpec(payload=ReminderFact, subscribers=("referrals", "directory")),
+    "reminder.failed": EventSpec(payload=ReminderFact, subscribers=("referrals", "directory")),
+    "contact.opted_out": EventSpec(payload=ContactOptedOut, subscribers=("referrals", "directory")),
+}
+
+
+def subscribers(event_type: str) -> tuple[str, ...]:
+    return CATALOGUE[event_type].subscribers
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Event(BaseModel):
+    """The envelope every event travels in."""
+
+    model_config = ConfigDict(frozen=True)
+
+    event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    type: str
+    version: int = 1
+    occurred_at: dt.datetime = Field(default_factory=utcnow)
+    producer: str
+    payload: dict[str, Any]
+
+    @classmethod
+    def new(cls, event_type: str, payload: Payload, *, producer: str, occurred_at: dt.datetime | None = None) -> Event:
+        spec = CATALOGUE.get(event_type)
+        if spec is None:
+            raise ValueError(f"unknown event type {event_type!r}")
+        if not isinstance(payload, spec.payload):
+            raise TypeError(f"{event_type} carries {spec.payload.__name__}, not {type(payload).__name__}")
+        return cls(
+            type=event_type,
+            producer=producer,
+            payload=payload.model_dump(mode="json"),
+            occurred_at=occurred_at or utcnow(),
+        )
+
+    def parsed(self) -> Any:
+        """The payload as its catalogue model."""
+        return CATALOGUE[self.type].payload.model_validate(self.payload)

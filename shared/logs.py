@@ -1,0 +1,71 @@
+"""JSON logs (structlog) that never carry personal data.
+
+Keys that can hold contact details are dropped, and phone numbers or email addresses
+that slip into any string are masked before a line is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+
+import structlog
+
+SENSITIVE_KEYS = {
+    "phone", "mobile", "phone_number", "email", "email_address", "contact", "to", "recipient",
+    "password", "token", "authorization", "secret", "body", "content", "personalisation",
+}
+EMAIL_RE = re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+")
+PHONE_RE = re.compile(r"(?<![\w-])(?:\+?44\s?|0)(?:\d[\s-]?){9,10}(?!\d)")
+
+
+def scrub_text(value: str) -> str:
+    return PHONE_RE.sub("[phone]", EMAIL_RE.sub("[email]", value))
+
+
+def scrub(_logger, _name, event_dict: dict) -> dict:
+    for key in list(event_dict):
+        if key.lower() in SENSITIVE_KEYS:
+            event_dict[key] = "[redacted]"
+        elif isinstance(event_dict[key], str):
+            event_dict[key] = scrub_text(event_dict[key])
+    return event_dict
+
+
+_configured = False
+
+
+def configure_logging(level: str | None = None) -> None:
+    global _configured
+    if _configured:
+        return
+    _configured = True
+    level = (level or os.environ.get("LOG_LEVEL", "INFO")).upper()
+    shared_processors = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        scrub,
+    ]
+    structlog.configure(
+        processors=[*shared_processors, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared_processors,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, structlog.processors.JSONRenderer()],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("uvicorn.access",):
+        logging.getLogger(noisy).handlers[:] = []
+        logging.getLogger(noisy).propagate = True

@@ -1,0 +1,173 @@
+"""Transactional outbox: events are rows written with the state change that caused them.
+
+``Outbox.record`` adds one row per subscriber in the caller's transaction, so an event
+exists if and only if its change was committed. ``Outbox.relay`` sends committed rows to
+their subscriber's queue and marks them relayed. It runs right after each commit of a
+session made by ``Outbox.sessionmaker`` and from a periodic sweep, so a crash between
+commit and send only delays an event.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+
+import structlog
+from celery import Celery
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Uuid,
+    event,
+    select,
+    update,
+)
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared import queues
+from shared.events import Event, Payload, subscribers, utcnow
+
+log = structlog.get_logger(__name__)
+
+PENDING_KEY = "outbox_pending"
+
+
+def outbox_table(metadata: MetaData) -> Table:
+    return Table(
+        "outbox",
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("event_id", Uuid, nullable=False),
+        Column("event_type", String(64), nullable=False),
+        Column("subscriber", String(32), nullable=False),
+        Column("body", JSON, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Column("relayed_at", DateTime(timezone=True), nullable=True),
+        Column("attempts", Integer, nullable=False, default=0),
+        Index("ix_outbox_unrelayed", "relayed_at", "id"),
+    )
+
+
+class Outbox:
+    def __init__(self, table: Table, celery: Celery, *, producer: str):
+        self.table = table
+        self.celery = celery
+        self.producer = producer
+
+    def record(self, session: Session, event_type: str, payload: Payload, *, occurred_at: dt.datetime | None = None) -> Event:
+        """Write the event in the session's transaction; it is sent only if that commits."""
+        evt = Event.new(event_type, payload, producer=self.producer, occurred_at=occurred_at)
+        body = evt.model_dump(mode="json")
+        now = utcnow()
+        rows = [
+            {
+                "event_id": evt.event_id,
+                "event_type": event_type,
+                "subscriber": sub,
+                "body": body,
+                "created_at": now,
+                "attempts": 0,
+            }
+            for sub in subscribers(event_type)
+        ]
+        if rows:
+            session.execute(self.table.insert(), rows)
+            session.info.setdefault(PENDING_KEY, set()).add(evt.event_id)
+        return evt
+
+    def send(self, subscriber: str, body: dict) -> None:
+        self.celery.send_task(
+            queues.event_task(subscriber),
+            args=[body],
+            queue=queues.events_queue(subscriber),
+            retry=True,
+            retry_policy={"max_retries": 3, "interval_start": 0, "interval_step": 0.5, "interval_max": 2},
+        )
+
+    def relay(self, factory: sessionmaker[Session], *, event_ids: Iterable | None = None,
+              older_than: dt.timedelta | None = None, limit: int = 500) -> int:
+        """Send unrelayed rows (all, or those of ``event_ids``) and mark them relayed.
+
+        On Postgres the rows are claimed with FOR UPDATE SKIP LOCKED, so two relays never
+        send the same row at the same time; SQLite serialises writers. A send that fails
+        leaves the row for the next sweep. Returns the number of rows relayed.
+        """
+        t = self.table
+        query = select(t.c.id, t.c.subscriber, t.c.body).where(t.c.relayed_at.is_(None)).order_by(t.c.id).limit(limit)
+        if event_ids is not None:
+            ids = list(event_ids)
+            if not ids:
+                return 0
+            query = query.where(t.c.event_id.in_(ids))
+        if older_than is not None:
+            query = query.where(t.c.created_at <= utcnow() - older_than)
+        relayed = 0
+        session = factory()
+        try:
+            if session.get_bind().dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            rows = session.execute(query).all()
+            for row in rows:
+                try:
+                    self.send(row.subscriber, row.body)
+                except Exception as exc:  # broker down: the sweep tries again
+                    session.execute(update(t).where(t.c.id == row.id).values(attempts=t.c.attempts + 1))
+                    log.warning("outbox.send_failed", outbox_id=row.id, error=type(exc).__name__)
+                    break
+                session.execute(update(t).where(t.c.id == row.id).values(relayed_at=utcnow(), attempts=t.c.attempts + 1))
+                relayed += 1
+            session.commit()
+        except Exception:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+        return relayed
+
+    def sweep(self, factory: sessionmaker[Session], *, older_than: dt.timedelta = dt.timedelta(seconds=2)) -> int:
+        """Relay everything left behind (by a crash, a broker outage or a failed send)."""
+        total = 0
+        while True:
+            n = self.relay(factory, older_than=older_than)
+            total += n
+            if n < 500:
+                return total
+
+    def relay_after_commit(self, factory: sessionmaker[Session]) -> None:
+        """Relay each committed session's events at once, outside its transaction."""
+
+        @event.listens_for(factory, "after_commit")
+        def _after_commit(session: Session) -> None:
+            pending = session.info.pop(PENDING_KEY, None)
+            if pending:
+                session.info.setdefault("outbox_committed", set()).update(pending)
+
+        @event.listens_for(factory, "after_soft_rollback")
+        def _after_rollback(session: Session, previous_transaction) -> None:
+            if previous_transaction.parent is None:
+                session.info.pop(PENDING_KEY, None)
+
+        # after_commit runs while the connection is still being released, so the send happens
+        # when the session hands back its connection (after_transaction_end of the root).
+        @event.listens_for(factory, "after_transaction_end")
+        def _after_end(session: Session, transaction) -> None:
+            if transaction.parent is not None:
+                return
+            committed = session.info.pop("outbox_committed", None)
+            if not committed:
+                return
+            try:
+                self.relay(factory, event_ids=committed)
+            except Exception as exc:
+                log.warning("outbox.relay_after_commit_failed", error=type(exc).__name__)
+
+    def unrelayed(self, session: Session) -> int:
+        from sqlalchemy import func
+
+        return session.scalar(select(func.count()).select_from(self.table).where(self.table.c.relayed_at.is_(None))) or 0

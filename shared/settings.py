@@ -1,0 +1,53 @@
+"""Configuration read from the environment (and an optional ``.env`` file).
+
+Every service reads its own prefixed settings (``DIRECTORY_DATABASE_URL``...) plus a few
+common ones (``REDIS_URL``, ``JWT_SECRET``...). Defaults run everything locally with SQLite
+files under ``./var/`` so no database server is needed.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Development-only keys: production refuses to start with them (see check_production).
+DEV_JWT_SECRET = "dev-only-jwt-secret-change-me-in-production-000000"
+DEV_FIELD_KEY = "ZGV2LW9ubHktZmllbGQta2V5LWNoYW5nZS1tZS0wMDA="
+DEV_TRANSIT_KEY = "ZGV2LW9ubHktdHJhbnNpdC1rZXktY2hhbmdlLW1lLTA="
+DEV_HASH_KEY = "dev-only-hash-key-change-me"
+
+
+def common(name: str, default, **kw):
+    """A setting shared by all services, read without the service prefix."""
+    return Field(default, validation_alias=AliasChoices(name, name.lower()), **kw)
+
+
+class ServiceSettings(BaseSettings):
+    """Base of each service's settings; subclasses set ``env_prefix``."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    environment: Literal["development", "test", "production"] = common("FAMA_ENV", "development")
+    redis_url: str = common("REDIS_URL", "redis://127.0.0.1:6379/0")
+    # Prefix for every Redis key (broker queues, rate limits) so several deployments or
+    # test runs can share one Redis without seeing each other's messages.
+    redis_key_prefix: str = common("REDIS_KEY_PREFIX", "")
+    # Seconds before Redis hands an unacknowledged task to another worker.
+    visibility_timeout: int = common("CELERY_VISIBILITY_TIMEOUT", 600)
+    log_level: str = common("LOG_LEVEL", "INFO")
+    jwt_secret: str = common("JWT_SECRET", DEV_JWT_SECRET)
+    jwt_jwks_url: str | None = common("JWT_JWKS_URL", None)
+    jwt_issuer: str = common("JWT_ISSUER", "fama")
+    jwt_audience: str = common("JWT_AUDIENCE", "fama")
+    outbox_sweep_seconds: float = common("OUTBOX_SWEEP_SECONDS", 5.0)
+    max_request_bytes: int = common("MAX_REQUEST_BYTES", 5_000_000)
+
+    database_url: str = "sqlite:///./var/service.db"
+
+    @model_validator(mode="after")
+    def check_production(self):
+        if self.environment == "production" and self.jwt_jwks_url is None and self.jwt_secret == DEV_JWT_SECRET:
+            raise ValueError("production needs JWT_JWKS_URL or a JWT_SECRET other than the development one")
+        return self

@@ -1,0 +1,103 @@
+"""What every service's FastAPI app has: health, readiness, metrics, JSON errors, limits."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import redis
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from shared.db import ping
+from shared.logs import configure_logging
+from shared.settings import ServiceSettings
+
+log = structlog.get_logger(__name__)
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+    "script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; frame-ancestors 'none'",
+}
+
+
+def make_app(*, service: str, settings: ServiceSettings, engine: Callable[[], Engine], title: str,
+             description: str = "", **fastapi_kw) -> FastAPI:
+    configure_logging(settings.log_level)
+    app = FastAPI(title=title, description=description, version="0.1.0", **fastapi_kw)
+    app.state.settings = settings
+    registry = CollectorRegistry()
+    requests = Counter("http_requests_total", "HTTP requests", ["method", "route", "status"], registry=registry)
+    latency = Histogram("http_request_duration_seconds", "HTTP request latency", ["method", "route"], registry=registry)
+    app.state.metrics_registry = registry
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > settings.max_request_bytes:
+            return JSONResponse({"detail": f"request body larger than {settings.max_request_bytes} bytes"}, status_code=413)
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        requests.labels(request.method, path, str(response.status_code)).inc()
+        latency.labels(request.method, path).observe(time.perf_counter() - start)
+        for k, v in SECURITY_HEADERS.items():
+            response.headers.setdefault(k, v)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError):
+        errors = [
+            {"field": ".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path")),
+             "message": e.get("msg"), "type": e.get("type")}
+            for e in exc.errors()
+        ]
+        summary = "; ".join(f"{e['field'] or 'request'}: {e['message']}" for e in errors)
+        return JSONResponse({"detail": summary, "errors": errors}, status_code=422)
+
+    @app.exception_handler(IntegrityError)
+    async def integrity_error(_request: Request, exc: IntegrityError):
+        log.warning("db.integrity_error", error=type(exc.orig).__name__)
+        return JSONResponse({"detail": "this conflicts with something already stored"}, status_code=409)
+
+    @app.exception_handler(OperationalError)
+    async def operational_error(_request: Request, exc: OperationalError):
+        log.error("db.unavailable", error=type(exc.orig).__name__)
+        return JSONResponse({"detail": "the database is unavailable, try again shortly"}, status_code=503)
+
+    @app.get("/healthz", tags=["ops"], summary="The process is up")
+    def healthz() -> dict:
+        return {"status": "ok", "service": service}
+
+    @app.get("/readyz", tags=["ops"], summary="The database and Redis answer")
+    def readyz():
+        checks = {}
+        try:
+            ping(engine())
+            checks["database"] = "ok"
+        except Exception as exc:
+            checks["database"] = f"unavailable: {type(exc).__name__}"
+        try:
+            client = redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+            client.ping()
+            client.close()
+            checks["redis"] = "ok"
+        except Exception as exc:
+            checks["redis"] = f"unavailable: {type(exc).__name__}"
+        ok = all(v == "ok" for v in checks.values())
+        return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
+
+    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", response_class=PlainTextResponse)
+    def metrics():
+        return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
