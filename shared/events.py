@@ -9,15 +9,53 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 AttendanceOption = Literal["in_person", "hybrid", "online", "inactive"]
 
+# FHIR Task statuses used for referrals.
+REFERRAL_STATUSES = (
+    "requested", "accepted", "in-progress", "on-hold", "completed", "failed", "cancelled", "entered-in-error",
+)
+ENDED_STATUSES = ("completed", "failed", "cancelled", "entered-in-error")
+
+
+class Stage(StrEnum):
+    """FAMA stage: the referral's business status, shared by referrals and the counters."""
+
+    information_given = "information-given"  # requested: information and choice, consent recorded
+    contact_arranged = "contact-arranged"  # accepted: e.g. a peer will accompany
+    first_meeting_planned = "first-meeting-planned"  # in-progress
+    first_meeting_attended = "first-meeting-attended"  # in-progress (accompanied or not)
+    followed_up = "followed-up"  # completed
+    on_hold = "on-hold"
+    did_not_engage = "did-not-engage"  # failed
+    declined = "declined"  # cancelled
+    entered_in_error = "entered-in-error"
+
+
+REMINDER_KINDS = ("day_before", "hours_before", "follow_up", "meeting_moved", "meeting_cancelled")
+
 
 class Payload(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class ContactDetails(BaseModel):
+    """A client's contact details. Only ever on the broker sealed with the transit key."""
+
+    mobile: str | None = None  # E.164, e.g. +447700900123
+    email: str | None = None
+
+    def seal(self, cipher) -> str:
+        return cipher.encrypt(self.model_dump_json())
+
+    @classmethod
+    def unseal(cls, cipher, token: str) -> ContactDetails:
+        return cls.model_validate_json(cipher.decrypt(token))
 
 
 class MeetingSnapshot(Payload):

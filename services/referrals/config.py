@@ -1,8 +1,9 @@
 from functools import lru_cache
 
+from pydantic import model_validator
 from pydantic_settings import SettingsConfigDict
 
-from shared.settings import ServiceSettings
+from shared.settings import DEV_FIELD_KEY, DEV_TRANSIT_KEY, ServiceSettings, common
 
 
 class Settings(ServiceSettings):
@@ -10,6 +11,16 @@ class Settings(ServiceSettings):
 
     database_url: str = "sqlite:///./var/referrals.db"
     port: int = 8002
+    # Fernet keys (comma-separated, newest first) for contact details at rest.
+    encryption_keys: str = DEV_FIELD_KEY
+    # Keys sealing contact details inside events; held only by referrals and notifications.
+    contact_transit_keys: str = common("CONTACT_TRANSIT_KEYS", DEV_TRANSIT_KEY)
+
+    @model_validator(mode="after")
+    def check_keys(self):
+        if self.environment == "production" and DEV_FIELD_KEY in self.encryption_keys:
+            raise ValueError("production needs its own encryption keys, not the development key")
+        return self
 
 
 @lru_cache
