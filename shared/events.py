@@ -119,6 +119,8 @@ class ReferralStatusChanged(Payload):
     business_status: str | None = None
     accompanied: bool | None = None
     reason: str | None = None
+    # The (new) planned first meeting date, when the transition set one.
+    planned_date: dt.date | None = None
 
 
 class ReferralConsentWithdrawn(Payload):

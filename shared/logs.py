@@ -66,6 +66,7 @@ def configure_logging(level: str | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("uvicorn.access",):
-        logging.getLogger(noisy).handlers[:] = []
-        logging.getLogger(noisy).propagate = True
+    # Uvicorn and Celery set up their own plain-text handlers: route them through ours.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "celery", "celery.task"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True

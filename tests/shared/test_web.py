@@ -1,0 +1,51 @@
+"""Every service answers /healthz, /readyz and /metrics, and refuses oversized bodies."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+from fastapi.testclient import TestClient
+
+from shared.db import make_engine
+from shared.settings import ServiceSettings
+from shared.web import make_app
+
+
+@pytest.mark.parametrize("service", ["directory", "referrals", "notifications"])
+def test_service_is_healthy_ready_and_measured(service):
+    app = importlib.import_module(f"services.{service}.api").app
+    client = TestClient(app)
+    assert client.get("/healthz").json() == {"status": "ok", "service": service}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["checks"] == {"database": "ok", "redis": "ok"}
+    metrics = client.get("/metrics")
+    assert metrics.status_code == 200
+    assert 'http_requests_total{method="GET",route="/readyz",status="200"}' in metrics.text
+    assert client.get("/openapi.json").json()["info"]["title"].startswith("FAMA")
+    assert client.get("/healthz").headers["x-content-type-options"] == "nosniff"
+
+
+def test_not_ready_when_database_and_redis_are_down(tmp_path):
+    settings = ServiceSettings(redis_url="redis://127.0.0.1:1/0")
+    engine = make_engine("postgresql+psycopg://nobody@127.0.0.1:1/none")
+    client = TestClient(make_app(service="x", settings=settings, engine=lambda: engine, title="FAMA x"))
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["checks"]["database"].startswith("unavailable")
+    assert response.json()["checks"]["redis"].startswith("unavailable")
+
+
+def test_oversized_request_is_413():
+    settings = ServiceSettings(max_request_bytes=1000)
+    app = make_app(service="x", settings=settings, engine=lambda: None, title="FAMA x")
+
+    @app.post("/echo")
+    def echo(body: dict):
+        return body
+
+    client = TestClient(app)
+    response = client.post("/echo", content=b'{"a": "' + b"x" * 2000 + b'"}', headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    assert "1000 bytes" in response.json()["detail"]
