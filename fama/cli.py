@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 import os
+import re
 from pathlib import Path
 
 import typer
@@ -72,6 +73,44 @@ def run(port_base: int = typer.Option(8001, help="First API port")) -> None:
     from fama.devrun import run_local
 
     run_local(Path.cwd())
+
+
+def settings_table() -> list[tuple[str, str, object, object]]:
+    """(environment variable, services using it, default, current value) for every setting."""
+    rows: dict[str, list] = {}
+    for name in SERVICES:
+        settings = importlib.import_module(f"services.{name}.config").get_settings()
+        prefix = type(settings).model_config.get("env_prefix", "")
+        for field_name, field in type(settings).model_fields.items():
+            alias = field.validation_alias
+            env = alias.choices[0] if alias is not None else f"{prefix}{field_name}".upper()
+            row = rows.setdefault(env, [env, [], field.default, getattr(settings, field_name)])
+            row[1].append(name)
+    table = [(env, "all" if len(used) == len(SERVICES) else ", ".join(used), default, current)
+             for env, used, default, current in rows.values()]
+    return sorted(table, key=lambda r: (r[1] != "all", r[0]))
+
+
+SECRET_WORDS = ("SECRET", "KEY", "TOKEN", "PASSWORD")
+
+
+@app.command("config")
+def show_config() -> None:
+    """Print every setting: its environment variable, default and current value."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("setting", "service", "default", "current")
+    for env, service, default, current in settings_table():
+        if any(w in env for w in SECRET_WORDS) and env != "REDIS_KEY_PREFIX":
+            shown = "(set)" if current != default else "(development default)"
+            default = "(development value)" if default else ""
+        elif "DATABASE_URL" in env or env == "REDIS_URL":
+            shown = re.sub(r"//([^:@/]+):[^@]+@", r"//\\1:***@", str(current))
+        else:
+            shown = str(current)
+        table.add_row(env, service, str(default), shown)
+    Console(width=max(Console().width, 140)).print(table)
 
 
 @app.command("check-redis")

@@ -44,6 +44,11 @@ class ServiceSettings(BaseSettings):
     outbox_sweep_seconds: float = common("OUTBOX_SWEEP_SECONDS", 5.0)
     max_request_bytes: int = common("MAX_REQUEST_BYTES", 5_000_000)
 
+    # Where people reach each service's pages, for links between them (never called server-side).
+    directory_public_url: str = common("DIRECTORY_PUBLIC_URL", "http://127.0.0.1:8001")
+    referrals_public_url: str = common("REFERRALS_PUBLIC_URL", "http://127.0.0.1:8002")
+    notifications_public_url: str = common("NOTIFICATIONS_PUBLIC_URL", "http://127.0.0.1:8003")
+
     database_url: str = "sqlite:///./var/service.db"
 
     @model_validator(mode="after")
