@@ -17,5 +17,17 @@ def migrate() -> None:
 
 @app.command()
 def scheduler(stop_after: float = typer.Option(None, help="Stop after this many seconds (tests).")) -> None:
-    """Run the periodic jobs: the outbox sweep."""
-    run_periodic([("outbox_sweep", runtime.settings.outbox_sweep_seconds, runtime.sweep_outbox)], stop_after=stop_after)
+    """Run the periodic jobs: the outbox sweep and the erasure of ended referrals' contact details."""
+    from services.referrals.service import run_erasure
+
+    settings = runtime.settings
+    run_periodic([("outbox_sweep", settings.outbox_sweep_seconds, runtime.sweep_outbox),
+                  ("contact_erasure", settings.erasure_interval_seconds, run_erasure)], stop_after=stop_after)
+
+
+@app.command("erase-contacts")
+def erase_contacts() -> None:
+    """Erase now the contact details of referrals that ended more than REFERRALS_RETENTION_DAYS ago."""
+    from services.referrals.service import run_erasure
+
+    typer.echo(f"referrals: erased the contact details of {run_erasure()} referrals")

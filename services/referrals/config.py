@@ -1,6 +1,6 @@
 from functools import lru_cache
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import DEV_FIELD_KEY, DEV_TRANSIT_KEY, ServiceSettings, common
@@ -15,6 +15,10 @@ class Settings(ServiceSettings):
     encryption_keys: str = DEV_FIELD_KEY
     # Keys sealing contact details inside events; held only by referrals and notifications.
     contact_transit_keys: str = common("CONTACT_TRANSIT_KEYS", DEV_TRANSIT_KEY)
+    # Contact details of a referral are erased this many days after it ended.
+    retention_days: int = Field(30, ge=0)
+    # How often the scheduler looks for contact details to erase.
+    erasure_interval_seconds: float = 3600.0
 
     @model_validator(mode="after")
     def check_keys(self):

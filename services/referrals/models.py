@@ -1,8 +1,16 @@
 from __future__ import annotations
 
-from sqlalchemy.orm import DeclarativeBase
+import datetime as dt
+import uuid
+from functools import lru_cache
 
+from sqlalchemy import Boolean, Date, DateTime, ForeignKey, Integer, String, Uuid
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from services.referrals.config import get_settings
+from shared.crypto import EncryptedText, FieldCipher
 from shared.db import make_metadata
+from shared.events import utcnow
 from shared.replica import meeting_replica_table
 
 
@@ -11,3 +19,88 @@ class Base(DeclarativeBase):
 
 
 meeting_replica = meeting_replica_table(Base.metadata)
+
+
+@lru_cache(maxsize=4)
+def _cipher_for(keys: str) -> FieldCipher:
+    return FieldCipher(keys)
+
+
+def contact_cipher() -> FieldCipher:
+    """The at-rest cipher for contact details (REFERRALS_ENCRYPTION_KEYS)."""
+    return _cipher_for(get_settings().encryption_keys)
+
+
+class Referral(Base):
+    """A client referred by a keyworker to a mutual-aid meeting.
+
+    Only a pseudonymous client reference is kept; a mobile and/or email only with consent
+    to reminders, encrypted at rest and erased once the referral has ended long enough.
+    """
+
+    __tablename__ = "referrals"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    site_id: Mapped[str] = mapped_column(String(64), index=True)
+    meeting_slug: Mapped[str] = mapped_column(String(200), index=True)
+    fellowship: Mapped[str] = mapped_column(String(64))
+    planned_date: Mapped[dt.date] = mapped_column(Date, index=True)
+    support: Mapped[str] = mapped_column(String(32))
+    client_reference: Mapped[str] = mapped_column(String(24))
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    business_status: Mapped[str] = mapped_column(String(32), index=True)
+    accompanied: Mapped[bool | None] = mapped_column(Boolean)
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+
+    mobile: Mapped[str | None] = mapped_column(EncryptedText(contact_cipher))  # E.164
+    email: Mapped[str | None] = mapped_column(EncryptedText(contact_cipher))
+    reminder_detail: Mapped[str] = mapped_column(String(10), default="discreet")
+    consent_to_reminders: Mapped[bool] = mapped_column(Boolean, default=False)
+    consent_recorded_by: Mapped[str | None] = mapped_column(String(200))
+    consent_recorded_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    consent_wording_version: Mapped[str | None] = mapped_column(String(20))
+    consent_withdrawn_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    consent_withdrawn_by: Mapped[str | None] = mapped_column(String(200))
+    contact_unreachable_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    contact_unreachable_reason: Mapped[str | None] = mapped_column(String(200))
+    contact_erased_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ReferralHistory(Base):
+    """What happened to a referral, who did it and when: every transition, consent and erasure."""
+
+    __tablename__ = "referral_history"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    referral_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("referrals.id", ondelete="CASCADE"), index=True)
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    by: Mapped[str] = mapped_column(String(200))
+    # created, transition, consent_withdrawn, contact_unreachable, contact_erased
+    action: Mapped[str] = mapped_column(String(32))
+    from_status: Mapped[str | None] = mapped_column(String(20))
+    from_stage: Mapped[str | None] = mapped_column(String(32))
+    to_status: Mapped[str] = mapped_column(String(20))
+    to_stage: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str | None] = mapped_column(String(500))
+    accompanied: Mapped[bool | None] = mapped_column(Boolean)
+
+
+class ReferralReminder(Base):
+    """The referral's reminders as notifications reported them (from reminder.* events)."""
+
+    __tablename__ = "referral_reminders"
+
+    reminder_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    referral_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    channel: Mapped[str] = mapped_column(String(8))
+    due_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    # scheduled, sent, delivered, failed, cancelled
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(String(200))
+    # occurred_at of the event that set the status (to resolve events arriving out of order)
+    status_event_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)

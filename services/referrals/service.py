@@ -1,0 +1,476 @@
+"""Referral desk domain logic: plain functions the API, CLI, handlers and tests call.
+
+Lifecycle
+---------
+A referral's state is its FAMA stage (the FHIR Task ``businessStatus``); each stage fixes
+the FHIR Task ``status``. Allowed moves (``ALLOWED``; everything else is refused with 409):
+
+=======================  ===========  =============================================================
+from stage               status       may move to
+=======================  ===========  =============================================================
+information-given        requested    contact-arranged, first-meeting-planned, on-hold,
+                                      did-not-engage, declined, entered-in-error
+contact-arranged         accepted     first-meeting-planned, on-hold, did-not-engage, declined,
+                                      entered-in-error
+first-meeting-planned    in-progress  first-meeting-attended, on-hold, did-not-engage, declined,
+                                      entered-in-error
+first-meeting-attended   in-progress  followed-up, on-hold, did-not-engage, entered-in-error
+on-hold                  on-hold      contact-arranged, first-meeting-planned, did-not-engage,
+                                      declined, entered-in-error
+followed-up              completed    entered-in-error
+did-not-engage           failed       entered-in-error
+declined                 cancelled    entered-in-error
+entered-in-error         e-i-e        (nothing: final)
+=======================  ===========  =============================================================
+
+Why: the stages only move forward (information -> facilitated contact -> first meeting ->
+follow-up); arranging contact may be skipped when the client goes alone. Once the client has
+attended, "declined" no longer describes the outcome (follow-up or did-not-engage does). A
+held referral resumes by arranging contact or planning a meeting again. Ended referrals are
+final except for correcting a mistake (entered-in-error). A reason is required for on-hold,
+did-not-engage (failed) and declined (cancelled); ``accompanied`` is required on attending.
+
+Withdrawing consent (or the client replying STOP) stops reminders and erases the contact
+details at once, but does not end the referral.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from zoneinfo import ZoneInfo
+
+import phonenumbers
+import structlog
+from sqlalchemy import Select, func, or_, select
+from sqlalchemy.orm import Session
+
+from services.referrals.models import Referral, ReferralHistory, ReferralReminder, meeting_replica
+from services.referrals.runtime import runtime
+from services.referrals.schemas import (
+    ConsentOut,
+    ContactOut,
+    HistoryOut,
+    ReferralDetailOut,
+    ReferralIn,
+    ReferralOut,
+    ReminderOut,
+    TransitionIn,
+)
+from shared.crypto import FieldCipher
+from shared.events import (
+    ENDED_STATUSES,
+    ContactDetails,
+    ContactOptedOut,
+    Event,
+    MeetingSnapshot,
+    ReferralConsentWithdrawn,
+    ReferralCreated,
+    ReferralStatusChanged,
+    ReminderFact,
+    Stage,
+    utcnow,
+)
+from shared.meeting_time import local_start, meeting_guide_weekday, next_occurrence
+
+log = structlog.get_logger(__name__)
+
+# The consent wording read to the client, verbatim, by version. Never edit a published
+# version: add a new one and make it current, so every recorded consent keeps its words.
+CONSENT_WORDING: dict[str, str] = {
+    "2025-01": (
+        "I agree that my keyworker's service may send me reminders about the meeting I chose, "
+        "by text message and/or email, to the contact details I have given. Reminders do not "
+        "name the meeting's fellowship unless I ask for full details. I can stop them at any "
+        "time by replying STOP or by telling my keyworker. My contact details are deleted when "
+        "I withdraw this consent, or 30 days after my referral ends."
+    ),
+}
+CURRENT_CONSENT_WORDING = "2025-01"
+
+STAGE_STATUS: dict[Stage, str] = {
+    Stage.information_given: "requested",
+    Stage.contact_arranged: "accepted",
+    Stage.first_meeting_planned: "in-progress",
+    Stage.first_meeting_attended: "in-progress",
+    Stage.followed_up: "completed",
+    Stage.on_hold: "on-hold",
+    Stage.did_not_engage: "failed",
+    Stage.declined: "cancelled",
+    Stage.entered_in_error: "entered-in-error",
+}
+
+_S = Stage
+ALLOWED: dict[Stage, tuple[Stage, ...]] = {
+    _S.information_given: (_S.contact_arranged, _S.first_meeting_planned, _S.on_hold, _S.did_not_engage, _S.declined,
+                           _S.entered_in_error),
+    _S.contact_arranged: (_S.first_meeting_planned, _S.on_hold, _S.did_not_engage, _S.declined, _S.entered_in_error),
+    _S.first_meeting_planned: (_S.first_meeting_attended, _S.on_hold, _S.did_not_engage, _S.declined,
+                               _S.entered_in_error),
+    _S.first_meeting_attended: (_S.followed_up, _S.on_hold, _S.did_not_engage, _S.entered_in_error),
+    _S.on_hold: (_S.contact_arranged, _S.first_meeting_planned, _S.did_not_engage, _S.declined, _S.entered_in_error),
+    _S.followed_up: (_S.entered_in_error,),
+    _S.did_not_engage: (_S.entered_in_error,),
+    _S.declined: (_S.entered_in_error,),
+    _S.entered_in_error: (),
+}
+REASON_REQUIRED = frozenset({Stage.on_hold, Stage.did_not_engage, Stage.declined})
+
+
+class ReferralError(ValueError):
+    """Input the referral desk refuses; ``field`` names what was wrong (422)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+class IllegalTransition(Exception):
+    """A move the lifecycle does not allow (409); ``allowed`` lists those it does."""
+
+    def __init__(self, from_stage: Stage, to_stage: Stage):
+        self.allowed = [s.value for s in ALLOWED[from_stage]]
+        options = ", ".join(self.allowed) or "nothing (this is final)"
+        super().__init__(f"a referral at {from_stage.value} ({STAGE_STATUS[from_stage]}) cannot move to "
+                         f"{to_stage.value}; allowed: {options}")
+
+
+class ConsentNotGiven(Exception):
+    """Withdrawing a consent that was never recorded (409)."""
+
+
+def check_transition(*, from_stage: Stage, to_stage: Stage, reason: str | None = None,
+                     accompanied: bool | None = None, planned_date: dt.date | None = None) -> None:
+    """Raise IllegalTransition or ReferralError unless this move is allowed with these inputs."""
+    if to_stage not in ALLOWED[from_stage]:
+        raise IllegalTransition(from_stage, to_stage)
+    if to_stage in REASON_REQUIRED and not (reason and reason.strip()):
+        raise ReferralError("reason", f"a reason is required to move to {to_stage.value}")
+    if to_stage == Stage.first_meeting_attended and accompanied is None:
+        raise ReferralError("accompanied", "say whether the client was accompanied to the first meeting")
+    if to_stage != Stage.first_meeting_attended and accompanied is not None:
+        raise ReferralError("accompanied", "accompanied applies only to first-meeting-attended")
+    if to_stage != Stage.first_meeting_planned and planned_date is not None:
+        raise ReferralError("planned_date", "a planned date can only be set when planning the first meeting")
+
+
+# --- meetings (from the local replica) -------------------------------------------------
+
+def available_meeting(session: Session, slug: str) -> MeetingSnapshot:
+    row = session.execute(select(meeting_replica).where(meeting_replica.c.slug == slug)).first()
+    if row is None:
+        raise ReferralError("meeting_slug", f"no meeting {slug!r} is known to the referral desk")
+    meeting = MeetingSnapshot.model_validate(row.snapshot)
+    if not row.active or meeting.attendance_option == "inactive":
+        raise ReferralError("meeting_slug", f"the meeting {slug!r} has been withdrawn or is inactive")
+    return meeting
+
+
+def plan_date(meeting: MeetingSnapshot, planned: dt.date | None, now: dt.datetime) -> dt.date:
+    """The checked planned first meeting date: default its next occurrence; never past, right weekday."""
+    tz = ZoneInfo(meeting.timezone)
+    today = now.astimezone(tz).date()
+    if planned is None:
+        if meeting.day is None:
+            raise ReferralError("planned_date", "this meeting has no weekly day; give the planned date")
+        if meeting.time is None:
+            return next(today + dt.timedelta(days=i) for i in range(7) if meeting_guide_weekday(today + dt.timedelta(days=i))
+                        == meeting.day)
+        return next_occurrence(meeting.day, meeting.time, meeting.timezone, now).date()
+    if meeting.day is not None and meeting_guide_weekday(planned) != meeting.day:
+        days = ("Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday")
+        raise ReferralError("planned_date", f"the meeting is on {days[meeting.day]}s; {planned.isoformat()} is a "
+                            f"{days[meeting_guide_weekday(planned)]}")
+    started = local_start(planned, meeting.time, meeting.timezone) <= now if meeting.time else planned < today
+    if planned < today or started:
+        raise ReferralError("planned_date", f"{planned.isoformat()} is in the past")
+    return planned
+
+
+# --- writes ----------------------------------------------------------------------------
+
+def _history(session: Session, referral: Referral, *, by: str, action: str, from_status: str | None = None,
+             from_stage: str | None = None, reason: str | None = None, accompanied: bool | None = None,
+             at: dt.datetime | None = None) -> None:
+    session.add(ReferralHistory(referral_id=referral.id, at=at or utcnow(), by=by, action=action,
+                                from_status=from_status, from_stage=from_stage, to_status=referral.status,
+                                to_stage=referral.business_status, reason=reason, accompanied=accompanied))
+
+
+def transit_cipher() -> FieldCipher:
+    return FieldCipher(runtime.settings.contact_transit_keys)
+
+
+def create_referral(session: Session, *, referral_in: ReferralIn, site_id: str, by: str,
+                    now: dt.datetime | None = None) -> Referral:
+    """Record a new referral (requested / information-given) and publish referral.created."""
+    now = now or utcnow()
+    if referral_in.consent is not None and referral_in.consent.wording_version not in CONSENT_WORDING:
+        raise ReferralError("consent.wording_version", f"unknown consent wording version "
+                            f"{referral_in.consent.wording_version!r}; current is {CURRENT_CONSENT_WORDING}")
+    meeting = available_meeting(session, referral_in.meeting_slug)
+    planned = plan_date(meeting, referral_in.planned_date, now)
+    consent = referral_in.consent is not None and referral_in.consent.to_reminders
+    referral = Referral(
+        id=uuid.uuid4(), site_id=site_id, meeting_slug=meeting.slug, fellowship=meeting.fellowship,
+        planned_date=planned, support=referral_in.support, client_reference=referral_in.client_reference,
+        status=STAGE_STATUS[Stage.information_given], business_status=Stage.information_given.value,
+        created_by=by, created_at=now, updated_at=now,
+        mobile=referral_in.mobile if consent else None, email=referral_in.email if consent else None,
+        reminder_detail=referral_in.reminder_detail, consent_to_reminders=consent,
+        consent_recorded_by=by if consent else None, consent_recorded_at=now if consent else None,
+        consent_wording_version=referral_in.consent.wording_version if consent else None,
+    )
+    session.add(referral)
+    session.flush()
+    _history(session, referral, by=by, action="created", at=now)
+    sealed = None
+    if consent:
+        sealed = ContactDetails(mobile=referral.mobile, email=referral.email).seal(transit_cipher())
+    runtime.outbox.record(session, "referral.created", ReferralCreated(
+        referral_id=referral.id, site_id=site_id, meeting_slug=referral.meeting_slug, fellowship=referral.fellowship,
+        planned_date=planned, support=referral.support, status=referral.status,
+        business_status=referral.business_status, consent_to_reminders=consent,
+        reminder_detail=referral.reminder_detail, contact_ciphertext=sealed))
+    log.info("referral.created", referral_id=str(referral.id), site_id=site_id, meeting_slug=meeting.slug,
+             consent=consent)
+    return referral
+
+
+def lock_referral(session: Session, referral_id: uuid.UUID) -> Referral | None:
+    return session.scalar(select(Referral).where(Referral.id == referral_id).with_for_update())
+
+
+def transition_referral(session: Session, *, referral: Referral, transition_in: TransitionIn, by: str,
+                        now: dt.datetime | None = None) -> Referral:
+    """Move a (locked) referral to another stage, keep the history, publish referral.status_changed."""
+    now = now or utcnow()
+    from_stage = Stage(referral.business_status)
+    from_status = referral.status
+    to_stage = transition_in.to
+    reason = transition_in.reason.strip() if transition_in.reason and transition_in.reason.strip() else None
+    check_transition(from_stage=from_stage, to_stage=to_stage, reason=reason, accompanied=transition_in.accompanied,
+                     planned_date=transition_in.planned_date)
+    new_date = None
+    if transition_in.planned_date is not None:
+        new_date = plan_date(available_meeting(session, referral.meeting_slug), transition_in.planned_date, now)
+        referral.planned_date = new_date
+    referral.status = STAGE_STATUS[to_stage]
+    referral.business_status = to_stage.value
+    referral.updated_at = now
+    if to_stage == Stage.first_meeting_attended:
+        referral.accompanied = transition_in.accompanied
+    if referral.status in ENDED_STATUSES and referral.ended_at is None:
+        referral.ended_at = now
+    _history(session, referral, by=by, action="transition", from_status=from_status, from_stage=from_stage.value,
+             reason=reason, accompanied=transition_in.accompanied, at=now)
+    # The free-text reason stays here: it may name people, and the broker gets no free text.
+    runtime.outbox.record(session, "referral.status_changed", ReferralStatusChanged(
+        referral_id=referral.id, site_id=referral.site_id, meeting_slug=referral.meeting_slug,
+        fellowship=referral.fellowship, from_status=from_status, to_status=referral.status,
+        from_business_status=from_stage.value, business_status=to_stage.value,
+        accompanied=transition_in.accompanied if to_stage == Stage.first_meeting_attended else None,
+        planned_date=new_date))
+    log.info("referral.status_changed", referral_id=str(referral.id), from_stage=from_stage.value, to_stage=to_stage.value)
+    return referral
+
+
+def _erase_contact(referral: Referral, now: dt.datetime) -> None:
+    referral.mobile = None
+    referral.email = None
+    referral.contact_erased_at = now
+
+
+def withdraw_consent(session: Session, *, referral: Referral, by: str, publish: bool = True,
+                     now: dt.datetime | None = None) -> bool:
+    """Stop reminders for a (locked) referral and erase its contact details; the referral goes on.
+
+    Returns False if consent had already been withdrawn (nothing changes, nothing is published).
+    """
+    now = now or utcnow()
+    if not referral.consent_to_reminders:
+        raise ConsentNotGiven("this referral has no consent to reminders to withdraw")
+    if referral.consent_withdrawn_at is not None:
+        return False
+    referral.consent_withdrawn_at = now
+    referral.consent_withdrawn_by = by
+    referral.updated_at = now
+    _erase_contact(referral, now)
+    _history(session, referral, by=by, action="consent_withdrawn", from_status=referral.status,
+             from_stage=referral.business_status, at=now)
+    if publish:
+        runtime.outbox.record(session, "referral.consent_withdrawn", ReferralConsentWithdrawn(
+            referral_id=referral.id, site_id=referral.site_id, fellowship=referral.fellowship))
+    log.info("referral.consent_withdrawn", referral_id=str(referral.id), by_opt_out=not publish)
+    return True
+
+
+def erase_ended_contacts(session: Session, *, retention_days: int, now: dt.datetime | None = None,
+                         limit: int = 500) -> int:
+    """Erase the contact details of referrals that ended more than ``retention_days`` ago."""
+    now = now or utcnow()
+    cutoff = now - dt.timedelta(days=retention_days)
+    query = (select(Referral).where(Referral.ended_at.is_not(None), Referral.ended_at <= cutoff,
+                                    Referral.contact_erased_at.is_(None),
+                                    or_(Referral.mobile.is_not(None), Referral.email.is_not(None)))
+             .order_by(Referral.ended_at).limit(limit))
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    referrals = session.scalars(query).all()
+    for referral in referrals:
+        _erase_contact(referral, now)
+        _history(session, referral, by="system:retention", action="contact_erased", from_status=referral.status,
+                 from_stage=referral.business_status, reason=f"ended more than {retention_days} days ago", at=now)
+    return len(referrals)
+
+
+def run_erasure() -> int:
+    """The scheduler's job: erase in batches until nothing is due."""
+    total = 0
+    while True:
+        with runtime.transaction() as session:
+            n = erase_ended_contacts(session, retention_days=runtime.settings.retention_days)
+        total += n
+        if n < 500:
+            if total:
+                log.info("referral.contacts_erased", count=total)
+            return total
+
+
+# --- events from notifications ---------------------------------------------------------
+
+def apply_opt_out(session: Session, *, event: Event) -> int:
+    """contact.opted_out: withdraw consent on the listed referrals (no event: notifications told everyone)."""
+    payload: ContactOptedOut = event.parsed()
+    changed = 0
+    for listed in payload.referrals:
+        referral = lock_referral(session, listed.referral_id)
+        if referral is None or not referral.consent_to_reminders:
+            continue
+        if withdraw_consent(session, referral=referral, by=f"client:opted-out-{payload.channel}", publish=False,
+                            now=event.occurred_at):
+            changed += 1
+    return changed
+
+
+# Later statuses win whatever order the events arrive in; among final ones the newest event wins.
+REMINDER_RANK = {"scheduled": 0, "sent": 1, "delivered": 2, "failed": 2, "cancelled": 2}
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def record_reminder_fact(session: Session, *, event: Event) -> None:
+    """reminder.*: keep the referral's local view of its reminders (and reachability)."""
+    fact: ReminderFact = event.parsed()
+    status = event.type.removeprefix("reminder.")
+    at = event.occurred_at
+    row = session.scalar(select(ReferralReminder).where(ReferralReminder.reminder_id == fact.reminder_id)
+                         .with_for_update())
+    if row is None:
+        session.add(ReferralReminder(reminder_id=fact.reminder_id, referral_id=fact.referral_id, kind=fact.kind,
+                                     channel=fact.channel, due_at=fact.due_at, status=status, reason=fact.reason,
+                                     status_event_at=at))
+        session.flush()
+    else:
+        stored_at = _aware(row.status_event_at)
+        newer = at >= stored_at
+        if fact.due_at is not None and (row.due_at is None or newer):
+            row.due_at = fact.due_at
+        rank, stored_rank = REMINDER_RANK[status], REMINDER_RANK[row.status]
+        if rank > stored_rank or (rank == stored_rank and newer):
+            row.status, row.reason, row.status_event_at = status, fact.reason, at
+    if status in ("failed", "delivered"):
+        _update_reachability(session, fact=fact, status=status, at=at)
+
+
+def _update_reachability(session: Session, *, fact: ReminderFact, status: str, at: dt.datetime) -> None:
+    referral = lock_referral(session, fact.referral_id)
+    if referral is None:
+        return
+    if status == "delivered":
+        if referral.contact_unreachable_at is not None and at > _aware(referral.contact_unreachable_at):
+            referral.contact_unreachable_at = None
+            referral.contact_unreachable_reason = None
+        return
+    last_delivered = session.scalar(select(func.max(ReferralReminder.status_event_at)).where(
+        ReferralReminder.referral_id == referral.id, ReferralReminder.status == "delivered"))
+    if last_delivered is not None and _aware(last_delivered) > at:
+        return  # a later reminder got through: the contact is reachable
+    if referral.contact_unreachable_at is not None and _aware(referral.contact_unreachable_at) >= at:
+        return
+    first = referral.contact_unreachable_at is None
+    referral.contact_unreachable_at = at
+    referral.contact_unreachable_reason = f"{fact.channel}: {fact.reason or 'reminder failed'}"[:200]
+    if first:
+        _history(session, referral, by="system:notifications", action="contact_unreachable",
+                 from_status=referral.status, from_stage=referral.business_status,
+                 reason=referral.contact_unreachable_reason, at=at)
+
+
+# --- reads -----------------------------------------------------------------------------
+
+def mask_mobile(e164: str) -> str:
+    """+447812345678 -> 07*** ***678."""
+    national = phonenumbers.format_number(phonenumbers.parse(e164, "GB"), phonenumbers.PhoneNumberFormat.NATIONAL)
+    digits = national.replace(" ", "")
+    return f"{digits[:2]}*** ***{digits[-3:]}"
+
+
+def mask_email(email: str) -> str:
+    """eleanor@example.org -> e***@example.org."""
+    local, _, domain = email.rpartition("@")
+    return f"{local[:1]}***@{domain}"
+
+
+def referral_out(referral: Referral, *, reveal: bool, detail: bool = False, session: Session | None = None):
+    contact = ContactOut(
+        mobile=None if referral.mobile is None else (referral.mobile if reveal else mask_mobile(referral.mobile)),
+        email=None if referral.email is None else (referral.email if reveal else mask_email(referral.email)),
+        masked=not reveal, unreachable=referral.contact_unreachable_at is not None,
+        erased_at=referral.contact_erased_at)
+    consent = ConsentOut(to_reminders=referral.consent_to_reminders, recorded_by=referral.consent_recorded_by,
+                         recorded_at=referral.consent_recorded_at, wording_version=referral.consent_wording_version,
+                         withdrawn_at=referral.consent_withdrawn_at, withdrawn_by=referral.consent_withdrawn_by)
+    fields = {name: getattr(referral, name) for name in (
+        "id", "site_id", "meeting_slug", "fellowship", "planned_date", "support", "client_reference", "status",
+        "business_status", "accompanied", "reminder_detail", "created_by", "created_at", "updated_at", "ended_at")}
+    allowed = [s.value for s in ALLOWED[Stage(referral.business_status)]]
+    if not detail:
+        return ReferralOut(**fields, contact=contact, consent=consent, allowed_transitions=allowed)
+    history = session.scalars(select(ReferralHistory).where(ReferralHistory.referral_id == referral.id)
+                              .order_by(ReferralHistory.at, ReferralHistory.id)).all()
+    reminders = session.scalars(select(ReferralReminder).where(ReferralReminder.referral_id == referral.id)
+                                .order_by(ReferralReminder.due_at.nulls_last(), ReferralReminder.reminder_id)).all()
+    return ReferralDetailOut(**fields, contact=contact, consent=consent, allowed_transitions=allowed,
+                             history=[HistoryOut.model_validate(h) for h in history],
+                             reminders=[ReminderOut.model_validate(r) for r in reminders])
+
+
+def list_referrals(session: Session, *, site_id: str | None = None, status: str | None = None,
+                   stage: Stage | None = None, meeting_slug: str | None = None,
+                   planned_from: dt.date | None = None, planned_to: dt.date | None = None,
+                   created_from: dt.date | None = None, created_to: dt.date | None = None,
+                   limit: int = 50, offset: int = 0) -> tuple[list[Referral], int]:
+    query: Select = select(Referral)
+    if site_id is not None:
+        query = query.where(Referral.site_id == site_id)
+    if status is not None:
+        query = query.where(Referral.status == status)
+    if stage is not None:
+        query = query.where(Referral.business_status == stage.value)
+    if meeting_slug is not None:
+        query = query.where(Referral.meeting_slug == meeting_slug)
+    if planned_from is not None:
+        query = query.where(Referral.planned_date >= planned_from)
+    if planned_to is not None:
+        query = query.where(Referral.planned_date <= planned_to)
+    if created_from is not None:
+        query = query.where(Referral.created_at >= dt.datetime.combine(created_from, dt.time(), dt.UTC))
+    if created_to is not None:
+        query = query.where(Referral.created_at < dt.datetime.combine(created_to + dt.timedelta(days=1), dt.time(), dt.UTC))
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    items = session.scalars(query.order_by(Referral.created_at.desc(), Referral.id).limit(limit).offset(offset)).all()
+    return list(items), total
