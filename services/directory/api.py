@@ -1,16 +1,40 @@
+"""The directory's HTTP API: public meeting search and feed; admin meetings, feeds and sites; engagement."""
+
 from __future__ import annotations
 
-from typing import Annotated
+import csv
+import datetime as dt
+import io
+import json
+from typing import Annotated, Any, Literal
 
-from fastapi import Depends, HTTPException, status
+from fastapi import Body, Depends, HTTPException, Query, Request, status
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
-from services.directory import service
-from services.directory.models import Meeting
+from services.directory import feeds, service
+from services.directory.models import Site
+from services.directory.reference import FELLOWSHIPS, TYPE_NAMES
 from services.directory.runtime import runtime
-from services.directory.schemas import MeetingIn, MeetingOut
-from shared.auth import AdminOnly
+from services.directory.schemas import (
+    FELLOWSHIP_PATTERN,
+    TIME_PATTERN,
+    FeedUrlIn,
+    ImportReport,
+    MeetingAdminOut,
+    MeetingIn,
+    MeetingOut,
+    MeetingPage,
+    MeetingResult,
+    SearchIn,
+    SiteIn,
+    SiteOut,
+    WithdrawIn,
+)
+from shared.auth import AdminOnly, CurrentPrincipal, Principal, Role, ensure_site
 from shared.web import make_app
 
 SessionDep = Annotated[Session, Depends(runtime.get_session)]
@@ -19,19 +43,283 @@ app = make_app(service="directory", settings=runtime.settings, engine=lambda: ru
                title="FAMA directory", description="Mutual-aid meetings, pilot sites and engagement counters.")
 
 
-@app.post("/meetings", response_model=MeetingOut, status_code=status.HTTP_201_CREATED, tags=["meetings"])
+def _errors_response(errors: list[dict]) -> JSONResponse:
+    summary = "; ".join(f"{e['field'] or 'request'}: {e['message']}" for e in errors)
+    return JSONResponse({"detail": summary, "errors": errors}, status_code=422)
+
+
+@app.exception_handler(service.InvalidInput)
+async def invalid_input(_request: Request, exc: service.InvalidInput):
+    return _errors_response([{"field": exc.field, "message": exc.message, "type": "invalid"}])
+
+
+@app.exception_handler(ValidationError)
+async def invalid_model(_request: Request, exc: ValidationError):
+    return _errors_response([{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"], "type": e["type"]}
+                             for e in exc.errors()])
+
+
+@app.exception_handler(service.NotFound)
+async def not_found(_request: Request, exc: service.NotFound):
+    return JSONResponse({"detail": str(exc)}, status_code=404)
+
+
+@app.exception_handler(service.MeetingExists)
+@app.exception_handler(service.Conflict)
+async def conflict(_request: Request, exc: Exception):
+    return JSONResponse({"detail": str(exc)}, status_code=409)
+
+
+@app.exception_handler(feeds.FeedError)
+async def bad_feed(_request: Request, exc: feeds.FeedError):
+    return JSONResponse({"detail": str(exc), "errors": [{"field": "feed", "message": str(exc), "type": "feed"}]},
+                        status_code=422)
+
+
+# --- meetings -------------------------------------------------------------------------------
+
+@app.get("/meetings", response_model=MeetingPage, tags=["meetings"], summary="Search meetings (public)")
+def search_meetings(
+    session: SessionDep,
+    near: Annotated[str | None, Query(description="UK postcode (full or outward code) or 'lat,lng'", max_length=60)] = None,
+    radius_km: Annotated[float, Query(gt=0, le=200)] = 10.0,
+    day: Annotated[int | None, Query(ge=0, le=6, description="0-6, Sunday = 0")] = None,
+    starts_after: Annotated[str | None, Query(pattern=TIME_PATTERN, description="HH:MM local")] = None,
+    starts_before: Annotated[str | None, Query(pattern=TIME_PATTERN, description="HH:MM local")] = None,
+    fellowship: Annotated[str | None, Query(pattern=FELLOWSHIP_PATTERN, max_length=64)] = None,
+    types: Annotated[list[str], Query(description="Type codes, all must match (repeat or comma-separate)")] = [],  # noqa: B006
+    attendance: Annotated[Literal["in_person", "hybrid", "online"] | None, Query()] = None,
+    q: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    offset: Annotated[int | None, Query(ge=0)] = None,
+    page: Annotated[int | None, Query(ge=1, description="1-based page of `limit` results (instead of offset)")] = None,
+):
+    codes = [c.strip() for value in types for c in value.split(",") if c.strip()]
+    unknown = [c for c in codes if c not in TYPE_NAMES]
+    if unknown:
+        raise service.InvalidInput("types", f"unknown Meeting Guide type code(s): {', '.join(unknown)}")
+    if starts_after and starts_before and starts_after > starts_before:
+        raise service.InvalidInput("starts_before", "starts_before is earlier than starts_after")
+    if offset is None:
+        offset = (page - 1) * limit if page else 0
+    search_in = SearchIn(near=near, radius_km=radius_km, day=day, starts_after=starts_after, starts_before=starts_before,
+                         fellowship=fellowship, types=codes, attendance=attendance, q=q, limit=limit, offset=offset)
+    found = service.search_meetings(session, search_in=search_in)
+    now = service.utcnow()
+    results = []
+    for meeting, distance in found["results"]:
+        start = service.next_start(meeting, now)
+        results.append(MeetingResult.model_validate({
+            **MeetingOut.model_validate(meeting).model_dump(exclude={"type_names"}),
+            "distance_km": None if distance is None else round(distance, 2),
+            "next_start_local": start, "next_start_utc": None if start is None else start.astimezone(dt.UTC),
+        }))
+    return MeetingPage(total=found["total"], limit=limit, offset=offset, near=found["near"], results=results)
+
+
+@app.get("/meetings/{slug}", response_model=MeetingResult, tags=["meetings"], summary="One meeting (public)")
+def get_meeting(slug: str, session: SessionDep):
+    meeting = service.get_meeting(session, slug)
+    start = service.next_start(meeting) if meeting.active else None
+    return MeetingResult.model_validate({
+        **MeetingOut.model_validate(meeting).model_dump(exclude={"type_names"}),
+        "next_start_local": start, "next_start_utc": None if start is None else start.astimezone(dt.UTC),
+    })
+
+
+@app.post("/meetings", response_model=MeetingAdminOut, status_code=status.HTTP_201_CREATED, tags=["meetings"])
 def create_meeting(meeting_in: MeetingIn, session: SessionDep, _admin: AdminOnly):
-    try:
-        meeting = service.create_meeting(session, meeting_in=meeting_in)
-    except service.MeetingExists as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc
+    meeting = service.create_meeting(session, meeting_in=meeting_in)
     session.commit()
     return meeting
 
 
-@app.get("/meetings/{slug}", response_model=MeetingOut, tags=["meetings"])
-def get_meeting(slug: str, session: SessionDep):
-    meeting = session.scalar(select(Meeting).where(Meeting.slug == slug))
-    if meeting is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no meeting with slug {slug!r}")
+@app.put("/meetings/{slug}", response_model=MeetingAdminOut, tags=["meetings"], summary="Replace a meeting's fields")
+def replace_meeting(slug: str, meeting_in: MeetingIn, session: SessionDep, _admin: AdminOnly):
+    meeting, _changed = service.update_meeting(session, slug=slug, meeting_in=meeting_in)
+    session.commit()
     return meeting
+
+
+@app.patch("/meetings/{slug}", response_model=MeetingAdminOut, tags=["meetings"], summary="Change some of a meeting's fields")
+def patch_meeting(slug: str, session: SessionDep, _admin: AdminOnly,
+                  changes: Annotated[dict[str, Any], Body(examples=[{"time": "19:30"}])]):
+    meeting = service.get_meeting(session, slug)
+    meeting_in = MeetingIn.model_validate({**service.meeting_in_of(meeting), **changes})
+    meeting, _changed = service.update_meeting(session, slug=slug, meeting_in=meeting_in)
+    session.commit()
+    return meeting
+
+
+@app.post("/meetings/{slug}/withdraw", response_model=MeetingAdminOut, tags=["meetings"])
+def withdraw_meeting(slug: str, session: SessionDep, _admin: AdminOnly, withdraw_in: WithdrawIn | None = None):
+    meeting = service.withdraw_meeting(session, slug=slug, reason=withdraw_in.reason if withdraw_in else None)
+    session.commit()
+    return meeting
+
+
+@app.get("/meeting-types", tags=["meetings"], summary="Meeting Guide type codes and fellowships")
+def meeting_types() -> dict:
+    return {"types": [{"code": c, "name": n} for c, n in TYPE_NAMES.items()],
+            "fellowships": [{"code": c, "name": n} for c, n in FELLOWSHIPS.items()]}
+
+
+# --- feeds ----------------------------------------------------------------------------------
+
+@app.get("/feeds/meeting-guide.json", tags=["feeds"], summary="Meeting Guide feed of all live meetings (public)")
+def export_feed(session: SessionDep) -> list[dict]:
+    return feeds.export_feed(session)
+
+
+@app.post("/feeds/import", response_model=ImportReport, tags=["feeds"],
+          summary="Import a Meeting Guide feed: the JSON list as the body, or {\"url\": ...}")
+async def import_feed(
+    request: Request,
+    _admin: AdminOnly,
+    source: Annotated[str, Query(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")],
+    fellowship: Annotated[str, Query(pattern=FELLOWSHIP_PATTERN, max_length=64)] = "aa",
+    timezone: Annotated[str, Query(max_length=64)] = "Europe/London",
+):
+    _valid_timezone(timezone)
+    body = await request.body()
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None  # load_feed says what is wrong with it
+    if isinstance(data, dict):
+        url_in = FeedUrlIn.model_validate(data)
+        rows = await _in_thread(feeds.fetch_feed, url_in.url)
+    else:
+        rows = feeds.load_feed(body)
+    return await _in_thread(_import, rows, source, fellowship, timezone)
+
+
+def _valid_timezone(timezone: str) -> None:
+    try:
+        MeetingIn.iana_timezone(timezone)
+    except ValueError as exc:
+        raise service.InvalidInput("timezone", str(exc)) from exc
+
+
+async def _in_thread(fn, *args):
+    return await run_in_threadpool(fn, *args)
+
+
+def _import(rows: list, source: str, fellowship: str, timezone: str) -> ImportReport:
+    with runtime.transaction() as session:
+        return feeds.import_feed(session, rows=rows, source=source, fellowship=fellowship, timezone=timezone)
+
+
+# --- sites ----------------------------------------------------------------------------------
+
+@app.post("/sites", response_model=SiteOut, status_code=status.HTTP_201_CREATED, tags=["sites"])
+def create_site(site_in: SiteIn, session: SessionDep, _admin: AdminOnly):
+    site = service.create_site(session, site_in=site_in)
+    session.commit()
+    return site
+
+
+@app.get("/sites", response_model=list[SiteOut], tags=["sites"], summary="Pilot sites you may see")
+def list_sites(session: SessionDep, principal: CurrentPrincipal):
+    query = select(Site).order_by(Site.id)
+    if principal.role == Role.commissioner:
+        query = query.where(Site.region == (principal.region or ""))
+    elif principal.role != Role.admin:
+        query = query.where(Site.id == (principal.site or ""))
+    return session.scalars(query).all()
+
+
+@app.get("/sites/{site_id}", response_model=SiteOut, tags=["sites"])
+def get_site(site_id: str, session: SessionDep, principal: CurrentPrincipal):
+    return _visible_site(session, principal, site_id)
+
+
+@app.put("/sites/{site_id}", response_model=SiteOut, tags=["sites"])
+def replace_site(site_id: str, site_in: SiteIn, session: SessionDep, _admin: AdminOnly):
+    site = service.update_site(session, site_id=site_id, site_in=site_in)
+    session.commit()
+    return site
+
+
+@app.patch("/sites/{site_id}", response_model=SiteOut, tags=["sites"])
+def patch_site(site_id: str, session: SessionDep, _admin: AdminOnly, changes: Annotated[dict[str, Any], Body()]):
+    site = service.get_site(session, site_id)
+    site = service.update_site(session, site_id=site_id, site_in=SiteIn.model_validate({**service.site_in_of(site), **changes}))
+    session.commit()
+    return site
+
+
+def _visible_site(session: Session, principal: Principal, site_id: str) -> Site:
+    """The site if the principal may see it: admins all, commissioners their region, staff their own."""
+    if principal.role in (Role.keyworker, Role.site_lead):
+        ensure_site(principal, site_id)
+    site = service.get_site(session, site_id)
+    if principal.role == Role.commissioner and (not principal.region or site.region != principal.region):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="commissioners see the sites of their own region only")
+    return site
+
+
+# --- engagement -----------------------------------------------------------------------------
+
+EngagementFormat = Annotated[Literal["json", "csv"], Query(description="json, or csv for a spreadsheet")]
+DateFrom = Annotated[dt.date | None, Query(alias="from", description="First day (YYYY-MM-DD)")]
+DateTo = Annotated[dt.date | None, Query(alias="to", description="Last day (YYYY-MM-DD)")]
+FellowshipFilter = Annotated[str | None, Query(pattern=FELLOWSHIP_PATTERN, max_length=64)]
+
+
+@app.get("/engagement", tags=["engagement"], summary="Engagement counters: commissioners their region, admins all")
+def engagement(session: SessionDep, principal: CurrentPrincipal, date_from: DateFrom = None, date_to: DateTo = None,
+               fellowship: FellowshipFilter = None, format: EngagementFormat = "json"):
+    if principal.role == Role.admin:
+        site_ids = None
+    elif principal.role == Role.commissioner:
+        if not principal.region:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, detail="your token names no region")
+        site_ids = list(session.scalars(select(Site.id).where(Site.region == principal.region)))
+    else:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="this needs one of the roles: commissioner, admin")
+    return _engagement_response(session, principal, site_ids, date_from, date_to, fellowship, format,
+                                scope={"region": principal.region if site_ids is not None else None})
+
+
+@app.get("/engagement.csv", tags=["engagement"], summary="The same counters as CSV")
+def engagement_csv(session: SessionDep, principal: CurrentPrincipal, date_from: DateFrom = None, date_to: DateTo = None,
+                   fellowship: FellowshipFilter = None):
+    return engagement(session, principal, date_from, date_to, fellowship, "csv")
+
+
+@app.get("/sites/{site_id}/engagement", tags=["engagement"], summary="One site's engagement counters")
+def site_engagement(site_id: str, session: SessionDep, principal: CurrentPrincipal, date_from: DateFrom = None,
+                    date_to: DateTo = None, fellowship: FellowshipFilter = None, format: EngagementFormat = "json"):
+    _visible_site(session, principal, site_id)
+    return _engagement_response(session, principal, [site_id], date_from, date_to, fellowship, format,
+                                scope={"site_id": site_id})
+
+
+def _engagement_response(session, principal, site_ids, date_from, date_to, fellowship, fmt, scope):
+    if date_from and date_to and date_from > date_to:
+        raise service.InvalidInput("to", "the end date is before the start date")
+    data = service.engagement(session, site_ids=site_ids, date_from=date_from, date_to=date_to, fellowship=fellowship)
+    show = service.suppress if principal.role == Role.commissioner else (lambda n: n)
+
+    def shown(counts: dict[str, int]) -> dict:
+        return {k: show(v) for k, v in counts.items()}
+
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(["week", "week_start", "site_id", "fellowship", *service.METRICS])
+        for row in data["rows"]:
+            counts = shown(row["counts"])
+            writer.writerow([row["week"], row["week_start"].isoformat(), row["site_id"], row["fellowship"],
+                             *(counts[m] for m in service.METRICS)])
+        return Response(out.getvalue(), media_type="text/csv; charset=utf-8",
+                        headers={"Content-Disposition": 'attachment; filename="engagement.csv"'})
+    return {
+        **scope,
+        "from": date_from, "to": date_to, "fellowship": fellowship,
+        "suppressed": principal.role == Role.commissioner,
+        "totals": shown(data["totals"]),
+        "weeks": [{"week": w["week"], "week_start": w["week_start"], "counts": shown(w["counts"])} for w in data["weeks"]],
+        "sites": [{"site_id": s["site_id"], "counts": shown(s["counts"])} for s in data["sites"]],
+    }

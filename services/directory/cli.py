@@ -1,11 +1,20 @@
 """``fama directory ...`` commands."""
 
-import typer
+from __future__ import annotations
 
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from sqlalchemy import func, select
+
+from services.directory import feeds, service
+from services.directory.models import Meeting
 from services.directory.runtime import runtime
+from services.directory.schemas import MeetingIn
 from shared.runtime import run_periodic
 
 app = typer.Typer(help="The directory service.", no_args_is_help=True)
+console = Console(stderr=True)
 
 
 @app.command()
@@ -19,3 +28,48 @@ def migrate() -> None:
 def scheduler(stop_after: float = typer.Option(None, help="Stop after this many seconds (tests).")) -> None:
     """Run the periodic jobs: the outbox sweep."""
     run_periodic([("outbox_sweep", runtime.settings.outbox_sweep_seconds, runtime.sweep_outbox)], stop_after=stop_after)
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=False)
+
+
+@app.command("import")
+def import_feed(
+    path_or_url: str = typer.Argument(..., help="A Meeting Guide JSON file, or its http(s) address"),
+    source: str = typer.Option(None, help="Name of the feed's source (default: the file name)"),
+    fellowship: str = typer.Option("aa", help="Fellowship of meetings that do not say"),
+    timezone: str = typer.Option("Europe/London", help="IANA timezone of meetings that do not say"),
+) -> None:
+    """Import a Meeting Guide feed: create, update, leave unchanged, withdraw what vanished."""
+    try:
+        MeetingIn.iana_timezone(timezone)
+        rows = feeds.read_feed(path_or_url)
+    except (feeds.FeedError, ValueError) as exc:
+        console.print(f"[red]Refused:[/red] {exc}. Nothing was changed.")
+        raise typer.Exit(2) from exc
+    source = source or path_or_url.rstrip("/").rsplit("/", 1)[-1].removesuffix(".json")
+    with _progress() as progress, runtime.transaction() as session:
+        task = progress.add_task(f"Importing {source}", total=len(rows))
+        report = feeds.import_feed(session, rows=rows, source=source, fellowship=fellowship, timezone=timezone,
+                                   progress=lambda n: progress.advance(task, n))
+    typer.echo(f"{report.source}: {report.rows} rows, {report.created} created, {report.updated} updated, "
+               f"{report.unchanged} unchanged, {report.withdrawn} withdrawn, {len(report.rejected)} rejected")
+    for rejection in report.rejected:
+        typer.echo(f"  row {rejection.row} ({rejection.slug or 'no slug'}): {rejection.reason}")
+    if report.unknown_types:
+        typer.echo("  type codes kept aside (not in the Meeting Guide spec): "
+                   + ", ".join(f"{code} x{n}" for code, n in report.unknown_types.items()))
+
+
+@app.command()
+def replay() -> None:
+    """Publish every live meeting again (meeting.published) so replicas can rebuild."""
+    with runtime.sessions() as session:
+        live = session.scalar(select(func.count()).select_from(Meeting).where(Meeting.active.is_(True))) or 0
+    with _progress() as progress:
+        task = progress.add_task("Re-publishing meetings", total=live)
+        total = service.replay_meetings(progress=lambda n: progress.advance(task, n))
+    runtime.sweep_outbox()
+    typer.echo(f"re-published {total} meetings")

@@ -1,12 +1,24 @@
 from __future__ import annotations
 
 import datetime as dt
+from functools import lru_cache
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, Integer, String, Text
+from sqlalchemy import JSON, Boolean, Date, DateTime, Float, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from services.directory.config import get_settings
+from shared.crypto import EncryptedText, FieldCipher
 from shared.db import make_metadata
 from shared.events import utcnow
+
+
+@lru_cache(maxsize=4)
+def _cipher_for(keys: str) -> FieldCipher:
+    return FieldCipher(keys)
+
+
+def cipher() -> FieldCipher:
+    return _cipher_for(get_settings().encryption_keys)
 
 
 class Base(DeclarativeBase):
@@ -22,16 +34,24 @@ class Site(Base):
     name: Mapped[str] = mapped_column(String(200))
     host_agency: Mapped[str] = mapped_column(String(200))
     region: Mapped[str] = mapped_column(String(100), index=True)
-    champion_name: Mapped[str | None] = mapped_column(String(200))
-    champion_email: Mapped[str | None] = mapped_column(String(200))
+    # The champion is a member of staff; their contact details are still encrypted at rest.
+    champion_name: Mapped[str | None] = mapped_column(EncryptedText(cipher))
+    champion_email: Mapped[str | None] = mapped_column(EncryptedText(cipher))
+    champion_phone: Mapped[str | None] = mapped_column(EncryptedText(cipher))
+    address: Mapped[str | None] = mapped_column(Text)
     postcode: Mapped[str | None] = mapped_column(String(10))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
 
 
 class Meeting(Base):
-    """A mutual-aid meeting, keyed by its Meeting Guide slug."""
+    """A mutual-aid meeting, keyed by its Meeting Guide slug (code4recovery/spec fields + UK extras)."""
 
     __tablename__ = "meetings"
+    __table_args__ = (
+        Index("ix_meetings_cell", "cell"),
+        Index("ix_meetings_active_day", "active", "day", "time"),
+        Index("ix_meetings_source", "source"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     slug: Mapped[str] = mapped_column(String(200), unique=True)
@@ -42,17 +62,83 @@ class Meeting(Base):
     end_time: Mapped[str | None] = mapped_column(String(5))
     timezone: Mapped[str] = mapped_column(String(64), default="Europe/London")
     types: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # "|O|D|": lets "all these types" be a portable LIKE filter in SQL.
+    types_key: Mapped[str] = mapped_column(String(400), default="|")
+    # Type codes a feed used that the Meeting Guide spec does not define, kept aside.
+    unknown_types: Mapped[list[str]] = mapped_column(JSON, default=list)
+    notes: Mapped[str | None] = mapped_column(Text)
     attendance_option: Mapped[str] = mapped_column(String(16), default="in_person")
     location: Mapped[str | None] = mapped_column(String(300))
+    location_notes: Mapped[str | None] = mapped_column(Text)
     formatted_address: Mapped[str | None] = mapped_column(Text)
+    address: Mapped[str | None] = mapped_column(String(300))
+    city: Mapped[str | None] = mapped_column(String(120))
+    state: Mapped[str | None] = mapped_column(String(120))
+    postal_code: Mapped[str | None] = mapped_column(String(20))
+    country: Mapped[str | None] = mapped_column(String(80))
+    region: Mapped[str | None] = mapped_column(String(120))
+    sub_region: Mapped[str | None] = mapped_column(String(120))
+    district: Mapped[str | None] = mapped_column(String(120))
     postcode: Mapped[str | None] = mapped_column(String(10))
     latitude: Mapped[float | None] = mapped_column(Float)
     longitude: Mapped[float | None] = mapped_column(Float)
+    approximate: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Spatial index: a 0.1 degree grid cell (see service.grid_cell), None without coordinates
+    # and for online-only meetings, which are not "near" anything.
+    cell: Mapped[int | None] = mapped_column(Integer)
     conference_url: Mapped[str | None] = mapped_column(Text)
     conference_url_notes: Mapped[str | None] = mapped_column(Text)
     conference_phone: Mapped[str | None] = mapped_column(String(64))
     conference_phone_notes: Mapped[str | None] = mapped_column(Text)
+    group: Mapped[str | None] = mapped_column("group_name", String(300))
+    group_notes: Mapped[str | None] = mapped_column(Text)
+    website: Mapped[str | None] = mapped_column(Text)
+    email: Mapped[str | None] = mapped_column(String(200))
+    phone: Mapped[str | None] = mapped_column(String(64))
+    venmo: Mapped[str | None] = mapped_column(String(100))
+    square: Mapped[str | None] = mapped_column(String(100))
+    paypal: Mapped[str | None] = mapped_column(String(200))
+    url: Mapped[str | None] = mapped_column(Text)
+    feedback_url: Mapped[str | None] = mapped_column(Text)
+    # UK extras.
     site_id: Mapped[str | None] = mapped_column(String(64), index=True)
     booking_required: Mapped[bool] = mapped_column(Boolean, default=False)
+    peer_led: Mapped[bool] = mapped_column(Boolean, default=False)
+    partnership: Mapped[bool] = mapped_column(Boolean, default=False)
+    facilitator_name: Mapped[str | None] = mapped_column(EncryptedText(cipher))
+    facilitator_contact: Mapped[str | None] = mapped_column(EncryptedText(cipher))
+    # Feed source name for imports (matching is on slug within a source); None = entered here.
+    source: Mapped[str | None] = mapped_column(String(100))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
-    updated: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    withdrawn_reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class EngagementFact(Base):
+    """One counted fact (a referral reaching a stage, a reminder sent...), counted once ever.
+
+    The key makes a replayed or re-sent event, or a second event stating the same fact,
+    count nothing twice, whatever order events arrive in.
+    """
+
+    __tablename__ = "engagement_facts"
+
+    subject: Mapped[str] = mapped_column(String(64), primary_key=True)  # referral or reminder id
+    metric: Mapped[str] = mapped_column(String(40), primary_key=True)
+    site_id: Mapped[str] = mapped_column(String(64))
+    fellowship: Mapped[str] = mapped_column(String(64))
+    week_start: Mapped[dt.date] = mapped_column(Date)
+    occurred_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class EngagementCount(Base):
+    """Aggregate counter per site, fellowship, ISO week (its Monday) and metric."""
+
+    __tablename__ = "engagement_counts"
+
+    site_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    fellowship: Mapped[str] = mapped_column(String(64), primary_key=True)
+    week_start: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    metric: Mapped[str] = mapped_column(String(40), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)

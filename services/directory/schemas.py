@@ -1,36 +1,274 @@
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import datetime as dt
+import re
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from shared.events import AttendanceOption, MeetingSnapshot
+from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
+
+from services.directory.geocode import normalise_postcode
+from services.directory.reference import TYPE_NAMES
+from shared.events import AttendanceOption
 
 TIME_PATTERN = r"^([01]\d|2[0-3]):[0-5]\d$"
+SLUG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+FELLOWSHIP_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
+Text = str | None
+
+
+def _opt(max_length: int):
+    return Field(None, max_length=max_length)
 
 
 class MeetingIn(BaseModel):
+    """A meeting as an admin (or a feed import) states it: Meeting Guide fields + UK extras."""
+
     model_config = ConfigDict(extra="forbid")
 
-    slug: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    slug: str = Field(min_length=1, max_length=200, pattern=SLUG_PATTERN)
     name: str = Field(min_length=1, max_length=300)
-    fellowship: str = Field(min_length=1, max_length=64)
-    day: int | None = Field(None, ge=0, le=6, description="0-6, Sunday = 0")
-    time: str | None = Field(None, pattern=TIME_PATTERN)
+    fellowship: str = Field(min_length=1, max_length=64, pattern=FELLOWSHIP_PATTERN)
+    day: int | None = Field(None, ge=0, le=6, description="0-6, Sunday = 0; none for appointment meetings")
+    time: str | None = Field(None, pattern=TIME_PATTERN, description="HH:MM local")
     end_time: str | None = Field(None, pattern=TIME_PATTERN)
     timezone: str = "Europe/London"
-    types: list[str] = []
+    types: list[str] = Field(default_factory=list, description="Meeting Guide type codes")
+    unknown_types: list[str] = Field(default_factory=list, description="Codes from a feed that the spec does not define")
+    notes: Text = _opt(5000)
     attendance_option: AttendanceOption = "in_person"
-    location: str | None = Field(None, max_length=300)
-    formatted_address: str | None = Field(None, max_length=1000)
-    postcode: str | None = Field(None, max_length=10)
+    location: Text = _opt(300)
+    location_notes: Text = _opt(5000)
+    formatted_address: Text = _opt(1000)
+    address: Text = _opt(300)
+    city: Text = _opt(120)
+    state: Text = _opt(120)
+    postal_code: Text = _opt(20)
+    country: Text = _opt(80)
+    region: Text = _opt(120)
+    sub_region: Text = _opt(120)
+    district: Text = _opt(120)
+    postcode: Text = Field(None, max_length=10, description="UK postcode, full or outward code")
     latitude: float | None = Field(None, ge=-90, le=90)
     longitude: float | None = Field(None, ge=-180, le=180)
-    conference_url: str | None = Field(None, max_length=2000)
-    conference_url_notes: str | None = Field(None, max_length=2000)
-    conference_phone: str | None = Field(None, max_length=64)
-    conference_phone_notes: str | None = Field(None, max_length=2000)
-    site_id: str | None = Field(None, max_length=64)
+    approximate: bool = False
+    conference_url: Text = _opt(2000)
+    conference_url_notes: Text = _opt(2000)
+    conference_phone: Text = _opt(64)
+    conference_phone_notes: Text = _opt(2000)
+    group: Text = _opt(300)
+    group_notes: Text = _opt(5000)
+    website: Text = _opt(2000)
+    email: str | None = Field(None, max_length=200, pattern=EMAIL_PATTERN)
+    phone: Text = _opt(64)
+    venmo: Text = _opt(100)
+    square: Text = _opt(100)
+    paypal: Text = _opt(200)
+    url: Text = _opt(2000)
+    feedback_url: Text = _opt(2000)
+    site_id: Text = _opt(64)
     booking_required: bool = False
+    peer_led: bool = False
+    partnership: bool = False
+    facilitator_name: Text = _opt(200)
+    facilitator_contact: Text = Field(None, max_length=200, description="Phone or email; encrypted at rest")
+
+    @field_validator("types")
+    @classmethod
+    def known_types(cls, value: list[str]) -> list[str]:
+        unknown = [t for t in value if t not in TYPE_NAMES]
+        if unknown:
+            raise ValueError(f"unknown Meeting Guide type code(s): {', '.join(unknown)}")
+        return list(dict.fromkeys(value))
+
+    @field_validator("timezone")
+    @classmethod
+    def iana_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"{value!r} is not an IANA timezone such as Europe/London") from exc
+        return value
+
+    @field_validator("postcode")
+    @classmethod
+    def uk_postcode(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        normal = normalise_postcode(value)
+        if normal is None:
+            raise ValueError(f"{value!r} is not a UK postcode")
+        return normal
+
+    @field_validator("website", "url", "conference_url", "feedback_url")
+    @classmethod
+    def web_address(cls, value: str | None) -> str | None:
+        if value is not None and value.strip() and not re.match(r"^https?://", value.strip(), re.I):
+            raise ValueError("must be an http(s) address")
+        return value or None
 
 
-class MeetingOut(MeetingSnapshot):
-    model_config = ConfigDict(from_attributes=True, extra="ignore")
+class TypeName(BaseModel):
+    code: str
+    name: str
+
+
+class MeetingOut(BaseModel):
+    """A meeting as anyone may see it (no facilitator contact)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    slug: str
+    name: str
+    fellowship: str
+    day: int | None
+    time: str | None
+    end_time: str | None
+    timezone: str
+    types: list[str]
+    unknown_types: list[str]
+    notes: str | None
+    attendance_option: str
+    location: str | None
+    location_notes: str | None
+    formatted_address: str | None
+    address: str | None
+    city: str | None
+    state: str | None
+    postal_code: str | None
+    country: str | None
+    region: str | None
+    sub_region: str | None
+    district: str | None
+    postcode: str | None
+    latitude: float | None
+    longitude: float | None
+    approximate: bool
+    conference_url: str | None
+    conference_url_notes: str | None
+    conference_phone: str | None
+    conference_phone_notes: str | None
+    group: str | None
+    group_notes: str | None
+    website: str | None
+    email: str | None
+    phone: str | None
+    venmo: str | None
+    square: str | None
+    paypal: str | None
+    url: str | None
+    feedback_url: str | None
+    site_id: str | None
+    booking_required: bool
+    peer_led: bool
+    partnership: bool
+    source: str | None
+    active: bool
+    updated: dt.datetime
+
+    @computed_field
+    @property
+    def type_names(self) -> list[TypeName]:
+        return [TypeName(code=t, name=TYPE_NAMES[t]) for t in self.types if t in TYPE_NAMES]
+
+
+class MeetingAdminOut(MeetingOut):
+    facilitator_name: str | None
+    facilitator_contact: str | None
+    withdrawn_reason: str | None
+
+
+class MeetingResult(MeetingOut):
+    distance_km: float | None = None
+    next_start_local: dt.datetime | None = None
+    next_start_utc: dt.datetime | None = None
+
+
+class MeetingPage(BaseModel):
+    total: int
+    limit: int
+    offset: int
+    near: dict | None = None
+    results: list[MeetingResult]
+
+
+class WithdrawIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(None, max_length=500)
+
+
+class SearchIn(BaseModel):
+    """The filters of a meeting search (validated by the API's query parameters)."""
+
+    near: str | None = None
+    radius_km: float = Field(10.0, gt=0, le=200)
+    day: int | None = Field(None, ge=0, le=6)
+    starts_after: str | None = Field(None, pattern=TIME_PATTERN)
+    starts_before: str | None = Field(None, pattern=TIME_PATTERN)
+    fellowship: str | None = None
+    types: list[str] = []
+    attendance: Literal["in_person", "hybrid", "online"] | None = None
+    q: str | None = Field(None, max_length=200)
+    limit: int = Field(20, ge=1, le=100)
+    offset: int = Field(0, ge=0)
+    now: dt.datetime | None = None  # the moment "next occurrence" is counted from (tests)
+
+
+class SiteIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9-]*$")
+    name: str = Field(min_length=1, max_length=200)
+    host_agency: str = Field(min_length=1, max_length=200)
+    region: str = Field(min_length=1, max_length=100)
+    champion_name: str | None = Field(None, max_length=200)
+    champion_email: str | None = Field(None, max_length=200, pattern=EMAIL_PATTERN)
+    champion_phone: str | None = Field(None, max_length=40)
+    address: str | None = Field(None, max_length=500)
+    postcode: str | None = Field(None, max_length=10)
+    active: bool = True
+
+    @field_validator("postcode")
+    @classmethod
+    def uk_postcode(cls, value: str | None) -> str | None:
+        return MeetingIn.uk_postcode(value)
+
+
+class SiteOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    host_agency: str
+    region: str
+    champion_name: str | None
+    champion_email: str | None
+    champion_phone: str | None
+    address: str | None
+    postcode: str | None
+    active: bool
+
+
+class FeedUrlIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(pattern=r"^https?://", max_length=2000)
+
+
+class ImportRejection(BaseModel):
+    row: int  # 1-based position in the feed
+    slug: str | None
+    reason: str
+
+
+class ImportReport(BaseModel):
+    source: str
+    rows: int
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    withdrawn: int = 0
+    rejected: list[ImportRejection] = []
+    unknown_types: dict[str, int] = {}

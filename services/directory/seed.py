@@ -27,7 +27,7 @@ PILOT_SITES = [
 
 # fellowship, name pattern, day, time, end, types, attendance, venue, lat/lng offset
 MEETING_PATTERNS = [
-    ("aa", "{town} Monday Big Book", 1, "19:30", "21:00", ["O", "BB"], "in_person", "Friends Meeting House", (0.004, 0.003)),
+    ("aa", "{town} Monday Big Book", 1, "19:30", "21:00", ["O", "B"], "in_person", "Friends Meeting House", (0.004, 0.003)),
     ("na", "{town} Just for Today", 3, "19:00", "20:30", ["C", "LIT"], "in_person", "St Mary's Church Hall", (-0.006, 0.002)),
     ("smart", "SMART Recovery {town}", 2, "14:00", "15:30", ["O"], "in_person", "Community Recovery Hub", (0.002, -0.005)),
     ("ca", "{town} CA Thursday", 4, "20:00", "21:00", ["O", "D"], "hybrid", "Methodist Central Hall", (-0.003, -0.004)),
