@@ -1,14 +1,74 @@
 from __future__ import annotations
 
+import hmac
+import uuid
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, Header, HTTPException, Query, status
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from services.notifications import service
+from services.notifications.models import DevMessage, ReferralContact, Reminder
 from services.notifications.runtime import runtime
+from services.notifications.schemas import (
+    CallbackResult,
+    DeliveryCallbackIn,
+    InboundSmsIn,
+    OutboxMessageOut,
+    ReminderOut,
+)
+from shared.auth import AdminOnly, SiteStaff, ensure_site
 from shared.web import make_app
 
 SessionDep = Annotated[Session, Depends(runtime.get_session)]
 
 app = make_app(service="notifications", settings=runtime.settings, engine=lambda: runtime.engine,
-               title="FAMA notifications")
+               title="FAMA notifications",
+               description="Reminder plans and messages, opt-outs, GOV.UK Notify delivery and inbound callbacks.")
+
+
+def notify_caller(authorization: Annotated[str | None, Header()] = None) -> None:
+    """GOV.UK Notify sends the bearer token configured for the callback."""
+    expected = f"Bearer {runtime.settings.callback_token}"
+    if authorization is None or not hmac.compare_digest(authorization.encode(), expected.encode()):
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, detail="a valid callback bearer token is required",
+                            headers={"WWW-Authenticate": "Bearer"})
+
+
+NotifyCaller = Annotated[None, Depends(notify_caller)]
+
+
+@app.post("/callbacks/delivery", response_model=CallbackResult, tags=["callbacks"],
+          summary="GOV.UK Notify delivery receipt")
+def delivery_callback(receipt: DeliveryCallbackIn, session: SessionDep, _caller: NotifyCaller):
+    outcome = service.delivery_status(session, receipt=receipt)
+    session.commit()
+    return CallbackResult(outcome=outcome)
+
+
+@app.post("/callbacks/inbound-sms", response_model=CallbackResult, tags=["callbacks"],
+          summary="GOV.UK Notify received text message")
+def inbound_sms_callback(inbound: InboundSmsIn, session: SessionDep, _caller: NotifyCaller):
+    try:
+        outcome = service.inbound_sms(session, inbound=inbound)
+    except ValueError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail=str(exc)) from exc
+    session.commit()
+    return CallbackResult(outcome=outcome)
+
+
+@app.get("/outbox", response_model=list[OutboxMessageOut], tags=["dev"],
+         summary="What the dev provider 'sent', newest first (admin)")
+def dev_outbox(session: SessionDep, _admin: AdminOnly, limit: int = Query(50, ge=1, le=1000)):
+    return list(session.scalars(select(DevMessage).order_by(DevMessage.id.desc()).limit(limit)))
+
+
+@app.get("/referrals/{referral_id}/reminders", response_model=list[ReminderOut], tags=["reminders"],
+         summary="A referral's reminders and what happened to each")
+def referral_reminders(referral_id: uuid.UUID, session: SessionDep, principal: SiteStaff):
+    contact = session.get(ReferralContact, referral_id)
+    if contact is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no reminders known for referral {referral_id}")
+    ensure_site(principal, contact.site_id)
+    return list(session.scalars(select(Reminder).where(Reminder.referral_id == referral_id).order_by(Reminder.due_at)))

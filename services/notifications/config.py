@@ -1,9 +1,12 @@
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import model_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import DEV_FIELD_KEY, DEV_HASH_KEY, DEV_TRANSIT_KEY, ServiceSettings, common
+
+DEV_CALLBACK_TOKEN = "dev-only-callback-token-change-me"
 
 
 class Settings(ServiceSettings):
@@ -18,10 +21,63 @@ class Settings(ServiceSettings):
     # Key of the keyed hash that identifies opted-out numbers without storing them.
     hash_key: str = DEV_HASH_KEY
 
+    # Planning (local wall-clock times in the meeting's timezone).
+    day_before_time: str = "18:00"
+    hours_before: float = 2.0
+    follow_up_days: int = 1
+    follow_up_time: str = "10:00"
+    quiet_start: str = "21:00"
+    quiet_end: str = "08:00"
+    # Planned reminders per contact per local day (change notices are always sent).
+    daily_cap: int = 3
+    # Messages per number (or address) per rolling hour, checked at send time.
+    hourly_cap: int = 4
+    # A folder whose template files replace the built-in ones of the same name.
+    templates_dir: str | None = None
+
+    # Providers: "dev" records messages in the database for GET /outbox.
+    sms_provider: Literal["dev", "notify"] = "dev"
+    email_provider: Literal["dev", "notify", "smtp"] = "dev"
+    notify_api_key: str | None = None
+    notify_base_url: str = "https://api.notifications.service.gov.uk"
+    # GOV.UK Notify templates with ((body)) (and ((subject)) for email) placeholders.
+    notify_sms_template_id: str | None = None
+    notify_email_template_id: str | None = None
+    notify_sms_sender_id: str | None = None
+    notify_timeout_seconds: float = 20.0
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 25
+    smtp_starttls: bool = False
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_from: str = "FAMA reminders <reminders@fama.invalid>"
+    smtp_timeout_seconds: float = 20.0
+    # Seconds the dev provider waits before recording (to test a crash mid-send).
+    dev_send_delay_seconds: float = 0.0
+
+    # Sending.
+    rate_limit_per_minute: int = 3000  # shared by all send workers; 0 = no limit
+    rate_burst: int = 5
+    dispatch_seconds: float = 1.0
+    dispatch_batch: int = 1000
+    sweep_seconds: float = 30.0
+    # A row in "sending" this long is presumed abandoned by a dead worker.
+    sending_stale_seconds: float = 120.0
+    # A row "queued" this long lost its task (e.g. the broker dropped it).
+    queued_stale_seconds: float = 600.0
+    max_send_attempts: int = 5
+    retry_base_seconds: float = 5.0
+
+    # Bearer token GOV.UK Notify sends with its delivery and inbound callbacks.
+    callback_token: str = DEV_CALLBACK_TOKEN
+
     @model_validator(mode="after")
     def check_keys(self):
-        if self.environment == "production" and DEV_FIELD_KEY in self.encryption_keys:
-            raise ValueError("production needs its own encryption keys, not the development key")
+        if self.environment == "production":
+            if DEV_FIELD_KEY in self.encryption_keys:
+                raise ValueError("production needs its own encryption keys, not the development key")
+            if self.callback_token == DEV_CALLBACK_TOKEN:
+                raise ValueError("production needs NOTIFICATIONS_CALLBACK_TOKEN")
         return self
 
 

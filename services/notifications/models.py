@@ -1,8 +1,18 @@
+"""Reminders, the referrals' contact details, opt-outs, what was sent, and the dev outbox."""
+
 from __future__ import annotations
 
-from sqlalchemy.orm import DeclarativeBase
+import datetime as dt
+import uuid
+from functools import lru_cache
 
+from sqlalchemy import Boolean, Date, DateTime, Index, Integer, String, Text, UniqueConstraint, Uuid
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from services.notifications.config import get_settings
+from shared.crypto import EncryptedText, FieldCipher
 from shared.db import make_metadata
+from shared.events import utcnow
 from shared.replica import meeting_replica_table
 
 
@@ -11,3 +21,115 @@ class Base(DeclarativeBase):
 
 
 meeting_replica = meeting_replica_table(Base.metadata)
+
+
+@lru_cache(maxsize=4)
+def _cipher_for(keys: str) -> FieldCipher:
+    return FieldCipher(keys)
+
+
+def at_rest_cipher() -> FieldCipher:
+    return _cipher_for(get_settings().encryption_keys)
+
+
+# Reminder statuses. "queued": claimed by the dispatcher, a send task is on its way.
+CREATED, QUEUED, SENDING, SENT, DELIVERED = "created", "queued", "sending", "sent", "delivered"
+PERMANENT_FAILURE, TEMPORARY_FAILURE, TECHNICAL_FAILURE = "permanent-failure", "temporary-failure", "technical-failure"
+CANCELLED = "cancelled"
+PENDING = (CREATED, QUEUED)
+FAILURES = (PERMANENT_FAILURE, TEMPORARY_FAILURE, TECHNICAL_FAILURE)
+FINAL = (DELIVERED, *FAILURES, CANCELLED)
+
+
+class ReferralContact(Base):
+    """What notifications knows of a referral: its meeting, wording choice and contact."""
+
+    __tablename__ = "referral_contacts"
+
+    referral_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    site_id: Mapped[str] = mapped_column(String(64))
+    fellowship: Mapped[str] = mapped_column(String(64))
+    meeting_slug: Mapped[str | None] = mapped_column(String(200), index=True)
+    planned_date: Mapped[dt.date | None] = mapped_column(Date)
+    detail: Mapped[str] = mapped_column(String(16), default="discreet")
+    channel: Mapped[str | None] = mapped_column(String(8))
+    # Mobile (E.164) or email, Fernet-encrypted at rest; erased when consent is withdrawn.
+    contact: Mapped[str | None] = mapped_column(EncryptedText(at_rest_cipher))
+    contact_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+    # False once the referral ended, consent was withdrawn or the contact opted out.
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    stopped_reason: Mapped[str | None] = mapped_column(String(64))
+    # True once reminders were planned (False while the meeting is not yet in the replica).
+    planned: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class Reminder(Base):
+    __tablename__ = "reminders"
+    __table_args__ = (
+        # One reminder of a kind per referral and meeting occurrence: replays change nothing.
+        UniqueConstraint("referral_id", "kind", "meeting_start", name="uq_reminders_occurrence"),
+        Index("ix_reminders_status_due", "status", "due_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    referral_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
+    site_id: Mapped[str] = mapped_column(String(64))
+    fellowship: Mapped[str] = mapped_column(String(64))
+    meeting_slug: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(32))
+    channel: Mapped[str] = mapped_column(String(8))
+    contact_hash: Mapped[str] = mapped_column(String(64), index=True)
+    # The meeting start this reminder is about (for a move notice: the new start).
+    meeting_start: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    previous_start: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    due_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(24), default=CREATED)
+    reason: Mapped[str | None] = mapped_column(String(200))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Set when a send was interrupted: ask the provider before sending again.
+    in_doubt: Mapped[bool] = mapped_column(Boolean, default=False)
+    provider_ref: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    queued_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    sending_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    sent_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    completed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class OptOut(Base):
+    """A number or address that replied STOP, kept only as a keyed hash."""
+
+    __tablename__ = "opt_outs"
+
+    contact_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(8))
+    opted_out_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ContactSend(Base):
+    """One message handed to a provider for a contact: the per-number caps count these."""
+
+    __tablename__ = "contact_sends"
+    __table_args__ = (Index("ix_contact_sends_hash_at", "contact_hash", "sent_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    contact_hash: Mapped[str] = mapped_column(String(64))
+    reminder_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    sent_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DevMessage(Base):
+    """What the dev provider 'sent': exactly what a client would receive."""
+
+    __tablename__ = "dev_messages"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    reference: Mapped[str] = mapped_column(String(64), index=True)
+    channel: Mapped[str] = mapped_column(String(8))
+    recipient: Mapped[str] = mapped_column(EncryptedText(at_rest_cipher))
+    subject: Mapped[str | None] = mapped_column(String(200))
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
