@@ -108,11 +108,10 @@ def search_meetings(
     now = service.utcnow()
     results = []
     for meeting, distance in found["results"]:
-        start = service.next_start(meeting, now)
         results.append(MeetingResult.model_validate({
             **MeetingOut.model_validate(meeting).model_dump(exclude={"type_names"}),
             "distance_km": None if distance is None else round(distance, 2),
-            "next_start_local": start, "next_start_utc": None if start is None else start.astimezone(dt.UTC),
+            **_next_start(meeting, now),
         }))
     return MeetingPage(total=found["total"], limit=limit, offset=offset, near=found["near"], results=results)
 
@@ -120,11 +119,17 @@ def search_meetings(
 @app.get("/meetings/{slug}", response_model=MeetingResult, tags=["meetings"], summary="One meeting (public)")
 def get_meeting(slug: str, session: SessionDep):
     meeting = service.get_meeting(session, slug)
-    start = service.next_start(meeting) if meeting.active else None
     return MeetingResult.model_validate({
         **MeetingOut.model_validate(meeting).model_dump(exclude={"type_names"}),
-        "next_start_local": start, "next_start_utc": None if start is None else start.astimezone(dt.UTC),
+        **(_next_start(meeting) if meeting.active else {}),
     })
+
+
+def _next_start(meeting, now: dt.datetime | None = None) -> dict:
+    start = service.next_start(meeting, now)
+    if start is None:
+        return {}
+    return {"next_start_local": start.isoformat(), "next_start_utc": start.astimezone(dt.UTC).isoformat()}
 
 
 @app.post("/meetings", response_model=MeetingAdminOut, status_code=status.HTTP_201_CREATED, tags=["meetings"])

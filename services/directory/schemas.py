@@ -181,8 +181,9 @@ class MeetingAdminOut(MeetingOut):
 
 class MeetingResult(MeetingOut):
     distance_km: float | None = None
-    next_start_local: dt.datetime | None = None
-    next_start_utc: dt.datetime | None = None
+    # ISO 8601 with the offset in force then ("+01:00" in summer time); None by appointment.
+    next_start_local: str | None = None
+    next_start_utc: str | None = None
 
 
 class MeetingPage(BaseModel):

@@ -1,0 +1,34 @@
+"""Shared bits of the directory tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import select
+
+from services.directory.runtime import runtime
+
+FEEDS = Path(__file__).resolve().parents[2] / "fixtures" / "feeds"
+
+
+def meeting(**overrides) -> dict:
+    body = {
+        "slug": "croydon-smart-tuesday", "name": "SMART Recovery Croydon", "fellowship": "smart", "day": 2,
+        "time": "14:00", "end_time": "15:30", "types": ["O", "D"], "attendance_option": "in_person",
+        "location": "Community Recovery Hub", "postcode": "CR0 1AB", "latitude": 51.372, "longitude": -0.074,
+    }
+    body.update(overrides)
+    return body
+
+
+def outbox_events() -> list[tuple[str, dict]]:
+    """(type, payload) of every event the directory recorded, once per event."""
+    t = runtime.outbox_table
+    with runtime.sessions() as session:
+        rows = session.execute(select(t.c.event_id, t.c.event_type, t.c.body).order_by(t.c.id)).all()
+    seen, out = set(), []
+    for row in rows:
+        if row.event_id not in seen:
+            seen.add(row.event_id)
+            out.append((row.event_type, row.body["payload"]))
+    return out
