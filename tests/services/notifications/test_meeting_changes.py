@@ -1,0 +1,91 @@
+"""A meeting moved or withdrawn: pending reminders follow, the client is told once."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from services.notifications.service import aware
+from shared.events import utcnow
+from tests.services.notifications.support import (
+    by_kind,
+    handle,
+    meeting,
+    meeting_event,
+    outbox_events,
+    referral_event,
+    reminders,
+)
+
+pytestmark = pytest.mark.usefixtures("clean_state")
+
+
+def planned():
+    m = meeting()
+    handle(meeting_event(m, at=utcnow() - dt.timedelta(minutes=5)))
+    event = referral_event(m)
+    handle(event)
+    return m, event.parsed()
+
+
+def test_meeting_moved_moves_pending_reminders_and_tells_the_client_once():
+    m, referral = planned()
+    before = by_kind(referral.referral_id)
+    moved = m.model_copy(update={"time": "18:00"})
+    handle(meeting_event(moved, "meeting.updated"))
+    after = by_kind(referral.referral_id)
+    assert set(after) == {"day_before", "hours_before", "follow_up", "meeting_moved"}
+    # 90 minutes earlier: the "hours before" reminder moves with it; the evening-before one stays at 18:00.
+    assert aware(after["hours_before"].due_at) == aware(before["hours_before"].due_at) - dt.timedelta(minutes=90)
+    assert after["hours_before"].id != before["hours_before"].id
+    notice = after["meeting_moved"]
+    assert aware(notice.meeting_start) == aware(before["hours_before"].meeting_start) - dt.timedelta(minutes=90)
+    assert aware(notice.previous_start) == aware(before["hours_before"].meeting_start)
+    assert aware(notice.due_at) <= utcnow() + dt.timedelta(hours=12)
+    old = [r for r in reminders(referral.referral_id) if r.id in {b.id for b in before.values()}]
+    assert {r.status for r in old} == {"cancelled"} and {r.reason for r in old} == {"meeting moved"}
+
+    # The same change again as a new event, and an older event arriving late, change nothing.
+    handle(meeting_event(moved, "meeting.updated"))
+    handle(meeting_event(m, "meeting.updated", at=utcnow() - dt.timedelta(minutes=1)))
+    assert len([r for r in reminders() if r.kind == "meeting_moved"]) == 1
+    assert by_kind(referral.referral_id).keys() == after.keys()
+    assert len(outbox_events("reminder.scheduled")) == 3 + 3 + 1
+
+
+def test_meeting_moved_to_another_day_moves_the_planned_date():
+    m, referral = planned()
+    before = by_kind(referral.referral_id)
+    handle(meeting_event(m.model_copy(update={"day": (m.day + 1) % 7}), "meeting.updated"))
+    after = by_kind(referral.referral_id)
+    assert aware(after["follow_up"].due_at) - aware(before["follow_up"].due_at) == dt.timedelta(days=1)
+    assert aware(after["meeting_moved"].meeting_start) - aware(before["day_before"].meeting_start) == dt.timedelta(days=1)
+
+
+def test_venue_change_alone_sends_no_notice():
+    m, referral = planned()
+    handle(meeting_event(m.model_copy(update={"formatted_address": "3 New Road, Croydon"}), "meeting.updated"))
+    assert set(by_kind(referral.referral_id)) == {"day_before", "hours_before", "follow_up"}
+
+
+def test_meeting_withdrawn_cancels_and_tells_the_client_once():
+    m, referral = planned()
+    handle(meeting_event(m, "meeting.withdrawn"))
+    rows = reminders(referral.referral_id)
+    assert {r.kind: r.status for r in rows} == {"day_before": "cancelled", "hours_before": "cancelled",
+                                                "follow_up": "cancelled", "meeting_cancelled": "created"}
+    handle(meeting_event(m, "meeting.withdrawn"))  # withdrawn again, as another event
+    assert len(reminders(referral.referral_id)) == 4
+    assert {p["kind"] for p in outbox_events("reminder.cancelled")} == {"day_before", "hours_before", "follow_up"}
+
+
+def test_withdrawn_meeting_notice_is_cancelled_by_stop():
+    from services.notifications.runtime import runtime
+    from services.notifications.service import contact_hash, opt_out
+
+    m, referral = planned()
+    handle(meeting_event(m, "meeting.withdrawn"))
+    with runtime.transaction() as session:
+        opt_out(session, hash_=contact_hash("07700900123", "sms"), channel="sms")
+    assert {r.status for r in reminders()} == {"cancelled"}
