@@ -368,9 +368,9 @@ def count_fact(session: Session, *, subject: str, metric: str, site_id: str, fel
     inserted = session.execute(
         _insert(session, EngagementFact).values(subject=subject, metric=metric, site_id=site_id, fellowship=fellowship,
                                                week_start=monday, occurred_at=occurred_at)
-        .on_conflict_do_nothing(index_elements=["subject", "metric"])
-    ).rowcount
-    if inserted != 1:
+        .on_conflict_do_nothing(index_elements=["subject", "metric"]).returning(EngagementFact.subject)
+    ).first()
+    if inserted is None:
         return False
     stmt = _insert(session, EngagementCount).values(site_id=site_id, fellowship=fellowship, week_start=monday,
                                                     metric=metric, count=1)
