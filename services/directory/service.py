@@ -128,8 +128,7 @@ def meeting_values(session: Session, meeting_in: MeetingIn, geocoder: Geocoder |
             raise InvalidInput("postcode", f"unknown postcode {values['postcode']!r}")
         values["latitude"], values["longitude"] = point
         values["approximate"] = True
-    if values["site_id"] is not None and session.get(Site, values["site_id"]) is None:
-        raise InvalidInput("site_id", f"no pilot site {values['site_id']!r}")
+    # site_id is a loose link: meetings may be entered before their pilot site is registered.
     values["types_key"] = "|" + "".join(f"{t}|" for t in values["types"])
     located = values["latitude"] is not None and attendance in ("in_person", "hybrid", "inactive")
     values["cell"] = grid_cell(values["latitude"], values["longitude"]) if located else None

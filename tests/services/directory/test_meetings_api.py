@@ -56,7 +56,6 @@ def test_postcode_without_coordinates_is_located_by_its_outward_code():
     ({"postcode": "12345"}, "postcode", "not a UK postcode"),
     ({"attendance_option": "online", "conference_url": None}, "conference_url", "need a conference_url"),
     ({"time": None}, "time", "needs a start time"),
-    ({"site_id": "atlantis"}, "site_id", "no pilot site"),
     ({"latitude": 91}, "latitude", "less than or equal to 90"),
 ])
 def test_bad_meetings_get_422_naming_the_field(change, field, words):
