@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from services.referrals import service
 from services.referrals.models import Referral
+from services.referrals.pages import setup_desk, templates
 from services.referrals.runtime import runtime
 from services.referrals.schemas import (
     ConsentWordingList,
@@ -25,6 +26,7 @@ from services.referrals.schemas import (
 )
 from shared.auth import CurrentPrincipal, Principal, Role, SiteStaff, ensure_site
 from shared.events import Stage
+from shared.pages import setup_pages
 from shared.web import make_app
 
 SessionDep = Annotated[Session, Depends(runtime.get_session)]
@@ -135,3 +137,8 @@ def consent_wording(_principal: CurrentPrincipal):
     return ConsentWordingList(current=service.CURRENT_CONSENT_WORDING, versions=[
         ConsentWordingOut(version=v, text=t, current=v == service.CURRENT_CONSENT_WORDING)
         for v, t in service.CONSENT_WORDING.items()])
+
+
+# The keyworker's referral desk pages (/desk), sign-in and the shared stylesheet.
+setup_pages(app, templates)
+setup_desk(app)
