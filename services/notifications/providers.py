@@ -81,6 +81,8 @@ class NotifyProvider:
                     personalisation={"subject": message.subject or "", "body": message.body}, reference=reference)
         except APIError as exc:
             # Notify: 400 bad request / 403 auth are permanent; 429 and 5xx are worth a retry.
+            if getattr(exc, "response", None) is None:
+                raise TemporaryFailure("GOV.UK Notify unreachable") from exc
             if exc.status_code == 429 or exc.status_code >= 500:
                 raise TemporaryFailure(f"GOV.UK Notify {exc.status_code}") from exc
             raise PermanentFailure(f"GOV.UK Notify {exc.status_code}: {str(exc.message)[:120]}") from exc
