@@ -1,0 +1,1 @@
+"""Reference data files (package data): Meeting Guide type codes, UK outward codes."""
