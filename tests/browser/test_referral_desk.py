@@ -1,0 +1,111 @@
+"""The keyworker's referral desk in a real browser, against every service running for real.
+
+A keyworker signs in with a token, refers a client to a seeded Croydon meeting with a mobile
+and consent, sees the reminders the notifications service planned (they reach the desk only
+as events), moves the referral on, and finds it in the list; the pages also fit a phone.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from sqlalchemy import select
+
+from services.referrals.models import Referral, meeting_replica
+from services.referrals.runtime import runtime
+from tests.browser.conftest import screenshot
+from tests.support.auth import token_for
+from tests.support.processes import wait_for
+
+pytestmark = pytest.mark.browser
+
+MEETING = "croydon-smart-2"  # SMART Recovery Croydon, Tuesdays 2:00pm (services/directory/seed.py)
+
+
+def in_replica(slug: str) -> bool:
+    with runtime.sessions() as session:
+        return session.execute(select(meeting_replica.c.slug).where(meeting_replica.c.slug == slug)).first() is not None
+
+
+def sign_in(page, token: str) -> None:
+    page.fill("#token", token)
+    page.get_by_role("button", name="Sign in").click()
+
+
+def test_keyworker_refers_a_client_and_sees_the_reminders_planned(stack, page, phone_page):
+    desk = stack.urls["referrals"]
+    wait_for(lambda: in_replica(MEETING), timeout=30, what="the seeded meetings to reach the referrals replica")
+
+    # Arriving from the directory's "Refer a client" link, not yet signed in.
+    page.goto(f"{desk}/desk/new?meeting={MEETING}")
+    assert page.url.startswith(f"{desk}/signin?next=")
+    sign_in(page, token_for("keyworker", "croydon")[:-6] + "AAAAAA")
+    assert page.get_by_role("heading", name="There is a problem").is_visible()
+    assert "That token was not accepted" in page.locator("#token-error").inner_text()
+
+    sign_in(page, token_for("keyworker", "croydon"))
+    assert page.url == f"{desk}/desk/new?meeting={MEETING}"
+    assert "SMART Recovery Croydon" in page.locator("#meeting-chosen").inner_text()
+    assert page.input_value("#planned_date")  # the next meeting, filled in
+    page.get_by_label("Client reference").fill("CRY-0107")
+    page.get_by_label("A peer supporter will go with the client").check()
+    page.get_by_label("Mobile number (optional)").fill("07812 345678")
+    screenshot(page, "desk-new-referral")
+
+    # Forgot the consent box: the error is next to it, and what was typed is kept.
+    page.get_by_role("button", name="Record referral").click()
+    error = page.locator("#consent-error")
+    assert "Tick to confirm the client agreed to reminders" in error.inner_text()
+    assert page.input_value("#mobile") == "07812 345678" and page.input_value("#client_reference") == "CRY-0107"
+    page.locator("#error-summary a").first.click()  # the summary link takes the keyboard to the field
+    assert page.evaluate("document.activeElement.id") == "consent"
+    screenshot(page, "desk-new-referral-errors")
+
+    page.get_by_label("The client heard this wording and agrees to reminders").check()
+    page.get_by_role("button", name="Record referral").click()
+    assert re.search(r"/desk/referrals/[0-9a-f-]{36}\?notice=created$", page.url)
+    assert page.get_by_role("status").inner_text() == "Referral recorded."
+    assert page.locator("#stage").inner_text() == "Information given"
+    referral_url = page.url.split("?")[0]
+
+    # Notifications plans the reminders from referral.created; they come back as reminder.scheduled.
+    def reminders_shown() -> bool:
+        page.reload()
+        return page.locator("#reminders-table tbody tr").count() >= 2
+
+    wait_for(reminders_shown, timeout=30, interval=1.0, what="the planned reminders on the referral page")
+    reminders = page.locator("#reminders-table").inner_text()
+    assert "The day before" in reminders and "Text message" in reminders and "Planned" in reminders
+    assert re.search(r"(Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday) \d{1,2} \w+ \d{4}, \d{1,2}:\d\d[ap]m",
+                     reminders)
+    screenshot(page, "desk-referral")
+
+    # Move it along: contact arranged (a peer will go with the client).
+    assert page.get_by_role("button", name="Mark first meeting attended").count() == 0
+    page.get_by_role("button", name="Mark contact arranged").click()
+    assert page.get_by_role("status").inner_text() == "Stage changed."
+    assert page.locator("#stage").inner_text() == "Contact arranged"
+    assert "Information given → Contact arranged" in page.locator("#history-table").inner_text()
+    with runtime.sessions() as session:
+        stored = session.scalars(select(Referral).where(Referral.client_reference == "CRY-0107")).one()
+    assert stored.business_status == "contact-arranged" and stored.mobile == "+447812345678"
+
+    page.get_by_role("link", name="Back to referrals").click()
+    row = page.locator("tr", has_text="CRY-0107")
+    assert "SMART Recovery Croydon" in row.inner_text() and "Contact arranged" in row.inner_text()
+    assert "planned" in row.inner_text()
+    page.select_option("#stage", "contact-arranged")
+    page.get_by_role("button", name="Show referrals").click()
+    assert "stage=contact-arranged" in page.url and page.locator("tr", has_text="CRY-0107").count() == 1
+    screenshot(page, "desk-list")
+
+    # On a phone: the pages fit the screen, with nothing to scroll sideways.
+    phone_page.goto(referral_url)
+    sign_in(phone_page, token_for("keyworker", "croydon"))
+    assert phone_page.locator("#stage").inner_text() == "Contact arranged"
+    assert phone_page.evaluate("document.documentElement.scrollWidth") <= 390
+    phone_page.get_by_role("link", name="Back to referrals").click()
+    assert phone_page.locator("tr", has_text="CRY-0107").is_visible()
+    assert phone_page.evaluate("document.documentElement.scrollWidth") <= 390
+    screenshot(phone_page, "desk-phone")
