@@ -53,7 +53,7 @@ def inbound_sms_callback(inbound: InboundSmsIn, session: SessionDep, _caller: No
     try:
         outcome = service.inbound_sms(session, inbound=inbound)
     except ValueError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail=str(exc)) from exc
+        raise HTTPException(422, detail=str(exc)) from exc
     session.commit()
     return CallbackResult(outcome=outcome)
 

@@ -12,12 +12,14 @@ from __future__ import annotations
 import datetime as dt
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 
 import redis
 import structlog
 from sqlalchemy import and_, case, func, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from services.notifications.models import (
     CANCELLED,
@@ -38,8 +40,8 @@ from services.notifications.runtime import runtime
 from services.notifications.service import aware, fact
 from services.notifications.wording import Message, render
 from shared import queues
-from shared.db import is_sqlite
-from shared.events import utcnow
+from shared.db import is_sqlite, make_sessionmaker, transaction
+from shared.events import MeetingSnapshot, utcnow
 from shared.replica import get_meeting
 
 log = structlog.get_logger(__name__)
@@ -91,6 +93,33 @@ class RateLimit:
             pause = min(wait_us / 1_000_000, 1.0)
             time.sleep(pause)
             waited += pause
+
+
+@cache
+def send_sessions() -> sessionmaker[Session]:
+    """Sessions for the send path. Their events (reminder.sent...) leave with the outbox
+    sweep in batches rather than one relay per send, which keeps a send at three commits."""
+    return make_sessionmaker(runtime.engine)
+
+
+@contextmanager
+def send_transaction() -> Iterator[Session]:
+    with transaction(send_sessions()) as session:
+        yield session
+
+
+_meetings: dict[str, tuple[float, MeetingSnapshot | None]] = {}
+MEETING_CACHE_SECONDS = 5.0
+
+
+def cached_meeting(session: Session, slug: str) -> MeetingSnapshot | None:
+    """The replica's meeting, kept a few seconds per process (a change re-plans reminders anyway)."""
+    hit = _meetings.get(slug)
+    if hit is not None and time.monotonic() - hit[0] < MEETING_CACHE_SECONDS:
+        return hit[1]
+    meeting = get_meeting(session, meeting_replica, slug)
+    _meetings[slug] = (time.monotonic(), meeting)
+    return meeting
 
 
 @cache
@@ -174,66 +203,69 @@ def _finish(session: Session, reminder: Reminder, *, status: str, reason: str, e
 
 
 def _claim(session: Session, reminder_id: uuid.UUID, now: dt.datetime) -> Reminder | None:
+    """queued -> sending (or take over a "sending" row abandoned by a dead worker)."""
     stale_before = now - dt.timedelta(seconds=runtime.settings.sending_stale_seconds)
-    claimed = session.execute(
+    return session.scalars(
         update(Reminder)
         .where(Reminder.id == reminder_id,
                or_(Reminder.status == QUEUED, and_(Reminder.status == SENDING, Reminder.sending_at < stale_before)))
         .values(status=SENDING, sending_at=now, attempts=Reminder.attempts + 1,
                 in_doubt=case((Reminder.status == SENDING, True), else_=Reminder.in_doubt))
-        .returning(Reminder.id)
-        .execution_options(synchronize_session=False)).first()
-    if claimed is None:
-        return None
-    return session.get(Reminder, reminder_id, populate_existing=True)
+        .returning(Reminder)
+        .execution_options(synchronize_session=False, populate_existing=True)).first()
 
 
-def _hourly_block(session: Session, reminder: Reminder, now: dt.datetime) -> dt.datetime | None:
-    """When the number may get its next message, if its hourly cap is reached now."""
+def _contact_state(session: Session, reminder: Reminder, now: dt.datetime):
+    """The contact, whether the number opted out, and its sends in the last hour: one query."""
     window = now - dt.timedelta(hours=1)
-    count, oldest = session.execute(select(func.count(), func.min(ContactSend.sent_at)).where(
-        ContactSend.contact_hash == reminder.contact_hash, ContactSend.sent_at > window)).one()
-    if count < runtime.settings.hourly_cap:
-        return None
-    return aware(oldest) + dt.timedelta(hours=1, seconds=1)
+    sends = select(func.count()).where(ContactSend.contact_hash == reminder.contact_hash,
+                                       ContactSend.sent_at > window).scalar_subquery()
+    oldest = select(func.min(ContactSend.sent_at)).where(ContactSend.contact_hash == reminder.contact_hash,
+                                                         ContactSend.sent_at > window).scalar_subquery()
+    opted_out = select(OptOut.contact_hash).where(OptOut.contact_hash == reminder.contact_hash).exists()
+    return session.execute(select(ReferralContact.contact, ReferralContact.active, ReferralContact.detail,
+                                  opted_out, sends, oldest)
+                           .where(ReferralContact.referral_id == reminder.referral_id)).first()
 
 
 def _prepare(reminder_id: uuid.UUID, now: dt.datetime) -> tuple[Reminder, str, Message] | str:
     """Claim the row and build its message, or say why there is nothing to send."""
-    with runtime.transaction() as session:
+    with send_transaction() as session:
         reminder = _claim(session, reminder_id, now)
         if reminder is None:
-            return "not claimable"
-        contact = session.get(ReferralContact, reminder.referral_id)
-        if session.get(OptOut, reminder.contact_hash) is not None:
+            status = session.scalar(select(Reminder.status).where(Reminder.id == reminder_id))
+            return f"skipped: {status or 'unknown'}"  # a duplicate or late task: nothing to do
+        state = _contact_state(session, reminder, now)
+        if state is not None and state[3]:
             _finish(session, reminder, status=CANCELLED, reason="opted out", event="reminder.cancelled")
             return "cancelled: opted out"
-        if contact is None or contact.contact is None or (not contact.active and reminder.kind != "meeting_cancelled"):
+        if state is None or state.contact is None or (not state.active and reminder.kind != "meeting_cancelled"):
             _finish(session, reminder, status=CANCELLED, reason="no longer wanted", event="reminder.cancelled")
             return "cancelled: no longer wanted"
-        if not reminder.in_doubt:
-            allowed_at = _hourly_block(session, reminder, now)
-            if allowed_at is not None:
-                if reminder.kind in ("day_before", "hours_before") and allowed_at >= aware(reminder.meeting_start):
-                    _finish(session, reminder, status=CANCELLED, reason="hourly cap", event="reminder.cancelled")
-                    return "cancelled: hourly cap"
-                reminder.status, reminder.due_at, reminder.reason, reminder.queued_at = CREATED, allowed_at, "hourly cap", None
-                reminder.attempts -= 1
-                return "deferred: hourly cap"
-        meeting = get_meeting(session, meeting_replica, reminder.meeting_slug)
+        sends, oldest = state[4], state[5]
+        if not reminder.in_doubt and sends >= runtime.settings.hourly_cap:
+            allowed_at = aware(oldest) + dt.timedelta(hours=1, seconds=1)
+            if reminder.kind in ("day_before", "hours_before") and allowed_at >= aware(reminder.meeting_start):
+                _finish(session, reminder, status=CANCELLED, reason="hourly cap", event="reminder.cancelled")
+                return "cancelled: hourly cap"
+            reminder.status, reminder.due_at, reminder.reason, reminder.queued_at = CREATED, allowed_at, "hourly cap", None
+            reminder.attempts -= 1
+            return "deferred: hourly cap"
+        meeting = cached_meeting(session, reminder.meeting_slug)
         if meeting is None:
             _finish(session, reminder, status=PERMANENT_FAILURE, reason="meeting unknown", event="reminder.failed")
             return "failed: meeting unknown"
         message = render(kind=reminder.kind, channel=reminder.channel, meeting=meeting,
                          start=aware(reminder.meeting_start), previous_start=aware(reminder.previous_start),
-                         detail=contact.detail, now=now, templates_dir=runtime.settings.templates_dir)
+                         detail=state.detail, now=now, templates_dir=runtime.settings.templates_dir)
+        session.flush()
         session.expunge(reminder)
-        return reminder, contact.contact, message
+        return reminder, state.contact, message
 
 
 def _mark_sent(reminder: Reminder, provider_ref: str) -> None:
     at = utcnow()
-    with runtime.transaction() as session:
+    with send_transaction() as session:
         done = session.execute(update(Reminder).where(Reminder.id == reminder.id, Reminder.status == SENDING)
                                .values(status=SENT, provider_ref=provider_ref, sent_at=at, in_doubt=False, reason=None)
                                .execution_options(synchronize_session=False)).rowcount
@@ -243,7 +275,7 @@ def _mark_sent(reminder: Reminder, provider_ref: str) -> None:
 
 
 def _fail(reminder_id: uuid.UUID, *, status: str, reason: str) -> None:
-    with runtime.transaction() as session:
+    with send_transaction() as session:
         reminder = session.get(Reminder, reminder_id)
         if reminder is not None and reminder.status == SENDING:
             _finish(session, reminder, status=status, reason=reason, event="reminder.failed")
@@ -252,16 +284,12 @@ def _fail(reminder_id: uuid.UUID, *, status: str, reason: str) -> None:
 def send_reminder(*, reminder_id: uuid.UUID) -> str:
     """Send one due reminder at most once. Raises RetryLater after a temporary failure."""
     cfg = runtime.settings
-    with runtime.sessions() as session:
-        status = session.scalar(select(Reminder.status).where(Reminder.id == reminder_id))
-    if status not in (QUEUED, SENDING):
-        return f"skipped: {status or 'unknown'}"  # a duplicate or late task: nothing to do
-    rate_limit().acquire()
     prepared = _prepare(reminder_id, utcnow())
     if isinstance(prepared, str):
         return prepared
     reminder, to, message = prepared
-    provider = provider_for(reminder.channel, cfg, runtime.sessions)
+    rate_limit().acquire()  # shared by every send worker
+    provider = provider_for(reminder.channel, cfg, send_sessions())
     if reminder.in_doubt:
         found = provider.lookup(str(reminder.id))
         if found is UNKNOWN:
@@ -280,7 +308,7 @@ def send_reminder(*, reminder_id: uuid.UUID) -> str:
             _fail(reminder.id, status=TECHNICAL_FAILURE, reason=f"gave up after {reminder.attempts} attempts: {exc}")
             return "failed: technical"
         countdown = cfg.retry_base_seconds * 2 ** (reminder.attempts - 1)
-        with runtime.transaction() as session:
+        with send_transaction() as session:
             session.execute(update(Reminder).where(Reminder.id == reminder.id, Reminder.status == SENDING)
                             .values(status=QUEUED, in_doubt=False, reason=str(exc)[:200],
                                     queued_at=utcnow() + dt.timedelta(seconds=countdown)))
