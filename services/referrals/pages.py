@@ -252,7 +252,7 @@ def meeting_view(meeting: MeetingSnapshot, now: dt.datetime | None = None) -> di
             "site_id": meeting.site_id}
 
 
-def find_link(request: Request, session: Session, principal: Principal) -> str:
+def find_link(session: Session, principal: Principal) -> str:
     """The directory's find-a-meeting page, searching near the site's own meetings when known."""
     links = templates.env.globals["links"]
     postcode = None
@@ -294,7 +294,8 @@ def desk(request: Request, session: SessionDep, principal: Desk, status: str = "
     filters = {k: v for k, v in (("status", status), ("stage", stage), ("meeting", meeting), ("site", site)) if v}
     pages = max(1, -(-total // PAGE_SIZE))
     return render(request, "desk.html", {
-        "title": "Referrals", "principal": principal, "rows": rows, "total": total, "errors": errors,
+        "title": f"{'Error: ' if errors else ''}Referrals", "principal": principal,
+        "rows": rows, "total": total, "errors": errors,
         "filters": filters, "statuses": [(s, STATUS_NAMES.get(s, s)) for s in REFERRAL_STATUSES],
         "stages": [(s.value, STAGE_NAMES[s]) for s in Stage],
         "meeting_options": sorted(((slug, m[0].name) for slug, m in meetings.items()), key=lambda x: x[1].lower())
@@ -362,8 +363,9 @@ def new_form_context(request: Request, session: Session, principal: Principal, *
     if chosen and not values.get("planned_date"):
         values["planned_date"] = chosen["next_date"]
     return {
-        "title": "Refer a client", "principal": principal, "values": values, "errors": errors, "query": query,
-        "chosen": chosen, "choices": choices, "find_url": find_link(request, session, principal),
+        "title": f"{'Error: ' if errors else ''}Refer a client", "principal": principal,
+        "values": values, "errors": errors, "query": query,
+        "chosen": chosen, "choices": choices, "find_url": find_link(session, principal),
         "consent_version": service.CURRENT_CONSENT_WORDING,
         "consent_text": service.CONSENT_WORDING[service.CURRENT_CONSENT_WORDING],
         "supports": SUPPORT_NAMES, "details": DETAIL_NAMES, "is_admin": principal.role == Role.admin,
@@ -463,7 +465,8 @@ def referral_context(request: Request, session: Session, principal: Principal, r
                   "status": REMINDER_STATUSES.get(r.status, r.status),
                   "reason": r.reason} for r in view.reminders]
     return {
-        "title": f"Referral {referral.client_reference}", "principal": principal, "referral": view,
+        "title": f"{'Error: ' if errors or problem else ''}Referral {referral.client_reference}", "principal": principal,
+        "referral": view,
         "meeting": meeting, "meeting_withdrawn": bool(found and not found[1]),
         "planned": planned_when(referral.planned_date, found[0] if found else None),
         "support": SUPPORT_NAMES.get(referral.support, referral.support),

@@ -305,6 +305,7 @@ def test_a_referral_is_recorded_and_shown(client, meeting):
     assert "A peer supporter will go with the client" in page.text
     assert "No reminders planned yet" in page.text
     assert "CRY-0042" in get(client, "/desk").text
+    assert "<script" not in page.response.text  # every page works without JavaScript
     # An admin sees the contact masked, as the API does.
     admin = get(client, location.split("?")[0], headers=auth("admin"))
     assert "07*** ***678" in admin.text and "07812 345678" not in admin.text
@@ -409,3 +410,24 @@ def test_reminders_reported_by_notifications_are_listed_in_local_time(client, me
 
     assert runtime.handle(Event.new("reminder.sent", fact, producer="notifications").model_dump(mode="json"), HANDLERS)
     assert "Sent" in re.search(r"The day before.*?(?=History)", get(client, f"/desk/referrals/{referral_id}").text).group(0)
+
+
+def test_an_admin_says_which_site_and_sees_every_site(client, meeting):
+    admin = auth("admin")
+    data = {"meeting": "croydon-smart-tuesday", "client_reference": "CRY-0500"}
+    response = client.post("/desk/new", headers=admin, data=data)
+    assert response.status_code == 422
+    page = Page(response)
+    assert "Enter the site the referral is for" in page.by_id("site_id-error")
+    assert "<title>Error: Refer a client – FAMA</title>" in response.text
+    assert counts()["referrals"] == 0
+
+    response = client.post("/desk/new", headers=admin, data={**data, "site_id": "croydon"}, follow_redirects=False)
+    assert response.status_code == 303
+    make_referral("SHF-0001", site="sheffield", mobile=None)
+    listing = get(client, "/desk", headers=admin)
+    assert "CRY-0500" in listing.text and "SHF-0001" in listing.text
+    only = get(client, "/desk?site=sheffield", headers=admin)
+    assert "SHF-0001" in only.text and "CRY-0500" not in only.text
+    # A keyworker cannot widen their view with the same parameter.
+    assert "SHF-0001" not in get(client, "/desk?site=sheffield").text
