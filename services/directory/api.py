@@ -17,6 +17,8 @@ from starlette.concurrency import run_in_threadpool
 
 from services.directory import feeds, service
 from services.directory.models import Site
+from services.directory.pages import router as pages_router
+from services.directory.pages import templates as page_templates
 from services.directory.reference import FELLOWSHIPS, TYPE_NAMES
 from services.directory.runtime import runtime
 from services.directory.schemas import (
@@ -35,6 +37,7 @@ from services.directory.schemas import (
     WithdrawIn,
 )
 from shared.auth import AdminOnly, CurrentPrincipal, Principal, Role, ensure_site
+from shared.pages import setup_pages
 from shared.web import make_app
 
 SessionDep = Annotated[Session, Depends(runtime.get_session)]
@@ -328,3 +331,8 @@ def _engagement_response(session, principal, site_ids, date_from, date_to, fello
         "weeks": [{"week": w["week"], "week_start": w["week_start"], "counts": shown(w["counts"])} for w in data["weeks"]],
         "sites": [{"site_id": s["site_id"], "counts": shown(s["counts"])} for s in data["sites"]],
     }
+
+
+# Pages: find a meeting (/), a meeting (/meeting/{slug}), the dashboard (/dashboard), sign-in, stylesheet.
+setup_pages(app, page_templates)
+app.include_router(pages_router)

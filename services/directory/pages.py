@@ -1,0 +1,494 @@
+"""The directory's pages: "Find a meeting" (public), a meeting's page, and the engagement dashboard.
+
+Server-rendered, no JavaScript needed. The search form is a GET form, so the query string is
+the whole state and a results page can be shared or bookmarked. Bad values are explained in an
+error summary and next to their field (status 422, the page still rendered). The dashboard
+reads the same counters as the engagement API, with the same small-number suppression.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import parse_qsl, urlencode
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse, Response
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from services.directory import charts, service
+from services.directory.geocode import normalise_postcode
+from services.directory.models import Meeting, Site
+from services.directory.reference import FELLOWSHIPS, TYPE_NAMES
+from services.directory.runtime import runtime
+from services.directory.schemas import SearchIn
+from shared.auth import Principal, Role
+from shared.events import utcnow
+from shared.meeting_time import next_occurrence
+from shared.pages import OptionalPagePrincipal, PageForbidden, make_templates, require_page_roles
+
+templates = make_templates(Path(__file__).parent / "templates")
+router = APIRouter(include_in_schema=False)
+SessionDep = Annotated[Session, Depends(runtime.get_session)]
+
+PAGE_SIZE = 10
+KM_PER_MILE = 1.609344
+DAYS = ("Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday")
+DAY_VALUES = {name.lower(): number for number, name in enumerate(DAYS)}
+DISTANCES = ("1", "2", "5", "10", "25", "50")  # miles
+DEFAULT_DISTANCE = "5"
+# value -> (label, starts at or after, starts at or before)
+TIMES_OF_DAY = {
+    "morning": ("Morning (before 12pm)", None, "11:59"),
+    "afternoon": ("Afternoon (12pm to 5pm)", "12:00", "16:59"),
+    "evening": ("Evening (5pm or later)", "17:00", None),
+}
+ATTENDANCE_CHOICES = {"in_person": "In person (including hybrid)", "online": "Online (including hybrid)"}
+ATTENDANCE_NAMES = {"in_person": "In person", "hybrid": "In person and online", "online": "Online",
+                    "inactive": "Not running at the moment"}
+# The two type codes people most need explained.
+TYPE_EXPLAINED = {"O": "Open: anyone may go, including family and friends",
+                  "C": "Closed: only for people who want to recover themselves"}
+SEARCH_FIELDS = ("near", "distance", "day", "time", "from", "to", "fellowship", "attendance")
+CLOCK = re.compile(r"^(\d{1,2})(?:[:.](\d{2}))?\s*(am|pm)?$", re.I)
+
+
+# --- words and times -------------------------------------------------------------------
+
+def clock(value: dt.time | dt.datetime) -> str:
+    """14:00 -> 2:00pm (GOV.UK style); 12:00 -> 12:00pm (midday)."""
+    hour = value.hour % 12 or 12
+    return f"{hour}:{value.minute:02d}{'am' if value.hour < 12 else 'pm'}"
+
+
+def when_next(start: dt.datetime) -> str:
+    """Tuesday 24 November, 2:00pm (the meeting's local time)."""
+    return f"{DAYS[(start.weekday() + 1) % 7]} {start.day} {start:%B}, {clock(start)}"
+
+
+def schedule(meeting: Meeting) -> str:
+    """Every Tuesday, 2:00pm to 3:30pm."""
+    if meeting.day is None or meeting.time is None:
+        return "By appointment"
+    text = f"Every {DAYS[meeting.day]}, {clock(dt.time.fromisoformat(meeting.time))}"
+    if meeting.end_time:
+        text += f" to {clock(dt.time.fromisoformat(meeting.end_time))}"
+    return text
+
+
+def miles(distance_km: float | None) -> str | None:
+    if distance_km is None:
+        return None
+    value = distance_km / KM_PER_MILE
+    return "less than 0.1 miles" if value < 0.1 else f"{value:.1f} miles"
+
+
+def parse_clock(value: str) -> str | None:
+    """'18:00', '6pm', '6:30 PM', '0930' -> 'HH:MM'; None if it is not a time of day."""
+    value = value.strip()
+    if re.fullmatch(r"\d{4}", value):
+        value = f"{value[:2]}:{value[2:]}"
+    match = CLOCK.match(value)
+    if not match:
+        return None
+    hour, minute, half = int(match.group(1)), int(match.group(2) or 0), (match.group(3) or "").lower()
+    if half:
+        if not 1 <= hour <= 12:
+            return None
+        hour = hour % 12 + (12 if half == "pm" else 0)
+    if hour > 23 or minute > 59:
+        return None
+    return f"{hour:02d}:{minute:02d}"
+
+
+def address_of(meeting: Meeting) -> str | None:
+    """The address, without the venue's name when the address starts with it."""
+    address = meeting.formatted_address or ", ".join(
+        p for p in (meeting.address, meeting.city, meeting.postcode or meeting.postal_code) if p)
+    if address and meeting.location and address.startswith(meeting.location + ", "):
+        address = address[len(meeting.location) + 2:]
+    return address or None
+
+
+def meeting_view(meeting: Meeting, distance_km: float | None = None, now: dt.datetime | None = None) -> dict:
+    """What a person needs to know about a meeting, in plain English."""
+    start = service.next_start(meeting, now) if meeting.active else None
+    online = meeting.attendance_option in ("online", "hybrid")
+    return {
+        "slug": meeting.slug,
+        "name": meeting.name,
+        "fellowship": FELLOWSHIPS.get(meeting.fellowship, meeting.fellowship),
+        "schedule": schedule(meeting),
+        "next": when_next(start) if start else None,
+        "next_iso": start.isoformat() if start else None,
+        "distance": miles(distance_km),
+        "attendance": ATTENDANCE_NAMES.get(meeting.attendance_option, meeting.attendance_option),
+        "in_person": meeting.attendance_option in ("in_person", "hybrid"),
+        "venue": meeting.location if meeting.attendance_option != "online" else None,
+        "address": address_of(meeting) if meeting.attendance_option != "online" else None,
+        "types": [TYPE_EXPLAINED.get(t, TYPE_NAMES[t]) for t in meeting.types if t in TYPE_NAMES],
+        "joining": {"url": meeting.conference_url, "url_notes": meeting.conference_url_notes,
+                    "phone": meeting.conference_phone, "phone_notes": meeting.conference_phone_notes}
+        if online and (meeting.conference_url or meeting.conference_phone) else None,
+        "approximate": meeting.approximate,
+        "booking_required": meeting.booking_required,
+    }
+
+
+def render(request: Request, name: str, context: dict, status_code: int = 200) -> HTMLResponse:
+    return templates.TemplateResponse(request, name, context, status_code=status_code)
+
+
+# --- find a meeting ----------------------------------------------------------------------
+
+def read_search(params) -> tuple[dict[str, str], dict[str, str], dict]:
+    """The form's values as typed, the errors by field, and the search filters understood."""
+    values = {name: params.get(name, "").strip()[:80] for name in SEARCH_FIELDS}
+    values["distance"] = values["distance"] or DEFAULT_DISTANCE
+    errors: dict[str, str] = {}
+    near = values["near"]
+    if near and normalise_postcode(near) is None and not service.LATLNG.match(near):
+        errors["near"] = "Enter a UK postcode, like CR0 1AA, or the first part of one, like CR0"
+    elif near and normalise_postcode(near):
+        values["near"] = normalise_postcode(near)
+    if values["distance"] not in DISTANCES:
+        errors["distance"] = "Choose a distance from the list"
+    day = values["day"].lower()
+    if day and day not in DAY_VALUES:
+        errors["day"] = "Choose a day from the list"
+    if values["time"] and values["time"] not in TIMES_OF_DAY:
+        errors["time"] = "Choose morning, afternoon, evening or any time"
+    after = before = None
+    for name, what in (("from", "start"), ("to", "end")):
+        if values[name]:
+            parsed = parse_clock(values[name])
+            if parsed is None:
+                errors[name] = f"Enter the {what} of the time range as a time, like 18:00 or 6pm"
+            values[name] = parsed or values[name]
+    if values["time"] in TIMES_OF_DAY:
+        _label, after, before = TIMES_OF_DAY[values["time"]]
+    if "from" not in errors and values["from"]:
+        after = max(after or "00:00", values["from"])
+    if "to" not in errors and values["to"]:
+        before = min(before or "23:59", values["to"])
+    if not errors.keys() & {"from", "to", "time"} and after and before and after > before:
+        if values["from"] and values["to"] and values["from"] > values["to"]:
+            errors["to"] = "The end of the time range must be later than its start"
+        else:
+            errors["time"] = "No time is both in that time of day and in the time range: change one of them"
+    if values["fellowship"] and values["fellowship"] not in FELLOWSHIPS:
+        errors["fellowship"] = "Choose a fellowship from the list"
+    if values["attendance"] and values["attendance"] not in ATTENDANCE_CHOICES:
+        errors["attendance"] = "Choose in person, online or either"
+    filters = {
+        "near": values["near"] or None,
+        "radius_km": float(values["distance"]) * KM_PER_MILE if "distance" not in errors else 5 * KM_PER_MILE,
+        "day": DAY_VALUES.get(day),
+        "starts_after": after,
+        "starts_before": before,
+        "fellowship": values["fellowship"] or None,
+        "attendance": values["attendance"] or None,
+    }
+    return values, errors, filters
+
+
+def near_error(near: str, exc: service.InvalidInput) -> str:
+    postcode = normalise_postcode(near)
+    if postcode and "unknown postcode" in exc.message:
+        return f"We could not find the postcode {postcode}. Check it, or enter just the first part, like CR0"
+    return "Enter a UK postcode, like CR0 1AA, or the first part of one, like CR0"
+
+
+def page_number(value: str) -> int:
+    return int(value) if value.isdigit() and 0 < int(value) < 100_000 else 1
+
+
+@router.get("/", response_class=HTMLResponse)
+def find_meeting(request: Request, session: SessionDep, principal: OptionalPagePrincipal):
+    params = request.query_params
+    searched = any(params.get(name) for name in SEARCH_FIELDS)
+    values, errors, filters = read_search(params)
+    page = page_number(params.get("page", ""))
+    state = {k: v for k, v in values.items() if v and not (k == "distance" and not values["near"])}
+    context = {"title": "Find a meeting", "principal": principal, "values": values, "errors": errors,
+               "searched": searched, "results": [], "total": 0, "days": DAYS, "distances": DISTANCES,
+               "times": TIMES_OF_DAY, "attendance_choices": ATTENDANCE_CHOICES, "fellowships": FELLOWSHIPS,
+               "online_ignores_near": False, "online_url": None, "near_label": None}
+    if searched and not errors:
+        online_only = filters["attendance"] == "online"
+        if online_only and filters["near"]:
+            # Online meetings are not anywhere: distance means nothing for them.
+            context["online_ignores_near"] = True
+            filters["near"] = None
+        try:
+            found = _search(session, filters, page)
+        except service.InvalidInput as exc:
+            field = exc.field if exc.field in SEARCH_FIELDS else "near"
+            errors[field] = near_error(values["near"], exc) if field == "near" else service_message(exc)
+            found = None
+        if found is not None:
+            pages = max(1, -(-found["total"] // PAGE_SIZE))
+            if page > pages:
+                page = pages
+                found = _search(session, filters, page)
+            now = utcnow()
+            context.update(
+                results=[meeting_view(m, d, now) for m, d in found["results"]], total=found["total"],
+                page=page, pages=pages, first=(page - 1) * PAGE_SIZE + 1, last=min(page * PAGE_SIZE, found["total"]),
+                prev_url=f"/?{urlencode({**state, 'page': page - 1})}" if page > 1 else None,
+                next_url=f"/?{urlencode({**state, 'page': page + 1})}" if page < pages else None,
+                near_label=filters["near"], back=urlencode({**state, **({"page": page} if page > 1 else {})}),
+                distance_label=f"{values['distance']} mile{'s' if values['distance'] != '1' else ''}",
+            )
+            if filters["near"] and not filters["attendance"]:
+                context["online_url"] = "/?" + urlencode({k: v for k, v in {**state, "attendance": "online"}.items()
+                                                          if k not in ("near", "distance")})
+    if errors:
+        context["title"] = "Error: Find a meeting"
+    return render(request, "find.html", context, status_code=422 if errors else 200)
+
+
+def _search(session: Session, filters: dict, page: int) -> dict:
+    search_in = SearchIn(**filters, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
+    return service.search_meetings(session, search_in=search_in)
+
+
+def service_message(exc: service.InvalidInput) -> str:
+    message = exc.message.strip()
+    return message[:1].upper() + message[1:]
+
+
+# --- one meeting -------------------------------------------------------------------------
+
+def upcoming(meeting: Meeting, count: int = 4, now: dt.datetime | None = None) -> list[str]:
+    start = service.next_start(meeting, now)
+    out = []
+    while start is not None and len(out) < count:
+        out.append(when_next(start))
+        start = next_occurrence(meeting.day, meeting.time, meeting.timezone, start)
+    return out
+
+
+@router.get("/meeting/{slug}", response_class=HTMLResponse)
+def meeting_page(request: Request, slug: str, session: SessionDep, principal: OptionalPagePrincipal, back: str = ""):
+    try:
+        meeting = service.get_meeting(session, slug[:200])
+    except service.NotFound:
+        return render(request, "message.html", {
+            "title": "Meeting not found", "principal": principal,
+            "message": "There is no meeting at this address. It may have been removed: search again to find another.",
+        }, status_code=404)
+    # Back to the same results: rebuilt from known fields only, never echoed as it came.
+    known = {k: v for k, v in parse_qsl(back[:500]) if k in (*SEARCH_FIELDS, "page")}
+    return render(request, "meeting.html", {
+        "title": meeting.name, "principal": principal, "meeting": meeting, "view": meeting_view(meeting),
+        "upcoming": upcoming(meeting) if meeting.active and meeting.attendance_option != "inactive" else [],
+        "back_url": "/?" + urlencode(known) if known else "/",
+        "map_url": (f"https://www.openstreetmap.org/?mlat={meeting.latitude}&mlon={meeting.longitude}"
+                    f"#map=17/{meeting.latitude}/{meeting.longitude}")
+        if meeting.latitude is not None and meeting.attendance_option != "online" else None,
+    })
+
+
+# --- the engagement dashboard -------------------------------------------------------------
+
+METRIC_NAMES = {
+    "referrals_made": "Referrals",
+    "contact_arranged": "Contact arranged",
+    "first_meeting_attended": "First meeting attended",
+    "accompanied": "Accompanied to a meeting",
+    "followed_up": "Followed up",
+    "did_not_engage": "Did not engage",
+    "declined": "Client declined",
+    "consent_withdrawn": "Consent withdrawn",
+    "reminders_sent": "Reminders sent",
+    "reminders_delivered": "Reminders delivered",
+    "reminders_failed": "Reminders not delivered",
+    "opted_out": "Opted out (replied STOP)",
+}
+STAGE_COLUMNS = ("referrals_made", "contact_arranged", "first_meeting_attended", "accompanied", "followed_up",
+                 "did_not_engage", "declined")
+REMINDER_COLUMNS = ("reminders_sent", "reminders_delivered", "reminders_failed", "opted_out", "consent_withdrawn")
+HEADLINES = ("referrals_made", "first_meeting_attended", "reminders_delivered", "opted_out")
+FUNNEL = (("referrals_made", "Referred"), ("contact_arranged", "Contact arranged"),
+          ("first_meeting_attended", "Attended"), ("followed_up", "Followed up"))
+MOST_WEEKS = 52
+DASHBOARD_FIELDS = ("from", "to", "fellowship", "region")
+
+_dashboard_roles = require_page_roles(Role.commissioner, Role.admin, Role.site_lead, Role.keyworker)
+DashboardPrincipal = Annotated[Principal, Depends(_dashboard_roles)]
+
+
+def parse_date(value: str) -> dt.date | None:
+    """2026-11-16 (what a date field sends) or 16/11/2026 (typed)."""
+    for fmt in ("%Y-%m-%d", "%d/%m/%Y", "%d-%m-%Y", "%d %m %Y"):
+        try:
+            return dt.datetime.strptime(value.strip(), fmt).date()
+        except ValueError:
+            continue
+    return None
+
+
+def dashboard_scope(session: Session, principal: Principal, region: str) -> tuple[str, list[Site], list[str] | None]:
+    """What the principal may see: (heading, sites shown, site ids to count or None for all)."""
+    if principal.role == Role.commissioner:
+        if not principal.region:
+            raise PageForbidden("Your sign-in does not name a region, so there is nothing to show.")
+        sites = list(session.scalars(select(Site).where(Site.region == principal.region).order_by(Site.name)))
+        return f"{principal.region} region", sites, [s.id for s in sites]
+    if principal.role == Role.admin:
+        if region:
+            sites = list(session.scalars(select(Site).where(Site.region == region).order_by(Site.name)))
+            return f"{region} region", sites, [s.id for s in sites]
+        return "All regions", list(session.scalars(select(Site).order_by(Site.region, Site.name))), None
+    if not principal.site:
+        raise PageForbidden("Your sign-in does not name a site, so there is nothing to show.")
+    site = session.get(Site, principal.site)
+    return (site.name if site else principal.site), [site] if site else [], [principal.site]
+
+
+def read_dashboard_filters(params) -> tuple[dict[str, str], dict[str, str], dict]:
+    values = {name: params.get(name, "").strip()[:40] for name in DASHBOARD_FIELDS}
+    errors: dict[str, str] = {}
+    dates: dict[str, dt.date | None] = {}
+    for name, what in (("from", "start"), ("to", "end")):
+        dates[name] = parse_date(values[name]) if values[name] else None
+        if values[name] and dates[name] is None:
+            errors[name] = f"Enter the {what} date as a real date, like 16/11/2026"
+        elif dates[name]:
+            values[name] = dates[name].isoformat()
+    if dates["from"] and dates["to"] and dates["from"] > dates["to"]:
+        errors["to"] = "The end date must be the same as or after the start date"
+    if values["fellowship"] and values["fellowship"] not in FELLOWSHIPS:
+        errors["fellowship"] = "Choose a fellowship from the list"
+    return values, errors, {"date_from": dates["from"], "date_to": dates["to"], "fellowship": values["fellowship"] or None}
+
+
+def weekly_points(weeks: list[dict], date_from: dt.date | None, date_to: dt.date | None) -> list[dict]:
+    """Every week of the period (empty weeks too), at most the last MOST_WEEKS."""
+    by_week = {w["week_start"]: w["counts"] for w in weeks}
+    this_week = service.week_start(utcnow())
+    first = service.week_start(dt.datetime.combine(date_from, dt.time(12))) if date_from else min(by_week, default=None)
+    last = service.week_start(dt.datetime.combine(date_to, dt.time(12))) if date_to else max(by_week, default=None)
+    if first is None or last is None:
+        return []
+    last = min(last, max(this_week, max(by_week, default=this_week)))
+    first = max(first, last - dt.timedelta(weeks=MOST_WEEKS - 1))
+    out, monday = [], first
+    while monday <= last:
+        out.append({"week_start": monday, "counts": by_week.get(monday, dict.fromkeys(service.METRICS, 0))})
+        monday += dt.timedelta(weeks=1)
+    return out
+
+
+def dashboard_data(session: Session, principal: Principal, sites: list[Site], site_ids: list[str] | None,
+                   filters: dict) -> dict:
+    data = service.engagement(session, site_ids=site_ids, **filters)
+    suppressed = principal.role == Role.commissioner
+    show = service.suppress if suppressed else (lambda n: n)
+    known = {s.id: s for s in sites}
+    raw_sites = {s["site_id"]: s["counts"] for s in data["sites"]}
+    for site in sites:
+        raw_sites.setdefault(site.id, dict.fromkeys(service.METRICS, 0))
+    if site_ids is not None:
+        raw_sites = {k: v for k, v in raw_sites.items() if k in site_ids}
+    regions: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(service.METRICS, 0))
+    site_rows = []
+    for site_id, counts in sorted(raw_sites.items(), key=lambda kv: (known[kv[0]].name if kv[0] in known else kv[0])):
+        site = known.get(site_id)
+        region = site.region if site else "Region not known"
+        for metric, n in counts.items():
+            regions[region][metric] += n
+        site_rows.append({"id": site_id, "name": site.name if site else site_id, "region": region,
+                          "counts": {m: show(n) for m, n in counts.items()}})
+    fellowship_counts: dict[str, int] = defaultdict(int)
+    for row in data["rows"]:
+        fellowship_counts[row["fellowship"]] += row["counts"]["referrals_made"]
+    fellowship_rows = [{"name": FELLOWSHIPS.get(f, f), "count": show(n)}
+                       for f, n in sorted(fellowship_counts.items(), key=lambda kv: (-kv[1], kv[0])) if n]
+    weeks = [{"label": f"{w['week_start'].day} {w['week_start']:%b}", "long": f"{w['week_start'].day} {w['week_start']:%B %Y}",
+              "counts": {m: show(n) for m, n in w["counts"].items()}}
+             for w in weekly_points(data["weeks"], filters["date_from"], filters["date_to"])]
+    return {
+        "suppressed": suppressed,
+        "totals": {m: show(n) for m, n in data["totals"].items()},
+        "regions": [{"name": r, "slug": re.sub(r"[^a-z0-9]+", "-", r.lower()).strip("-"),
+                     "counts": {m: show(n) for m, n in c.items()}} for r, c in sorted(regions.items())],
+        "sites": site_rows, "fellowships": fellowship_rows, "weeks": weeks,
+    }
+
+
+def dashboard_charts(data: dict) -> dict:
+    note = " Hatched bars are small numbers (1 to 4), shown as fewer than 5." if data["suppressed"] else ""
+    out = {}
+    if data["weeks"]:
+        out["trend"] = charts.column_chart(
+            chart_id="chart-trend", title="Referrals each week",
+            desc=f"Bar chart of referrals made in each week, from the week starting {data['weeks'][0]['long']} "
+                 f"to the week starting {data['weeks'][-1]['long']}. The numbers are in the table below.{note}",
+            points=[(w["label"], w["counts"]["referrals_made"]) for w in data["weeks"]])
+    if data["sites"]:
+        out["funnel"] = charts.bar_chart(
+            chart_id="chart-funnel", title="From referral to engagement, by site",
+            desc="For each site, bars for referrals made, contact arranged, first meeting attended and followed up. "
+                 f"The numbers are in the table below.{note}",
+            groups=[(s["name"], [(label, s["counts"][m]) for m, label in FUNNEL]) for s in data["sites"]],
+            series=[label for _, label in FUNNEL])
+    if data["fellowships"]:
+        out["mix"] = charts.bar_chart(
+            chart_id="chart-mix", title="Referrals by fellowship",
+            desc=f"Bars for the number of referrals to each fellowship's meetings. The numbers are in the table below.{note}",
+            groups=[(f["name"], [("Referrals", f["count"])]) for f in data["fellowships"]])
+    return out
+
+
+@router.get("/dashboard", response_class=HTMLResponse)
+def dashboard(request: Request, session: SessionDep, principal: DashboardPrincipal):
+    values, errors, filters = read_dashboard_filters(request.query_params)
+    region = values["region"] if principal.role == Role.admin else ""
+    regions = list(session.scalars(select(Site.region).distinct().order_by(Site.region))) \
+        if principal.role == Role.admin else []
+    if region and region not in regions:
+        errors["region"] = "Choose a region from the list"
+        region = ""
+    scope, sites, site_ids = dashboard_scope(session, principal, region)
+    state = {k: v for k, v in values.items() if v and (k != "region" or region)}
+    context = {"title": "Error: Engagement dashboard" if errors else "Engagement dashboard", "principal": principal,
+               "values": values, "errors": errors, "scope": scope, "fellowships": FELLOWSHIPS, "regions": regions,
+               "metric_names": METRIC_NAMES, "stage_columns": STAGE_COLUMNS, "reminder_columns": REMINDER_COLUMNS,
+               "headlines": HEADLINES, "funnel": FUNNEL, "data": None, "charts": {},
+               "csv_url": "/dashboard/engagement.csv" + (f"?{urlencode(state)}" if state else ""),
+               "filtered": bool(state), "is_admin": principal.role == Role.admin}
+    if not errors:
+        data = dashboard_data(session, principal, sites, site_ids, filters)
+        context.update(data=data, charts=dashboard_charts(data))
+    return render(request, "dashboard.html", context, status_code=422 if errors else 200)
+
+
+@router.get("/dashboard/engagement.csv")
+def dashboard_csv(request: Request, session: SessionDep, principal: DashboardPrincipal):
+    """The dashboard's counters by week, site and fellowship, for a spreadsheet (signed in by the cookie)."""
+    values, errors, filters = read_dashboard_filters(request.query_params)
+    region = values["region"] if principal.role == Role.admin else ""
+    if errors:
+        return Response("; ".join(f"{k}: {v}" for k, v in errors.items()), status_code=422, media_type="text/plain")
+    _scope, sites, site_ids = dashboard_scope(session, principal, region)
+    data = service.engagement(session, site_ids=site_ids, **filters)
+    show = service.suppress if principal.role == Role.commissioner else (lambda n: n)
+    known = {s.id: s for s in sites} if site_ids is not None else {s.id: s for s in session.scalars(select(Site))}
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["week", "week_start", "region", "site_id", "site", "fellowship", *service.METRICS])
+    for row in data["rows"]:
+        site = known.get(row["site_id"])
+        writer.writerow([row["week"], row["week_start"].isoformat(), site.region if site else "", row["site_id"],
+                         site.name if site else "", row["fellowship"], *(show(row["counts"][m]) for m in service.METRICS)])
+    name = "fama-engagement" + (f"-{values['from']}" if values["from"] else "") + (f"-to-{values['to']}" if values["to"] else "")
+    return Response(out.getvalue(), media_type="text/csv; charset=utf-8",
+                    headers={"Content-Disposition": f'attachment; filename="{name}.csv"', "Cache-Control": "no-store"})
