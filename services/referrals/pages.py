@@ -277,9 +277,12 @@ def desk(request: Request, session: SessionDep, principal: Desk, status: str = "
         errors["stage"], stage = "Choose a stage from the list", ""
     page_no = int(page) if page.isdigit() and 0 < int(page) < 100_000 else 1
     site_id = (site[:64] or None) if principal.role == Role.admin else principal.site
-    items, total = service.list_referrals(session, site_id=site_id, status=status or None,
-                                          stage=Stage(stage) if stage else None, meeting_slug=meeting[:200] or None,
-                                          limit=PAGE_SIZE, offset=(page_no - 1) * PAGE_SIZE)
+    criteria = {"site_id": site_id, "status": status or None, "stage": Stage(stage) if stage else None,
+                "meeting_slug": meeting[:200] or None, "limit": PAGE_SIZE}
+    items, total = service.list_referrals(session, **criteria, offset=(page_no - 1) * PAGE_SIZE)
+    if not items and total:  # past the last page (an old link): show the last page
+        page_no = -(-total // PAGE_SIZE)
+        items, total = service.list_referrals(session, **criteria, offset=(page_no - 1) * PAGE_SIZE)
     # The meetings this site has referred to, for the filter and the rows.
     slug_query = select(Referral.meeting_slug).distinct()
     if site_id:

@@ -214,6 +214,7 @@ def test_list_pages_through_many_referrals(client, meeting):
     assert 'href="?page=2"' in first.response.text
     second = get(client, "/desk?page=2")
     assert "Showing 21 to 23 of 23 referrals" in second.text
+    assert "Showing 21 to 23 of 23 referrals" in get(client, "/desk?page=9").text
     assert len(set(re.findall(r"CRY-\d{4}", first.text)) | set(re.findall(r"CRY-\d{4}", second.text))) == 23
 
 
