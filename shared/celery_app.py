@@ -17,7 +17,10 @@ from shared.settings import ServiceSettings
 
 def make_celery(service: str, settings: ServiceSettings) -> Celery:
     app = Celery(service, broker=settings.redis_url, set_as_current=False)
-    transport = {"visibility_timeout": settings.visibility_timeout}
+    # Unacknowledged tasks of a dead worker come back after the visibility timeout: every
+    # worker checks for them every few seconds (kombu's default scans far less often).
+    transport = {"visibility_timeout": settings.visibility_timeout, "unacked_restore_interval": 5,
+                 "unacked_restore_throttle": 1}
     if settings.redis_key_prefix:
         transport["global_keyprefix"] = settings.redis_key_prefix
     app.conf.update(
