@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 
@@ -9,7 +10,7 @@ import pytest
 import structlog
 
 from shared.crypto import FieldCipher, generate_key, keyed_hash
-from shared.logs import configure_logging, scrub_text
+from shared.logs import configure_logging, json_formatter, scrub_text
 
 
 def test_encrypts_and_rotates_keys():
@@ -44,11 +45,18 @@ def test_scrub_masks_phone_numbers_and_emails(text):
     assert "900123" not in out and "example.org" not in out
 
 
-def test_log_lines_are_json_and_drop_contact_fields(capsys):
+def test_log_lines_are_json_and_drop_contact_fields():
     configure_logging("INFO")
-    structlog.get_logger("t").info("referral.created", mobile="+447700900123", email="a@b.org", site_id="croydon")
-    logging.getLogger("plain").warning("failed for 07700 900123")
-    lines = [json.loads(line) for line in capsys.readouterr().err.strip().splitlines()[-2:]]
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(json_formatter())
+    logging.getLogger().addHandler(handler)
+    try:
+        structlog.get_logger("t").info("referral.created", mobile="+447700900123", email="a@b.org", site_id="croydon")
+        logging.getLogger("plain").warning("failed for 07700 900123")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    lines = [json.loads(line) for line in out.getvalue().strip().splitlines()[-2:]]
     assert lines[0]["event"] == "referral.created" and lines[0]["site_id"] == "croydon"
     assert lines[0]["mobile"] == "[redacted]" and lines[0]["email"] == "[redacted]"
     assert "900123" not in json.dumps(lines)
