@@ -38,7 +38,8 @@ def _nice_step(top: float, ticks: int = 4) -> int:
 def _open(chart_id: str, title: str, desc: str, height: int) -> list[Markup]:
     return [
         Markup('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" role="img" '
-               'aria-labelledby="{id}-title {id}-desc" id="{id}" font-family="Arial, sans-serif" font-size="{f}">')
+               'aria-labelledby="{id}-title" aria-describedby="{id}-desc" id="{id}" '
+               'font-family="Arial, sans-serif" font-size="{f}">')
         .format(w=WIDTH, h=height, id=chart_id, f=FONT),
         Markup('<title id="{id}-title">{t}</title><desc id="{id}-desc">{d}</desc>').format(id=chart_id, t=title, d=desc),
         Markup('<defs><pattern id="{id}-hatch" width="6" height="6" patternUnits="userSpaceOnUse" '
@@ -81,7 +82,7 @@ def column_chart(*, chart_id: str, title: str, desc: str, points: list[tuple[str
         parts.append(_text(left - 6, y + 5, tick, "end", "#505a5f"))
     n = max(len(points), 1)
     slot = inner_w / n
-    width = max(slot * 0.7, 1)
+    width = min(max(slot * 0.7, 1), 48)
     every = max(1, math.ceil(n / 8))  # at most about 8 labels along the bottom
     for i, (label, value) in enumerate(points):
         h = inner_h * _height(value) / axis_max

@@ -339,7 +339,8 @@ def test_charts_have_text_alternatives_and_the_data_as_tables(sites):
     for chart_id, title in (("chart-trend", "Referrals each week"), ("chart-funnel", "From referral to engagement, by site"),
                             ("chart-mix", "Referrals by fellowship")):
         svg = re.search(rf'<svg[^>]*id="{chart_id}"[^>]*>', page).group(0)
-        assert 'role="img"' in svg and f'aria-labelledby="{chart_id}-title {chart_id}-desc"' in svg
+        assert 'role="img"' in svg and f'aria-labelledby="{chart_id}-title"' in svg
+        assert f'aria-describedby="{chart_id}-desc"' in svg
         assert by_id(page, f"{chart_id}-title") == title
         assert by_id(page, f"{chart_id}-desc")
     # Four weeks in the period, empty ones included, with their numbers in a table.
