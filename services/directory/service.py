@@ -258,16 +258,21 @@ def search_meetings(session: Session, *, search_in: SearchIn, geocoder: Geocoder
         ranges, (lat0, lat1, lng0, lng1) = cell_ranges(lat, lng, search_in.radius_km)
         conditions += [or_(*(Meeting.cell.between(a, b) for a, b in ranges)),
                        Meeting.latitude.between(lat0, lat1), Meeting.longitude.between(lng0, lng1)]
+        # Rank on a few columns, then load whole meetings for the page only: a dense area
+        # holds thousands of candidates, and building each as an ORM object costs most.
         found = []
-        for meeting in session.scalars(select(Meeting).where(and_(*conditions))):
-            distance = haversine_km(lat, lng, meeting.latitude, meeting.longitude)
+        candidates = select(Meeting.id, Meeting.latitude, Meeting.longitude, Meeting.day, Meeting.time, Meeting.slug)
+        for row in session.execute(candidates.where(and_(*conditions))):
+            distance = haversine_km(lat, lng, row.latitude, row.longitude)
             if distance <= search_in.radius_km:
-                found.append((meeting, distance))
-        found.sort(key=lambda md: (md[1], md[0].day if md[0].day is not None else 7, md[0].time or "", md[0].slug))
+                found.append((row, distance))
+        found.sort(key=lambda rd: (rd[1], rd[0].day if rd[0].day is not None else 7, rd[0].time or "", rd[0].slug))
         page = found[search_in.offset:search_in.offset + search_in.limit]
+        loaded = {m.id: m for m in session.scalars(select(Meeting).where(Meeting.id.in_([r.id for r, _ in page])))} \
+            if page else {}
         return {"total": len(found), "near": {"query": search_in.near, "resolved": label, "latitude": lat,
                                               "longitude": lng, "radius_km": search_in.radius_km},
-                "results": page}
+                "results": [(loaded[r.id], d) for r, d in page]}
     total = session.scalar(select(func.count()).select_from(Meeting).where(*conditions)) or 0
     rows = session.scalars(select(Meeting).where(*conditions)
                            .order_by(Meeting.day.is_(None), Meeting.day, Meeting.time, Meeting.name, Meeting.id)
