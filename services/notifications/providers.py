@@ -16,14 +16,17 @@ from email.utils import make_msgid
 import requests
 from notifications_python_client import NotificationsAPIClient
 from notifications_python_client.errors import APIError
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.notifications.config import Settings
 from services.notifications.models import DevMessage
 from services.notifications.wording import Message
+from shared.db import transaction
+from shared.events import utcnow
 
 UNKNOWN = object()
+_ADD_DEV_MESSAGE = insert(DevMessage).returning(DevMessage.id)  # built once: compiled once
 
 
 class TemporaryFailure(Exception):
@@ -35,21 +38,33 @@ class PermanentFailure(Exception):
 
 
 class DevProvider:
-    """Records each message in the database: GET /outbox shows what a client would receive."""
+    """Records each message in the database: GET /outbox shows what a client would receive.
+
+    Its "sending" is a row in our own database, so ``send`` can write it in the caller's
+    transaction (``session``): the send path passes the one that marks the reminder sent,
+    so the message exists if and only if the reminder says "sent".
+    """
+
+    in_our_database = True
 
     def __init__(self, sessions: sessionmaker[Session], delay_seconds: float = 0.0):
         self.sessions = sessions
         self.delay_seconds = delay_seconds
 
-    def send(self, *, reference: str, to: str, message: Message) -> str:
+    def send(self, *, reference: str, to: str, message: Message, session: Session | None = None) -> str:
         if self.delay_seconds:
             time.sleep(self.delay_seconds)  # lets tests kill a worker in the middle of a send
-        with self.sessions() as session:
-            row = DevMessage(reference=reference, channel=message.channel, recipient=to,
-                             subject=message.subject, body=message.body)
-            session.add(row)
-            session.commit()
-            return f"dev-{row.id}"
+        if session is not None:
+            return self._record(session, reference, to, message)
+        with transaction(self.sessions) as own:
+            return self._record(own, reference, to, message)
+
+    @staticmethod
+    def _record(session: Session, reference: str, to: str, message: Message) -> str:
+        row_id = session.execute(_ADD_DEV_MESSAGE, {
+            "reference": reference, "channel": message.channel, "recipient": to, "subject": message.subject,
+            "body": message.body, "created_at": utcnow()}).scalar_one()
+        return f"dev-{row_id}"
 
     def lookup(self, reference: str):
         with self.sessions() as session:
@@ -60,6 +75,8 @@ class DevProvider:
 class NotifyProvider:
     """GOV.UK Notify through notifications-python-client, with one generic template per
     channel whose ((body)) (and ((subject))) we fill, so our wording stays in our files."""
+
+    in_our_database = False
 
     def __init__(self, cfg: Settings):
         if not cfg.notify_api_key:
@@ -99,6 +116,8 @@ class NotifyProvider:
 
 
 class SmtpProvider:
+    in_our_database = False
+
     def __init__(self, cfg: Settings):
         self.cfg = cfg
 

@@ -14,11 +14,11 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import cache
+from functools import cache, lru_cache
 
 import redis
 import structlog
-from sqlalchemy import and_, case, func, or_, select, update
+from sqlalchemy import DateTime, Integer, Row, String, Uuid, and_, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.notifications.models import (
@@ -40,7 +40,7 @@ from services.notifications.runtime import runtime
 from services.notifications.service import aware, fact
 from services.notifications.wording import Message, render
 from shared import queues
-from shared.db import is_sqlite, make_sessionmaker, transaction
+from shared.db import is_sqlite, make_engine, make_sessionmaker, transaction
 from shared.events import MeetingSnapshot, utcnow
 from shared.replica import get_meeting
 
@@ -95,11 +95,19 @@ class RateLimit:
             waited += pause
 
 
-@cache
 def send_sessions() -> sessionmaker[Session]:
-    """Sessions for the send path. Their events (reminder.sent...) leave with the outbox
-    sweep in batches rather than one relay per send, which keeps a send at three commits."""
-    return make_sessionmaker(runtime.engine)
+    """Sessions for the send path, one pool per process and database.
+
+    Their events (reminder.sent...) leave with the outbox sweep in batches rather than one
+    relay per send. No pre-ping on checkout (a round trip per transaction): a connection
+    that died with the database raises OperationalError, the pool drops it, and the task
+    retries (its status guard makes the retry safe)."""
+    return _send_sessions(runtime.settings.database_url)
+
+
+@lru_cache(maxsize=4)
+def _send_sessions(url: str) -> sessionmaker[Session]:
+    return make_sessionmaker(make_engine(url, pool_pre_ping=False, pool_size=2, max_overflow=4))
 
 
 @contextmanager
@@ -194,62 +202,100 @@ def requeue_stuck(*, now: dt.datetime | None = None, limit: int = 1000) -> int:
 
 
 # --- the guarded send ----------------------------------------------------------------------
+#
+# A send is two short transactions: the claim (queued -> sending, one statement that also
+# reads the contact, opt-out and hourly count), then the mark (sending -> sent, the contact
+# send, the reminder.sent event; with the dev provider, its message too). The claim is
+# committed before the provider is called, so a crash in between leaves a "sending" row
+# that recovery checks with the provider. Core statements: no ORM objects per send.
 
-def _finish(session: Session, reminder: Reminder, *, status: str, reason: str, event: str) -> None:
-    session.execute(update(Reminder).where(Reminder.id == reminder.id)
-                    .values(status=status, reason=reason[:200], completed_at=utcnow(), in_doubt=False))
-    session.refresh(reminder)
-    runtime.outbox.record(session, event, fact(reminder, reason[:200]))
-
-
-def _claim(session: Session, reminder_id: uuid.UUID, now: dt.datetime) -> Reminder | None:
-    """queued -> sending (or take over a "sending" row abandoned by a dead worker)."""
-    stale_before = now - dt.timedelta(seconds=runtime.settings.sending_stale_seconds)
-    return session.scalars(
-        update(Reminder)
-        .where(Reminder.id == reminder_id,
-               or_(Reminder.status == QUEUED, and_(Reminder.status == SENDING, Reminder.sending_at < stale_before)))
-        .values(status=SENDING, sending_at=now, attempts=Reminder.attempts + 1,
-                in_doubt=case((Reminder.status == SENDING, True), else_=Reminder.in_doubt))
-        .returning(Reminder)
-        .execution_options(synchronize_session=False, populate_existing=True)).first()
+_reminders = Reminder.__table__
+_contacts = ReferralContact.__table__
+_contact_sends = ContactSend.__table__
+_FACT_COLUMNS = (_reminders.c.id, _reminders.c.referral_id, _reminders.c.site_id, _reminders.c.fellowship,
+                 _reminders.c.kind, _reminders.c.channel, _reminders.c.due_at, _reminders.c.reason)
 
 
-def _contact_state(session: Session, reminder: Reminder, now: dt.datetime):
-    """The contact, whether the number opted out, and its sends in the last hour: one query."""
-    window = now - dt.timedelta(hours=1)
-    sends = select(func.count()).where(ContactSend.contact_hash == reminder.contact_hash,
-                                       ContactSend.sent_at > window).scalar_subquery()
-    oldest = select(func.min(ContactSend.sent_at)).where(ContactSend.contact_hash == reminder.contact_hash,
-                                                         ContactSend.sent_at > window).scalar_subquery()
-    opted_out = select(OptOut.contact_hash).where(OptOut.contact_hash == reminder.contact_hash).exists()
-    return session.execute(select(ReferralContact.contact, ReferralContact.active, ReferralContact.detail,
-                                  opted_out, sends, oldest)
-                           .where(ReferralContact.referral_id == reminder.referral_id)).first()
+def _contact_column(column):
+    return select(column).where(_contacts.c.referral_id == _reminders.c.referral_id).correlate(_reminders).scalar_subquery()
 
 
-def _prepare(reminder_id: uuid.UUID, now: dt.datetime) -> tuple[Reminder, str, Message] | str:
+def _when(name: str):
+    return bindparam(name, type_=DateTime(timezone=True))
+
+
+def _build_claim():
+    """queued -> sending (or take over a "sending" row abandoned by a dead worker), returning
+    the row with its contact, whether the number opted out and its sends in the last hour.
+    Built once: a statement object keeps its compiled form and cache key."""
+    r = _reminders.c
+    recent = (_contact_sends.c.contact_hash == r.contact_hash, _contact_sends.c.sent_at > _when("window_start"))
+    return (
+        update(_reminders)
+        .where(r.id == bindparam("reminder_id", type_=Uuid),
+               or_(r.status == QUEUED, and_(r.status == SENDING, r.sending_at < _when("stale_before"))))
+        .values(status=SENDING, sending_at=_when("at"), attempts=r.attempts + 1, updated_at=_when("at"),
+                in_doubt=case((r.status == SENDING, True), else_=r.in_doubt))
+        .returning(
+            *_FACT_COLUMNS, r.contact_hash, r.meeting_slug, r.meeting_start, r.previous_start, r.attempts, r.in_doubt,
+            _contact_column(_contacts.c.referral_id).label("contact_found"),
+            _contact_column(_contacts.c.contact).label("contact"),
+            _contact_column(_contacts.c.active).label("active"),
+            _contact_column(_contacts.c.detail).label("detail"),
+            select(OptOut.contact_hash).where(OptOut.contact_hash == r.contact_hash).correlate(_reminders)
+            .exists().label("opted_out"),
+            select(func.count()).where(*recent).correlate(_reminders).scalar_subquery().label("sends"),
+            select(func.min(_contact_sends.c.sent_at)).where(*recent).correlate(_reminders)
+            .scalar_subquery().label("oldest_send"),
+        ))
+
+
+def _build_mark_sent(*, only_our_claim: bool):
+    r = _reminders.c
+    guard = [r.id == bindparam("reminder_id", type_=Uuid), r.status == SENDING]
+    if only_our_claim:
+        guard.append(r.attempts == bindparam("claimed_attempts", type_=Integer))
+    return update(_reminders).where(*guard).values(
+        status=SENT, provider_ref=bindparam("ref", type_=String), sent_at=_when("at"), in_doubt=False, reason=None,
+        updated_at=_when("at"))
+
+
+_CLAIM = _build_claim()
+_MARK_SENT = {True: _build_mark_sent(only_our_claim=True), False: _build_mark_sent(only_our_claim=False)}
+_ADD_CONTACT_SEND = insert(_contact_sends)
+
+
+def _finish(session: Session, reminder: Row, *, status: str, reason: str, event: str) -> None:
+    reason = reason[:200]
+    session.execute(update(_reminders).where(_reminders.c.id == reminder.id)
+                    .values(status=status, reason=reason, completed_at=utcnow(), in_doubt=False, updated_at=utcnow()))
+    runtime.outbox.record(session, event, fact(reminder, reason))
+
+
+def _prepare(reminder_id: uuid.UUID, now: dt.datetime) -> tuple[Row, str, Message] | str:
     """Claim the row and build its message, or say why there is nothing to send."""
     with send_transaction() as session:
-        reminder = _claim(session, reminder_id, now)
+        stale_before = now - dt.timedelta(seconds=runtime.settings.sending_stale_seconds)
+        reminder = session.execute(_CLAIM, {"reminder_id": reminder_id, "at": now, "stale_before": stale_before,
+                                            "window_start": now - dt.timedelta(hours=1)}).first()
         if reminder is None:
-            status = session.scalar(select(Reminder.status).where(Reminder.id == reminder_id))
+            status = session.scalar(select(_reminders.c.status).where(_reminders.c.id == reminder_id))
             return f"skipped: {status or 'unknown'}"  # a duplicate or late task: nothing to do
-        state = _contact_state(session, reminder, now)
-        if state is not None and state[3]:
+        if reminder.opted_out:
             _finish(session, reminder, status=CANCELLED, reason="opted out", event="reminder.cancelled")
             return "cancelled: opted out"
-        if state is None or state.contact is None or (not state.active and reminder.kind != "meeting_cancelled"):
+        if (reminder.contact_found is None or reminder.contact is None
+                or (not reminder.active and reminder.kind != "meeting_cancelled")):
             _finish(session, reminder, status=CANCELLED, reason="no longer wanted", event="reminder.cancelled")
             return "cancelled: no longer wanted"
-        sends, oldest = state[4], state[5]
-        if not reminder.in_doubt and sends >= runtime.settings.hourly_cap:
-            allowed_at = aware(oldest) + dt.timedelta(hours=1, seconds=1)
+        if not reminder.in_doubt and reminder.sends >= runtime.settings.hourly_cap:
+            allowed_at = aware(reminder.oldest_send) + dt.timedelta(hours=1, seconds=1)
             if reminder.kind in ("day_before", "hours_before") and allowed_at >= aware(reminder.meeting_start):
                 _finish(session, reminder, status=CANCELLED, reason="hourly cap", event="reminder.cancelled")
                 return "cancelled: hourly cap"
-            reminder.status, reminder.due_at, reminder.reason, reminder.queued_at = CREATED, allowed_at, "hourly cap", None
-            reminder.attempts -= 1
+            session.execute(update(_reminders).where(_reminders.c.id == reminder.id).values(
+                status=CREATED, due_at=allowed_at, reason="hourly cap", queued_at=None,
+                attempts=_reminders.c.attempts - 1, updated_at=now))
             return "deferred: hourly cap"
         meeting = cached_meeting(session, reminder.meeting_slug)
         if meeting is None:
@@ -257,28 +303,62 @@ def _prepare(reminder_id: uuid.UUID, now: dt.datetime) -> tuple[Reminder, str, M
             return "failed: meeting unknown"
         message = render(kind=reminder.kind, channel=reminder.channel, meeting=meeting,
                          start=aware(reminder.meeting_start), previous_start=aware(reminder.previous_start),
-                         detail=state.detail, now=now, templates_dir=runtime.settings.templates_dir)
-        session.flush()
-        session.expunge(reminder)
-        return reminder, state.contact, message
+                         detail=reminder.detail, now=now, templates_dir=runtime.settings.templates_dir)
+        return reminder, reminder.contact, message
 
 
-def _mark_sent(reminder: Reminder, provider_ref: str) -> None:
+def _mark_sent(session: Session, reminder: Row, provider_ref: str, *, only_our_claim: bool) -> bool:
+    """sending -> sent with the contact send and reminder.sent. ``only_our_claim``: only if no
+    other worker took the row over since we claimed it (attempts still ours)."""
     at = utcnow()
+    done = session.execute(_MARK_SENT[only_our_claim], {"reminder_id": reminder.id, "claimed_attempts": reminder.attempts,
+                                                         "ref": provider_ref, "at": at}).rowcount
+    if only_our_claim and not done:
+        return False
+    session.execute(_ADD_CONTACT_SEND, {"contact_hash": reminder.contact_hash, "reminder_id": reminder.id, "sent_at": at})
+    if done:
+        runtime.outbox.record(session, "reminder.sent", fact(reminder, None))
+    return True
+
+
+def _send_and_mark(provider, reminder: Row, to: str, message: Message) -> str:
+    """Hand the message to the provider and mark the reminder sent."""
+    if provider.in_our_database:
+        # The dev provider's message is a row next to ours: one transaction for both.
+        with send_transaction() as session:
+            provider_ref = provider.send(reference=str(reminder.id), to=to, message=message, session=session)
+            if not _mark_sent(session, reminder, provider_ref, only_our_claim=True):
+                session.rollback()  # another worker took the row over: its send counts, not ours
+                return "skipped: taken over"
+        return "sent"
+    provider_ref = provider.send(reference=str(reminder.id), to=to, message=message)
     with send_transaction() as session:
-        done = session.execute(update(Reminder).where(Reminder.id == reminder.id, Reminder.status == SENDING)
-                               .values(status=SENT, provider_ref=provider_ref, sent_at=at, in_doubt=False, reason=None)
-                               .execution_options(synchronize_session=False)).rowcount
-        session.add(ContactSend(contact_hash=reminder.contact_hash, reminder_id=reminder.id, sent_at=at))
-        if done:
-            runtime.outbox.record(session, "reminder.sent", fact(reminder, None))
+        _mark_sent(session, reminder, provider_ref, only_our_claim=False)
+    return "sent"
 
 
 def _fail(reminder_id: uuid.UUID, *, status: str, reason: str) -> None:
+    reason = reason[:200]
     with send_transaction() as session:
-        reminder = session.get(Reminder, reminder_id)
-        if reminder is not None and reminder.status == SENDING:
-            _finish(session, reminder, status=status, reason=reason, event="reminder.failed")
+        failed = session.execute(update(_reminders).where(_reminders.c.id == reminder_id, _reminders.c.status == SENDING)
+                                 .values(status=status, reason=reason, completed_at=utcnow(), in_doubt=False,
+                                         updated_at=utcnow())
+                                 .returning(*_FACT_COLUMNS)).first()
+        if failed is not None:
+            runtime.outbox.record(session, "reminder.failed", fact(failed, reason))
+
+
+_providers: dict[tuple[str, int, int], tuple[object, object]] = {}
+
+
+def provider_of(channel: str):
+    """The channel's provider, built once per process (a Notify client keeps its connections)."""
+    cfg, sessions = runtime.settings, send_sessions()
+    key = (channel, id(cfg), id(sessions))
+    hit = _providers.get(key)
+    if hit is None:
+        hit = _providers[key] = (provider_for(channel, cfg, sessions), cfg)  # cfg kept so its id stays unique
+    return hit[0]
 
 
 def send_reminder(*, reminder_id: uuid.UUID) -> str:
@@ -289,17 +369,18 @@ def send_reminder(*, reminder_id: uuid.UUID) -> str:
         return prepared
     reminder, to, message = prepared
     rate_limit().acquire()  # shared by every send worker
-    provider = provider_for(reminder.channel, cfg, send_sessions())
+    provider = provider_of(reminder.channel)
     if reminder.in_doubt:
         found = provider.lookup(str(reminder.id))
         if found is UNKNOWN:
             _fail(reminder.id, status=TECHNICAL_FAILURE, reason="interrupted send with an unknown outcome")
             return "failed: outcome unknown"
         if found:
-            _mark_sent(reminder, found)
+            with send_transaction() as session:
+                _mark_sent(session, reminder, found, only_our_claim=False)
             return "sent (found at the provider)"
     try:
-        provider_ref = provider.send(reference=str(reminder.id), to=to, message=message)
+        return _send_and_mark(provider, reminder, to, message)
     except PermanentFailure as exc:
         _fail(reminder.id, status=PERMANENT_FAILURE, reason=str(exc))
         return "failed: permanent"
@@ -309,9 +390,7 @@ def send_reminder(*, reminder_id: uuid.UUID) -> str:
             return "failed: technical"
         countdown = cfg.retry_base_seconds * 2 ** (reminder.attempts - 1)
         with send_transaction() as session:
-            session.execute(update(Reminder).where(Reminder.id == reminder.id, Reminder.status == SENDING)
-                            .values(status=QUEUED, in_doubt=False, reason=str(exc)[:200],
+            session.execute(update(_reminders).where(_reminders.c.id == reminder.id, _reminders.c.status == SENDING)
+                            .values(status=QUEUED, in_doubt=False, reason=str(exc)[:200], updated_at=utcnow(),
                                     queued_at=utcnow() + dt.timedelta(seconds=countdown)))
         raise RetryLater(countdown, str(exc)) from exc
-    _mark_sent(reminder, provider_ref)
-    return "sent"
