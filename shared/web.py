@@ -7,9 +7,10 @@ from collections.abc import Callable
 
 import redis
 import structlog
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -29,10 +30,29 @@ SECURITY_HEADERS = {
 }
 
 
+def reject_unknown_query_parameters(request: Request) -> None:
+    """An API call with a query parameter the endpoint does not take is refused (422), so a
+    misspelt filter (``?fellowhsip=aa``) is reported instead of silently ignored. Pages
+    (outside the OpenAPI document) are lenient: browsers add their own parameters."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute) or not route.include_in_schema:
+        return
+    known, dependants = set(), [route.dependant]
+    while dependants:
+        dependant = dependants.pop()
+        known |= {param.alias for param in dependant.query_params}
+        dependants.extend(dependant.dependencies)
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        raise RequestValidationError([{"loc": ("query", name), "msg": "unknown query parameter", "type": "unknown"}
+                                      for name in unknown])
+
+
 def make_app(*, service: str, settings: ServiceSettings, engine: Callable[[], Engine], title: str,
              description: str = "", **fastapi_kw) -> FastAPI:
     configure_logging(settings.log_level)
-    app = FastAPI(title=title, description=description, version="0.1.0", **fastapi_kw)
+    app = FastAPI(title=title, description=description, version="0.1.0",
+                  dependencies=[Depends(reject_unknown_query_parameters)], **fastapi_kw)
     app.state.settings = settings
     registry = CollectorRegistry()
     requests = Counter("http_requests_total", "HTTP requests", ["method", "route", "status"], registry=registry)
@@ -74,6 +94,9 @@ def make_app(*, service: str, settings: ServiceSettings, engine: Callable[[], En
         log.error("db.unavailable", error=type(exc.orig).__name__)
         return JSONResponse({"detail": "the database is unavailable, try again shortly"}, status_code=503)
 
+    _document_errors(app)
+    _allow_all_methods_of_a_path(app)
+
     @app.get("/healthz", tags=["ops"], summary="The process is up")
     def healthz() -> dict:
         return {"status": "ok", "service": service}
@@ -101,3 +124,85 @@ def make_app(*, service: str, settings: ServiceSettings, engine: Callable[[], En
         return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+# What every 4xx answers with: a sentence for people, and per-field errors for programs.
+ERROR_SCHEMA = {
+    "title": "Error",
+    "type": "object",
+    "required": ["detail"],
+    "properties": {
+        "detail": {"title": "Detail", "description": "What was wrong, in one sentence"},
+        "errors": {
+            "title": "Errors",
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "field": {"type": "string"},
+                    "message": {"type": "string"},
+                    "type": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+
+
+ERROR_RESPONSES = {
+    "400": "The request could not be read",
+    "401": "No token, or a token that is invalid or expired",
+    "403": "The token's role or site does not allow this",
+    "404": "Nothing with that identifier",
+    "405": "The path does not take that method",
+    "409": "It conflicts with what is stored (or the move is not allowed now)",
+    "413": "The request body is too large",
+    "422": "The input is not valid: see detail and errors",
+    "429": "Too many requests: wait and try again",
+    "503": "The database or Redis is unavailable: try again shortly",
+}
+
+
+def _document_errors(app: FastAPI) -> None:
+    """Make the OpenAPI document describe the error responses this app really sends."""
+    original = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = original()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components["HTTPValidationError"] = ERROR_SCHEMA
+        components.pop("ValidationError", None)
+        error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}}}
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                responses = operation.setdefault("responses", {})
+                for code, description in ERROR_RESPONSES.items():
+                    responses.setdefault(code, {"description": description, **error})
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi
+
+
+def _allow_all_methods_of_a_path(app: FastAPI) -> None:
+    """A 405 names every method the path takes (Starlette names only one route's)."""
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.routing import Match
+
+    default = app.exception_handlers.get(StarletteHTTPException)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 405:
+            allowed = set()
+            for route in app.router.routes:
+                methods = getattr(route, "methods", None)
+                if methods and route.matches({**request.scope, "method": next(iter(methods))})[0] == Match.FULL:
+                    allowed |= methods
+            return JSONResponse({"detail": "this path does not take that method"}, status_code=405,
+                                headers={"Allow": ", ".join(sorted(allowed))})
+        if default is not None:
+            return await default(request, exc)
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)

@@ -38,6 +38,7 @@ from services.directory.schemas import (
 )
 from shared.auth import AdminOnly, CurrentPrincipal, Principal, Role, ensure_site
 from shared.pages import setup_pages
+from shared.types import InputDate
 from shared.web import make_app
 
 SessionDep = Annotated[Session, Depends(runtime.get_session)]
@@ -270,12 +271,16 @@ def _visible_site(session: Session, principal: Principal, site_id: str) -> Site:
 # --- engagement -----------------------------------------------------------------------------
 
 EngagementFormat = Annotated[Literal["json", "csv"], Query(description="json, or csv for a spreadsheet")]
-DateFrom = Annotated[dt.date | None, Query(alias="from", description="First day (YYYY-MM-DD)")]
-DateTo = Annotated[dt.date | None, Query(alias="to", description="Last day (YYYY-MM-DD)")]
+DateFrom = Annotated[InputDate | None, Query(alias="from", description="First day (YYYY-MM-DD)")]
+DateTo = Annotated[InputDate | None, Query(alias="to", description="Last day (YYYY-MM-DD)")]
 FellowshipFilter = Annotated[str | None, Query(pattern=FELLOWSHIP_PATTERN, max_length=64)]
 
 
-@app.get("/engagement", tags=["engagement"], summary="Engagement counters: commissioners their region, admins all")
+CSV_OR_JSON = {200: {"content": {"application/json": {}, "text/csv": {}}}}
+
+
+@app.get("/engagement", tags=["engagement"], responses=CSV_OR_JSON,
+         summary="Engagement counters: commissioners their region, admins all")
 def engagement(session: SessionDep, principal: CurrentPrincipal, date_from: DateFrom = None, date_to: DateTo = None,
                fellowship: FellowshipFilter = None, format: EngagementFormat = "json"):
     if principal.role == Role.admin:
@@ -290,13 +295,15 @@ def engagement(session: SessionDep, principal: CurrentPrincipal, date_from: Date
                                 scope={"region": principal.region if site_ids is not None else None})
 
 
-@app.get("/engagement.csv", tags=["engagement"], summary="The same counters as CSV")
+@app.get("/engagement.csv", tags=["engagement"], response_class=Response,
+         responses={200: {"content": {"text/csv": {}}}}, summary="The same counters as CSV")
 def engagement_csv(session: SessionDep, principal: CurrentPrincipal, date_from: DateFrom = None, date_to: DateTo = None,
                    fellowship: FellowshipFilter = None):
     return engagement(session, principal, date_from, date_to, fellowship, "csv")
 
 
-@app.get("/sites/{site_id}/engagement", tags=["engagement"], summary="One site's engagement counters")
+@app.get("/sites/{site_id}/engagement", tags=["engagement"], responses=CSV_OR_JSON,
+         summary="One site's engagement counters")
 def site_engagement(site_id: str, session: SessionDep, principal: CurrentPrincipal, date_from: DateFrom = None,
                     date_to: DateTo = None, fellowship: FellowshipFilter = None, format: EngagementFormat = "json"):
     _visible_site(session, principal, site_id)

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validat
 from services.directory.geocode import normalise_postcode
 from services.directory.reference import TYPE_NAMES
 from shared.events import AttendanceOption
+from shared.types import InputBool, InputFloat, InputInt
 
 TIME_PATTERN = r"^([01]\d|2[0-3]):[0-5]\d$"
 SLUG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
@@ -30,7 +31,7 @@ class MeetingIn(BaseModel):
     slug: str = Field(min_length=1, max_length=200, pattern=SLUG_PATTERN)
     name: str = Field(min_length=1, max_length=300)
     fellowship: str = Field(min_length=1, max_length=64, pattern=FELLOWSHIP_PATTERN)
-    day: int | None = Field(None, ge=0, le=6, description="0-6, Sunday = 0; none for appointment meetings")
+    day: InputInt | None = Field(None, ge=0, le=6, description="0-6, Sunday = 0; none for appointment meetings")
     time: str | None = Field(None, pattern=TIME_PATTERN, description="HH:MM local")
     end_time: str | None = Field(None, pattern=TIME_PATTERN)
     timezone: str = "Europe/London"
@@ -50,9 +51,9 @@ class MeetingIn(BaseModel):
     sub_region: Text = _opt(120)
     district: Text = _opt(120)
     postcode: Text = Field(None, max_length=10, description="UK postcode, full or outward code")
-    latitude: float | None = Field(None, ge=-90, le=90)
-    longitude: float | None = Field(None, ge=-180, le=180)
-    approximate: bool = False
+    latitude: InputFloat | None = Field(None, ge=-90, le=90)
+    longitude: InputFloat | None = Field(None, ge=-180, le=180)
+    approximate: InputBool = False
     conference_url: Text = _opt(2000)
     conference_url_notes: Text = _opt(2000)
     conference_phone: Text = _opt(64)
@@ -68,9 +69,9 @@ class MeetingIn(BaseModel):
     url: Text = _opt(2000)
     feedback_url: Text = _opt(2000)
     site_id: Text = _opt(64)
-    booking_required: bool = False
-    peer_led: bool = False
-    partnership: bool = False
+    booking_required: InputBool = False
+    peer_led: InputBool = False
+    partnership: InputBool = False
     facilitator_name: Text = _opt(200)
     facilitator_contact: Text = Field(None, max_length=200, description="Phone or email; encrypted at rest")
 
@@ -205,7 +206,7 @@ class SearchIn(BaseModel):
 
     near: str | None = None
     radius_km: float = Field(10.0, gt=0, le=200)
-    day: int | None = Field(None, ge=0, le=6)
+    day: InputInt | None = Field(None, ge=0, le=6)
     starts_after: str | None = Field(None, pattern=TIME_PATTERN)
     starts_before: str | None = Field(None, pattern=TIME_PATTERN)
     fellowship: str | None = None
@@ -229,7 +230,7 @@ class SiteIn(BaseModel):
     champion_phone: str | None = Field(None, max_length=40)
     address: str | None = Field(None, max_length=500)
     postcode: str | None = Field(None, max_length=10)
-    active: bool = True
+    active: InputBool = True
 
     @field_validator("postcode")
     @classmethod

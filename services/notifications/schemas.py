@@ -7,6 +7,8 @@ import uuid
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.types import InputDateTime
+
 
 class DeliveryCallbackIn(BaseModel):
     """GOV.UK Notify delivery receipt (docs: 'Delivery receipts')."""
@@ -17,9 +19,9 @@ class DeliveryCallbackIn(BaseModel):
     reference: str | None = Field(None, max_length=100, description="Our reference: the reminder id")
     to: str | None = None
     status: str = Field(min_length=1, max_length=40)
-    created_at: dt.datetime | None = None
-    completed_at: dt.datetime | None = None
-    sent_at: dt.datetime | None = None
+    created_at: InputDateTime | None = None
+    completed_at: InputDateTime | None = None
+    sent_at: InputDateTime | None = None
     notification_type: str | None = None
 
 
@@ -32,7 +34,7 @@ class InboundSmsIn(BaseModel):
     source_number: str = Field(min_length=3, max_length=32)
     destination_number: str | None = None
     message: str = Field(max_length=2000)
-    date_received: dt.datetime | None = None
+    date_received: InputDateTime | None = None
 
 
 class CallbackResult(BaseModel):

@@ -3,7 +3,6 @@ admins for all; commissioners see no individual referral (they read aggregates e
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
 from typing import Annotated
 
@@ -27,6 +26,7 @@ from services.referrals.schemas import (
 from shared.auth import CurrentPrincipal, Principal, Role, SiteStaff, ensure_site
 from shared.events import Stage
 from shared.pages import setup_pages
+from shared.types import InputDate
 from shared.web import make_app
 
 SessionDep = Annotated[Session, Depends(runtime.get_session)]
@@ -79,8 +79,8 @@ def list_referrals(
     status_: Annotated[Status | None, Query(alias="status")] = None,
     stage: Stage | None = None,
     meeting: Annotated[str | None, Query(max_length=200)] = None,
-    planned_from: dt.date | None = None, planned_to: dt.date | None = None,
-    created_from: dt.date | None = None, created_to: dt.date | None = None,
+    planned_from: InputDate | None = None, planned_to: InputDate | None = None,
+    created_from: InputDate | None = None, created_to: InputDate | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50, offset: Annotated[int, Query(ge=0)] = 0,
 ):
     if principal.role != Role.admin:

@@ -11,6 +11,7 @@ import phonenumbers
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from shared.events import REFERRAL_STATUSES, Stage
+from shared.types import InputBool, InputDate
 
 Support = Literal["accompanied_by_peer", "accompanied_by_keyworker", "transport", "none"]
 ReminderDetail = Literal["discreet", "full"]
@@ -64,7 +65,7 @@ def check_client_reference(value: str) -> str:
 class ConsentIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    to_reminders: bool = Field(description="The client agreed to reminders, after hearing the wording verbatim")
+    to_reminders: InputBool = Field(description="The client agreed to reminders, after hearing the wording verbatim")
     wording_version: str = Field(min_length=1, max_length=20, description="The consent wording read to the client")
 
 
@@ -72,7 +73,7 @@ class ReferralIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     meeting_slug: str = Field(min_length=1, max_length=200)
-    planned_date: dt.date | None = Field(None, description="Default: the meeting's next occurrence")
+    planned_date: InputDate | None = Field(None, description="Default: the meeting's next occurrence")
     support: Support = "none"
     client_reference: str = Field(min_length=2, max_length=24, description="Pseudonymous, e.g. BHM-0042")
     mobile: str | None = Field(None, max_length=32, description="UK mobile, for text reminders")
@@ -122,8 +123,8 @@ class TransitionIn(BaseModel):
 
     to: Stage = Field(description="The FAMA stage (business status) to move to; it fixes the FHIR status")
     reason: str | None = Field(None, max_length=500, description="Required for on-hold, did-not-engage, declined")
-    accompanied: bool | None = Field(None, description="Required for first-meeting-attended")
-    planned_date: dt.date | None = Field(None, description="For first-meeting-planned: a new date")
+    accompanied: InputBool | None = Field(None, description="Required for first-meeting-attended")
+    planned_date: InputDate | None = Field(None, description="For first-meeting-planned: a new date")
 
 
 class ContactOut(BaseModel):

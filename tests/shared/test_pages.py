@@ -22,7 +22,7 @@ def client():
     templates = make_templates(HERE / "templates")
     setup_pages(app, templates)
 
-    @app.get("/desk")
+    @app.get("/desk", include_in_schema=False)
     def desk(request: Request, principal: Annotated[Principal, Depends(require_page_roles(Role.keyworker))]):
         return templates.TemplateResponse(request, "message.html", {"title": "Desk", "message": f"Hello {principal.site}",
                                                                     "principal": principal})

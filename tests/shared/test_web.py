@@ -49,3 +49,33 @@ def test_oversized_request_is_413():
     response = client.post("/echo", content=b'{"a": "' + b"x" * 2000 + b'"}', headers={"content-type": "application/json"})
     assert response.status_code == 413
     assert "1000 bytes" in response.json()["detail"]
+
+
+def test_misspelt_query_parameter_is_reported():
+    app = make_app(service="x", settings=ServiceSettings(), engine=lambda: None, title="FAMA x")
+
+    @app.get("/things")
+    def things(fellowship: str | None = None):
+        return {"fellowship": fellowship}
+
+    client = TestClient(app)
+    assert client.get("/things?fellowship=aa").json() == {"fellowship": "aa"}
+    response = client.get("/things?fellowhsip=aa")
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "fellowhsip"
+
+
+def test_405_names_every_method_of_the_path():
+    app = make_app(service="x", settings=ServiceSettings(), engine=lambda: None, title="FAMA x")
+
+    @app.get("/things")
+    def list_things():
+        return []
+
+    @app.post("/things")
+    def add_thing():
+        return {}
+
+    response = TestClient(app).delete("/things")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET, POST"
