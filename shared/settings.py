@@ -43,6 +43,9 @@ class ServiceSettings(BaseSettings):
     jwt_audience: str = common("JWT_AUDIENCE", "fama")
     outbox_sweep_seconds: float = common("OUTBOX_SWEEP_SECONDS", 5.0)
     max_request_bytes: int = common("MAX_REQUEST_BYTES", 5_000_000)
+    # Requests a minute per client address on public endpoints (search, feed) and on callbacks; 0 = no limit.
+    public_rate_limit_per_minute: int = common("PUBLIC_RATE_LIMIT_PER_MINUTE", 300)
+    callback_rate_limit_per_minute: int = common("CALLBACK_RATE_LIMIT_PER_MINUTE", 6000)
 
     # Where people reach each service's pages, for links between them (never called server-side).
     directory_public_url: str = common("DIRECTORY_PUBLIC_URL", "http://127.0.0.1:8001")

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import redis
 import structlog
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.routing import APIRoute
@@ -28,6 +28,49 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
     "script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; frame-ancestors 'none'",
 }
+
+
+class RateLimited:
+    """A per-client limit on requests a minute, counted in Redis so every API process shares it.
+
+    Used on what anyone can call without an account (meeting search, the feed) and on the
+    provider callbacks. If Redis is unreachable the request is let through: search must not
+    fail because the limiter cannot count.
+    """
+
+    def __init__(self, name: str, setting: str):
+        self.name, self.setting = name, setting
+
+    def __call__(self, request: Request) -> None:
+        settings: ServiceSettings = request.app.state.settings
+        limit = getattr(settings, self.setting)
+        if limit <= 0:
+            return
+        window = int(time.time() // 60)
+        client_ip = request.client.host if request.client else "unknown"
+        key = f"{settings.redis_key_prefix}ratelimit:{self.name}:{client_ip}:{window}"
+        try:
+            client = _redis_client(request.app)
+            count, _ = client.pipeline().incr(key).expire(key, 120).execute()
+        except redis.RedisError as exc:
+            log.warning("ratelimit.unavailable", limit=self.name, error=type(exc).__name__)
+            return
+        if count > limit:
+            retry_after = 60 - int(time.time()) % 60
+            raise HTTPException(429, detail=f"too many requests: at most {limit} a minute, try again in {retry_after} s",
+                                headers={"Retry-After": str(retry_after)})
+
+
+def _redis_client(app: FastAPI) -> redis.Redis:
+    client = getattr(app.state, "redis", None)
+    if client is None:
+        client = app.state.redis = redis.Redis.from_url(app.state.settings.redis_url, socket_timeout=1,
+                                                        socket_connect_timeout=1)
+    return client
+
+
+PublicRateLimit = Depends(RateLimited("public", "public_rate_limit_per_minute"))
+CallbackRateLimit = Depends(RateLimited("callback", "callback_rate_limit_per_minute"))
 
 
 def reject_unknown_query_parameters(request: Request) -> None:

@@ -36,6 +36,8 @@ def pytest_configure(config):
     os.environ["CELERY_VISIBILITY_TIMEOUT"] = "15"
     os.environ["OUTBOX_SWEEP_SECONDS"] = "0.5"
     os.environ["LOG_LEVEL"] = "INFO"
+    # Tests call the public endpoints far faster than any person; the limiter has its own test.
+    os.environ["PUBLIC_RATE_LIMIT_PER_MINUTE"] = "100000"
     os.environ.pop("JWT_JWKS_URL", None)
     STATE["databases"] = {}
     for service in SERVICES:

@@ -39,7 +39,7 @@ from services.directory.schemas import (
 from shared.auth import AdminOnly, CurrentPrincipal, Principal, Role, ensure_site
 from shared.pages import setup_pages
 from shared.types import InputDate
-from shared.web import make_app
+from shared.web import PublicRateLimit, make_app
 
 SessionDep = Annotated[Session, Depends(runtime.get_session)]
 
@@ -82,7 +82,8 @@ async def bad_feed(_request: Request, exc: feeds.FeedError):
 
 # --- meetings -------------------------------------------------------------------------------
 
-@app.get("/meetings", response_model=MeetingPage, tags=["meetings"], summary="Search meetings (public)")
+@app.get("/meetings", response_model=MeetingPage, tags=["meetings"],
+         summary="Search meetings (public)", dependencies=[PublicRateLimit])
 def search_meetings(
     session: SessionDep,
     near: Annotated[str | None, Query(description="UK postcode (full or outward code) or 'lat,lng'", max_length=60)] = None,
@@ -120,7 +121,8 @@ def search_meetings(
     return MeetingPage(total=found["total"], limit=limit, offset=offset, near=found["near"], results=results)
 
 
-@app.get("/meetings/{slug}", response_model=MeetingResult, tags=["meetings"], summary="One meeting (public)")
+@app.get("/meetings/{slug}", response_model=MeetingResult, tags=["meetings"],
+         summary="One meeting (public)", dependencies=[PublicRateLimit])
 def get_meeting(slug: str, session: SessionDep):
     meeting = service.get_meeting(session, slug)
     return MeetingResult.model_validate({
@@ -175,7 +177,8 @@ def meeting_types() -> dict:
 
 # --- feeds ----------------------------------------------------------------------------------
 
-@app.get("/feeds/meeting-guide.json", tags=["feeds"], summary="Meeting Guide feed of all live meetings (public)")
+@app.get("/feeds/meeting-guide.json", tags=["feeds"],
+         summary="Meeting Guide feed of all live meetings (public)", dependencies=[PublicRateLimit])
 def export_feed(session: SessionDep) -> list[dict]:
     return feeds.export_feed(session)
 

@@ -32,6 +32,7 @@ from shared.auth import Principal, Role
 from shared.events import utcnow
 from shared.meeting_time import next_occurrence
 from shared.pages import OptionalPagePrincipal, PageForbidden, make_templates, require_page_roles
+from shared.web import PublicRateLimit
 
 templates = make_templates(Path(__file__).parent / "templates")
 router = APIRouter(include_in_schema=False)
@@ -209,7 +210,7 @@ def page_number(value: str) -> int:
     return int(value) if value.isdigit() and 0 < int(value) < 100_000 else 1
 
 
-@router.get("/", response_class=HTMLResponse)
+@router.get("/", response_class=HTMLResponse, dependencies=[PublicRateLimit])
 def find_meeting(request: Request, session: SessionDep, principal: OptionalPagePrincipal):
     params = request.query_params
     searched = any(params.get(name) for name in SEARCH_FIELDS)
@@ -275,7 +276,7 @@ def upcoming(meeting: Meeting, count: int = 4, now: dt.datetime | None = None) -
     return out
 
 
-@router.get("/meeting/{slug}", response_class=HTMLResponse)
+@router.get("/meeting/{slug}", response_class=HTMLResponse, dependencies=[PublicRateLimit])
 def meeting_page(request: Request, slug: str, session: SessionDep, principal: OptionalPagePrincipal, back: str = ""):
     try:
         meeting = service.get_meeting(session, slug[:200])

@@ -19,7 +19,7 @@ from services.notifications.schemas import (
     ReminderOut,
 )
 from shared.auth import AdminOnly, SiteStaff, ensure_site
-from shared.web import make_app
+from shared.web import CallbackRateLimit, make_app
 
 SessionDep = Annotated[Session, Depends(runtime.get_session)]
 
@@ -40,7 +40,7 @@ NotifyCaller = Annotated[None, Depends(notify_caller)]
 
 
 @app.post("/callbacks/delivery", response_model=CallbackResult, tags=["callbacks"],
-          summary="GOV.UK Notify delivery receipt")
+          summary="GOV.UK Notify delivery receipt", dependencies=[CallbackRateLimit])
 def delivery_callback(receipt: DeliveryCallbackIn, session: SessionDep, _caller: NotifyCaller):
     outcome = service.delivery_status(session, receipt=receipt)
     session.commit()
@@ -48,7 +48,7 @@ def delivery_callback(receipt: DeliveryCallbackIn, session: SessionDep, _caller:
 
 
 @app.post("/callbacks/inbound-sms", response_model=CallbackResult, tags=["callbacks"],
-          summary="GOV.UK Notify received text message")
+          summary="GOV.UK Notify received text message", dependencies=[CallbackRateLimit])
 def inbound_sms_callback(inbound: InboundSmsIn, session: SessionDep, _caller: NotifyCaller):
     try:
         outcome = service.inbound_sms(session, inbound=inbound)
