@@ -1,0 +1,51 @@
+"""End-to-end pipeline: referrals per second from POST to reminders planned and counters updated.
+
+The whole stack runs as real processes on Postgres and Redis (3 APIs, one prefork worker per
+service, the sender, 3 schedulers). REFERRALS referrals with consent are POSTed by 8 threads;
+a referral is done when notifications has planned its reminders and the directory has counted
+it (their inbox rows' processed_at). In the same run one worker of the same kind drains no-op
+Celery tasks over the same Redis: the ratio says how far the pipeline is from the broker's
+ceiling. Peak memory of every process is sampled throughout.
+
+    .venv/bin/python bench/bench_pipeline.py [REFERRALS]   (default 600)
+"""
+
+from __future__ import annotations
+
+import sys
+
+import common
+from rich.table import Table
+
+
+def run() -> None:
+    count = int(sys.argv[1]) if len(sys.argv) > 1 else 600
+    loaded = common.load_data(1.0)
+    stack = common.start_stack()
+    memory = common.PeakMemory(stack)
+    try:
+        noop = common.noop_rate(2000)
+        created = common.create_referrals(stack, count)
+        done = common.pipeline_completion(created)
+        per_referral = common.events_per_referral()
+    finally:
+        peaks = memory.stop()
+        stack.stop()
+    t = Table("measure", "value", title=f"End-to-end pipeline ({common.machine()})")
+    t.add_row("data", f"{loaded['meetings']} meetings, {loaded['referrals']} referrals, {loaded['reminders']} reminders")
+    t.add_row("referrals posted (201)", f"{created['statuses'].get(201, 0)} of {count}, {common.CONCURRENCY} threads")
+    t.add_row("reminders planned", str(done["reminders"]))
+    t.add_row("event deliveries per referral", f"{per_referral:.1f}")
+    t.add_row("pipeline: referrals/s, POST to planned + counted", f"{done['rate']:.1f}")
+    t.add_row("pipeline latency p50 / p95 (s)", f"{done['p50']:.2f} / {done['p95']:.2f}")
+    t.add_row("raw Celery no-op tasks/s (1 worker, same Redis)", f"{noop['rate']:.0f}")
+    t.add_row("pipeline event deliveries/s", f"{done['rate'] * per_referral:.0f}")
+    t.add_row("ratio: referrals/s to no-op tasks/s", f"{done['rate'] / noop['rate']:.3f}")
+    t.add_row("ratio: event deliveries/s to no-op tasks/s", f"{done['rate'] * per_referral / noop['rate']:.2f}")
+    common.show(t)
+    memory.peaks = peaks
+    common.show(memory.table("Peak memory during the pipeline run"))
+
+
+if __name__ == "__main__":
+    common.main(run)
