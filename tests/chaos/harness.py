@@ -285,6 +285,18 @@ def unconsumed(engines: dict) -> dict[tuple[str, str], int]:
     return dict(missing)
 
 
+def unconsumed_details(engines: dict, limit: int = 10) -> list[str]:
+    """The events behind ``unconsumed``: type, when written and when relayed (to place the loss)."""
+    inboxes = {name: {r[0] for r in rows(engine, "SELECT event_id FROM inbox")} for name, engine in engines.items()}
+    out = []
+    for producer, engine in engines.items():
+        for r in rows(engine, "SELECT event_id, subscriber, event_type, created_at, relayed_at, attempts FROM outbox"):
+            if r.event_id not in inboxes[r.subscriber]:
+                out.append(f"{producer}->{r.subscriber} {r.event_type} written {r.created_at:%H:%M:%S.%f} "
+                           f"relayed {r.relayed_at and f'{r.relayed_at:%H:%M:%S.%f}'} attempts {r.attempts}")
+    return out[:limit]
+
+
 def counter_drift(directory_engine, referrals_engine, notifications_engine) -> dict:
     """Directory counters minus the true counts, per (site, fellowship, metric); empty = equal."""
     shown: Counter = Counter()

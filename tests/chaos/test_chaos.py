@@ -79,14 +79,15 @@ def progress(stream: Stream, machine: TimeMachine, engines: dict) -> dict:
     }
 
 
-def settle(stream: Stream, machine: TimeMachine, engines: dict, timeout: float) -> None:
+def settle(stream: Stream, machine: TimeMachine, engines: dict, timeout: float, timeline: list) -> None:
     deadline = time.monotonic() + timeout
     while True:
         state = progress(stream, machine, engines)
         if not any(state.values()):
             return
         if time.monotonic() > deadline:
-            raise AssertionError(f"not settled after {timeout:.0f} s: {state}")
+            raise AssertionError(f"not settled after {timeout:.0f} s: {state}; {harness.unconsumed_details(engines)}; "
+                                 f"phases began (UTC): {timeline}")
         time.sleep(1.0)
 
 
@@ -102,6 +103,7 @@ def test_nothing_lost_or_doubled_under_faults(redis_prefix, capsys):
     stream: Stream | None = None
     notes: dict[str, str] = {}
     phases: list[str] = []
+    timeline: list[str] = []
     try:
         t_start = time.monotonic()
         stack.start_all()
@@ -119,6 +121,7 @@ def test_nothing_lost_or_doubled_under_faults(redis_prefix, capsys):
 
         def phase(name: str) -> None:
             phases.append(name)
+            timeline.append(f"{name} {harness.now_utc():%H:%M:%S}")
             stream.phase = name
 
         phase("baseline")
@@ -129,6 +132,7 @@ def test_nothing_lost_or_doubled_under_faults(redis_prefix, capsys):
         for _ in range(3):
             for service in ("directory", "referrals", "notifications"):
                 killed.append(harness.kill_random_worker(stack, service, rng))
+                timeline.append(f"killed {killed[-1]} {harness.now_utc():%H:%M:%S.%f}")
             time.sleep(1.0)
             stack.restart_all([n for n in ("directory-worker", "referrals-worker", "notifications-worker",
                                            "notifications-sender") if stack.processes[n].proc.poll() is not None])
@@ -174,7 +178,7 @@ def test_nothing_lost_or_doubled_under_faults(redis_prefix, capsys):
         phase("after")
         stream.done.wait(timeout=PLANNED_SECONDS * 3)
         t_stream_end = time.monotonic()
-        settle(stream, machine, engines, timeout=180 if not LONG else 900)
+        settle(stream, machine, engines, timeout=180 if not LONG else 900, timeline=timeline)
         settle_seconds = time.monotonic() - t_stream_end
         machine.stop()
 
