@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import structlog
-from sqlalchemy import Column, DateTime, MetaData, String, Table, Uuid
+from sqlalchemy import Column, MetaData, String, Table, Uuid
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from shared.db import UTCDateTime
 from shared.events import Event, utcnow
 
 log = structlog.get_logger(__name__)
@@ -26,7 +27,7 @@ def inbox_table(metadata: MetaData) -> Table:
         metadata,
         Column("event_id", Uuid, primary_key=True),
         Column("event_type", String(64), nullable=False),
-        Column("processed_at", DateTime(timezone=True), nullable=False),
+        Column("processed_at", UTCDateTime(), nullable=False),
     )
 
 

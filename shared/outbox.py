@@ -17,7 +17,6 @@ from celery import Celery
 from sqlalchemy import (
     JSON,
     Column,
-    DateTime,
     Index,
     Integer,
     MetaData,
@@ -31,6 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import queues
+from shared.db import UTCDateTime
 from shared.events import Event, Payload, subscribers, utcnow
 
 log = structlog.get_logger(__name__)
@@ -47,8 +47,8 @@ def outbox_table(metadata: MetaData) -> Table:
         Column("event_type", String(64), nullable=False),
         Column("subscriber", String(32), nullable=False),
         Column("body", JSON, nullable=False),
-        Column("created_at", DateTime(timezone=True), nullable=False),
-        Column("relayed_at", DateTime(timezone=True), nullable=True),
+        Column("created_at", UTCDateTime(), nullable=False),
+        Column("relayed_at", UTCDateTime(), nullable=True),
         Column("attempts", Integer, nullable=False, default=0),
         Index("ix_outbox_unrelayed", "relayed_at", "id"),
     )

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import JSON, Boolean, Column, DateTime, MetaData, String, Table, select
+from sqlalchemy import JSON, Boolean, Column, MetaData, String, Table, select
 from sqlalchemy.orm import Session
 
+from shared.db import UTCDateTime
 from shared.events import Event, MeetingSnapshot, MeetingWithdrawn
 
 MEETING_EVENTS = ("meeting.published", "meeting.updated", "meeting.withdrawn")
@@ -24,7 +25,7 @@ def meeting_replica_table(metadata: MetaData) -> Table:
         Column("fellowship", String(64), nullable=False),
         Column("active", Boolean, nullable=False),
         Column("snapshot", JSON, nullable=False),
-        Column("event_at", DateTime(timezone=True), nullable=False),
+        Column("event_at", UTCDateTime(), nullable=False),
     )
 
 

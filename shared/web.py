@@ -121,7 +121,7 @@ def make_app(*, service: str, settings: ServiceSettings, engine: Callable[[], En
     async def validation_error(_request: Request, exc: RequestValidationError):
         errors = [
             {"field": ".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path")),
-             "message": e.get("msg"), "type": e.get("type")}
+             "message": str(e.get("msg", "")).removeprefix("Value error, "), "type": e.get("type")}
             for e in exc.errors()
         ]
         summary = "; ".join(f"{e['field'] or 'request'}: {e['message']}" for e in errors)

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SECRETS = {
     "JWT_SECRET": "s3cret-for-the-test", "CONTACT_TRANSIT_KEYS": "k1", "POSTGRES_PASSWORD": "pw",
     "REFERRALS_ENCRYPTION_KEYS": "k2", "NOTIFICATIONS_ENCRYPTION_KEYS": "k3", "NOTIFICATIONS_HASH_KEY": "k4",
+    "DIRECTORY_ENCRYPTION_KEYS": "k5", "NOTIFICATIONS_CALLBACK_TOKEN": "k6",
 }
 
 
@@ -82,3 +83,15 @@ def test_procfile_runs_the_same_processes_locally():
         assert f"services.{name}.api:app" in procfile[f"{name}-api"]
         assert procfile[f"{name}-scheduler"].strip() == f"fama {name} scheduler"
     assert f"-Q {queues.NOTIFICATIONS_SEND}" in procfile["notifications-sender"]
+
+
+def test_compose_sets_only_settings_the_services_read(compose):
+    """A misspelt variable in the compose file would silently fall back to a default."""
+    from fama.cli import settings_table
+
+    known = {row[0] for row in settings_table()} | {"FORWARDED_ALLOW_IPS", "CELERY_APP", "CELERY_NODE"}
+    for name, service in compose["services"].items():
+        if name in ("postgres", "redis"):
+            continue
+        unknown = set(service.get("environment", {})) - known
+        assert not unknown, f"{name}: {sorted(unknown)}"

@@ -3,12 +3,12 @@ from __future__ import annotations
 import datetime as dt
 from functools import lru_cache
 
-from sqlalchemy import JSON, Boolean, Date, DateTime, Float, Index, Integer, String, Text
+from sqlalchemy import JSON, Boolean, Date, Float, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.directory.config import get_settings
 from shared.crypto import EncryptedText, FieldCipher
-from shared.db import make_metadata
+from shared.db import UTCDateTime, make_metadata
 from shared.events import utcnow
 
 
@@ -111,8 +111,8 @@ class Meeting(Base):
     source: Mapped[str | None] = mapped_column(String(100))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     withdrawn_reason: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    updated: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class EngagementFact(Base):
@@ -129,7 +129,7 @@ class EngagementFact(Base):
     site_id: Mapped[str] = mapped_column(String(64))
     fellowship: Mapped[str] = mapped_column(String(64))
     week_start: Mapped[dt.date] = mapped_column(Date)
-    occurred_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    occurred_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
 
 
 class EngagementCount(Base):

@@ -4,12 +4,12 @@ import datetime as dt
 import uuid
 from functools import lru_cache
 
-from sqlalchemy import Boolean, Date, DateTime, ForeignKey, Integer, String, Uuid
+from sqlalchemy import Boolean, Date, ForeignKey, Integer, String, Uuid
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.referrals.config import get_settings
 from shared.crypto import EncryptedText, FieldCipher
-from shared.db import make_metadata
+from shared.db import UTCDateTime, make_metadata
 from shared.events import utcnow
 from shared.replica import meeting_replica_table
 
@@ -51,22 +51,22 @@ class Referral(Base):
     business_status: Mapped[str] = mapped_column(String(32), index=True)
     accompanied: Mapped[bool | None] = mapped_column(Boolean)
     created_by: Mapped[str] = mapped_column(String(200))
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
-    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
-    ended_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), index=True)
 
     mobile: Mapped[str | None] = mapped_column(EncryptedText(contact_cipher))  # E.164
     email: Mapped[str | None] = mapped_column(EncryptedText(contact_cipher))
     reminder_detail: Mapped[str] = mapped_column(String(10), default="discreet")
     consent_to_reminders: Mapped[bool] = mapped_column(Boolean, default=False)
     consent_recorded_by: Mapped[str | None] = mapped_column(String(200))
-    consent_recorded_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    consent_recorded_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     consent_wording_version: Mapped[str | None] = mapped_column(String(20))
-    consent_withdrawn_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    consent_withdrawn_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     consent_withdrawn_by: Mapped[str | None] = mapped_column(String(200))
-    contact_unreachable_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    contact_unreachable_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     contact_unreachable_reason: Mapped[str | None] = mapped_column(String(200))
-    contact_erased_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    contact_erased_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
 
 
 class ReferralHistory(Base):
@@ -76,7 +76,7 @@ class ReferralHistory(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     referral_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("referrals.id", ondelete="CASCADE"), index=True)
-    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     by: Mapped[str] = mapped_column(String(200))
     # created, transition, consent_withdrawn, contact_unreachable, contact_erased
     action: Mapped[str] = mapped_column(String(32))
@@ -97,10 +97,10 @@ class ReferralReminder(Base):
     referral_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
     kind: Mapped[str] = mapped_column(String(32))
     channel: Mapped[str] = mapped_column(String(8))
-    due_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    due_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     # scheduled, sent, delivered, failed, cancelled
     status: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str | None] = mapped_column(String(200))
     # occurred_at of the event that set the status (to resolve events arriving out of order)
-    status_event_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
-    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    status_event_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
