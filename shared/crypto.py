@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from functools import lru_cache
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from sqlalchemy import String, TypeDecorator
@@ -44,6 +45,12 @@ def _as_fernet_key(key: str) -> bytes:
     except ValueError:
         pass
     return base64.urlsafe_b64encode(hashlib.sha256(raw).digest())
+
+
+@lru_cache(maxsize=8)
+def cipher_for(keys: str) -> FieldCipher:
+    """One cipher per key list and process (building a MultiFernet is not free)."""
+    return FieldCipher(keys)
 
 
 def generate_key() -> str:

@@ -53,9 +53,14 @@ class ServiceSettings(BaseSettings):
     notifications_public_url: str = common("NOTIFICATIONS_PUBLIC_URL", "http://127.0.0.1:8003")
 
     database_url: str = "sqlite:///./var/service.db"
+    # Fernet keys (comma-separated, newest first) for the personal data this service keeps at rest.
+    encryption_keys: str = DEV_FIELD_KEY
 
     @model_validator(mode="after")
     def check_production(self):
-        if self.environment == "production" and self.jwt_jwks_url is None and self.jwt_secret == DEV_JWT_SECRET:
-            raise ValueError("production needs JWT_JWKS_URL or a JWT_SECRET other than the development one")
+        if self.environment == "production":
+            if self.jwt_jwks_url is None and self.jwt_secret == DEV_JWT_SECRET:
+                raise ValueError("production needs JWT_JWKS_URL or a JWT_SECRET other than the development one")
+            if DEV_FIELD_KEY in self.encryption_keys:
+                raise ValueError("production needs its own encryption keys, not the development key")
         return self

@@ -1,24 +1,18 @@
 from __future__ import annotations
 
 import datetime as dt
-from functools import lru_cache
 
 from sqlalchemy import JSON, Boolean, Date, Float, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.directory.config import get_settings
-from shared.crypto import EncryptedText, FieldCipher
+from shared.crypto import EncryptedText, FieldCipher, cipher_for
 from shared.db import UTCDateTime, make_metadata
 from shared.events import utcnow
 
 
-@lru_cache(maxsize=4)
-def _cipher_for(keys: str) -> FieldCipher:
-    return FieldCipher(keys)
-
-
 def cipher() -> FieldCipher:
-    return _cipher_for(get_settings().encryption_keys)
+    return cipher_for(get_settings().encryption_keys)
 
 
 class Base(DeclarativeBase):

@@ -1,9 +1,9 @@
 from functools import lru_cache
 
-from pydantic import Field, model_validator
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from shared.settings import DEV_FIELD_KEY, DEV_TRANSIT_KEY, ServiceSettings, common
+from shared.settings import DEV_TRANSIT_KEY, ServiceSettings, common
 
 
 class Settings(ServiceSettings):
@@ -11,20 +11,12 @@ class Settings(ServiceSettings):
 
     database_url: str = "sqlite:///./var/referrals.db"
     port: int = 8002
-    # Fernet keys (comma-separated, newest first) for contact details at rest.
-    encryption_keys: str = DEV_FIELD_KEY
     # Keys sealing contact details inside events; held only by referrals and notifications.
     contact_transit_keys: str = common("CONTACT_TRANSIT_KEYS", DEV_TRANSIT_KEY)
     # Contact details of a referral are erased this many days after it ended.
     retention_days: int = Field(30, ge=0)
     # How often the scheduler looks for contact details to erase.
     erasure_interval_seconds: float = 3600.0
-
-    @model_validator(mode="after")
-    def check_keys(self):
-        if self.environment == "production" and DEV_FIELD_KEY in self.encryption_keys:
-            raise ValueError("production needs its own encryption keys, not the development key")
-        return self
 
 
 @lru_cache

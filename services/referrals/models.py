@@ -2,13 +2,12 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from functools import lru_cache
 
 from sqlalchemy import Boolean, Date, ForeignKey, Integer, String, Uuid
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.referrals.config import get_settings
-from shared.crypto import EncryptedText, FieldCipher
+from shared.crypto import EncryptedText, FieldCipher, cipher_for
 from shared.db import UTCDateTime, make_metadata
 from shared.events import utcnow
 from shared.replica import meeting_replica_table
@@ -21,14 +20,9 @@ class Base(DeclarativeBase):
 meeting_replica = meeting_replica_table(Base.metadata)
 
 
-@lru_cache(maxsize=4)
-def _cipher_for(keys: str) -> FieldCipher:
-    return FieldCipher(keys)
-
-
 def contact_cipher() -> FieldCipher:
     """The at-rest cipher for contact details (REFERRALS_ENCRYPTION_KEYS)."""
-    return _cipher_for(get_settings().encryption_keys)
+    return cipher_for(get_settings().encryption_keys)
 
 
 class Referral(Base):
