@@ -73,6 +73,30 @@ PublicRateLimit = Depends(RateLimited("public", "public_rate_limit_per_minute"))
 CallbackRateLimit = Depends(RateLimited("callback", "callback_rate_limit_per_minute"))
 
 
+class BodyLimit:
+    """Refuse request bodies over the limit even when no Content-Length announces them
+    (chunked uploads): the body is counted as it arrives and the request stopped at 413."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        received = 0
+
+        async def counted_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise HTTPException(413, detail=f"request body larger than {self.max_bytes} bytes")
+            return message
+
+        await self.app(scope, counted_receive, send)
+
+
 def reject_unknown_query_parameters(request: Request) -> None:
     """An API call with a query parameter the endpoint does not take is refused (422), so a
     misspelt filter (``?fellowhsip=aa``) is reported instead of silently ignored. Pages
@@ -97,6 +121,7 @@ def make_app(*, service: str, settings: ServiceSettings, engine: Callable[[], En
     app = FastAPI(title=title, description=description, version="0.1.0",
                   dependencies=[Depends(reject_unknown_query_parameters)], **fastapi_kw)
     app.state.settings = settings
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     registry = CollectorRegistry()
     requests = Counter("http_requests_total", "HTTP requests", ["method", "route", "status"], registry=registry)
     latency = Histogram("http_request_duration_seconds", "HTTP request latency", ["method", "route"], registry=registry)

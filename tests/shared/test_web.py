@@ -50,6 +50,17 @@ def test_oversized_request_is_413():
     assert response.status_code == 413
     assert "1000 bytes" in response.json()["detail"]
 
+    def chunks():  # no Content-Length: sent chunked
+        yield b'{"a": "'
+        for _ in range(20):
+            yield b"x" * 100
+        yield b'"}'
+
+    chunked = client.post("/echo", content=chunks(), headers={"content-type": "application/json"})
+    assert chunked.status_code == 413
+    small = client.post("/echo", json={"a": "fine"})
+    assert small.status_code == 200 and small.json() == {"a": "fine"}
+
 
 def test_misspelt_query_parameter_is_reported():
     app = make_app(service="x", settings=ServiceSettings(), engine=lambda: None, title="FAMA x")
