@@ -16,7 +16,7 @@ from email.utils import make_msgid
 import requests
 from notifications_python_client import NotificationsAPIClient
 from notifications_python_client.errors import APIError
-from sqlalchemy import insert, select
+from sqlalchemy import Connection, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.notifications.config import Settings
@@ -26,7 +26,7 @@ from shared.db import transaction
 from shared.events import utcnow
 
 UNKNOWN = object()
-_ADD_DEV_MESSAGE = insert(DevMessage).returning(DevMessage.id)  # built once: compiled once
+_ADD_DEV_MESSAGE = insert(DevMessage.__table__).returning(DevMessage.__table__.c.id)  # Core, built once
 
 
 class TemporaryFailure(Exception):
@@ -41,8 +41,8 @@ class DevProvider:
     """Records each message in the database: GET /outbox shows what a client would receive.
 
     Its "sending" is a row in our own database, so ``send`` can write it in the caller's
-    transaction (``session``): the send path passes the one that marks the reminder sent,
-    so the message exists if and only if the reminder says "sent".
+    transaction (``connection``): the send path passes the one that marks the reminder
+    sent, so the message exists if and only if the reminder says "sent".
     """
 
     in_our_database = True
@@ -51,16 +51,16 @@ class DevProvider:
         self.sessions = sessions
         self.delay_seconds = delay_seconds
 
-    def send(self, *, reference: str, to: str, message: Message, session: Session | None = None) -> str:
+    def send(self, *, reference: str, to: str, message: Message, connection: Connection | Session | None = None) -> str:
         if self.delay_seconds:
             time.sleep(self.delay_seconds)  # lets tests kill a worker in the middle of a send
-        if session is not None:
-            return self._record(session, reference, to, message)
+        if connection is not None:
+            return self._record(connection, reference, to, message)
         with transaction(self.sessions) as own:
             return self._record(own, reference, to, message)
 
     @staticmethod
-    def _record(session: Session, reference: str, to: str, message: Message) -> str:
+    def _record(session: Connection | Session, reference: str, to: str, message: Message) -> str:
         row_id = session.execute(_ADD_DEV_MESSAGE, {
             "reference": reference, "channel": message.channel, "recipient": to, "subject": message.subject,
             "body": message.body, "created_at": utcnow()}).scalar_one()

@@ -18,7 +18,23 @@ from functools import cache, lru_cache
 
 import redis
 import structlog
-from sqlalchemy import DateTime, Integer, Row, String, Uuid, and_, bindparam, case, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    DateTime,
+    Engine,
+    Integer,
+    Row,
+    String,
+    Uuid,
+    and_,
+    bindparam,
+    case,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.notifications.models import (
@@ -42,6 +58,7 @@ from services.notifications.wording import Message, render
 from shared import queues
 from shared.db import is_sqlite, make_engine, make_sessionmaker, transaction
 from shared.events import MeetingSnapshot, utcnow
+from shared.outbox import PENDING_KEY
 from shared.replica import get_meeting
 
 log = structlog.get_logger(__name__)
@@ -106,14 +123,37 @@ def send_sessions() -> sessionmaker[Session]:
 
 
 @lru_cache(maxsize=4)
+def _send_engine(url: str) -> Engine:
+    return make_engine(url, pool_pre_ping=False, pool_size=2, max_overflow=4)
+
+
+@lru_cache(maxsize=4)
 def _send_sessions(url: str) -> sessionmaker[Session]:
-    return make_sessionmaker(make_engine(url, pool_pre_ping=False, pool_size=2, max_overflow=4))
+    return make_sessionmaker(_send_engine(url))
+
+
+@lru_cache(maxsize=4)
+def _autocommit_engine(url: str) -> Engine:
+    """The same pool, each statement its own transaction: a claim is one round trip."""
+    return _send_engine(url).execution_options(isolation_level="AUTOCOMMIT")
 
 
 @contextmanager
 def send_transaction() -> Iterator[Session]:
     with transaction(send_sessions()) as session:
         yield session
+
+
+@contextmanager
+def send_connection() -> Iterator[Connection]:
+    """One transaction on a plain connection (no ORM session) for the per-send mark: commits
+    on success, rolls back on error. Its events stay for the outbox sweep."""
+    with _send_engine(runtime.settings.database_url).connect() as conn:
+        try:
+            yield conn
+            conn.commit()
+        finally:
+            conn.info.pop(PENDING_KEY, None)  # Outbox.record's note for a relay-after-commit
 
 
 _meetings: dict[str, tuple[float, MeetingSnapshot | None]] = {}
@@ -266,48 +306,84 @@ _ADD_CONTACT_SEND = insert(_contact_sends)
 
 
 def _finish(session: Session, reminder: Row, *, status: str, reason: str, event: str) -> None:
+    """End a reminder we hold in "sending" (unless another worker took it over meanwhile)."""
     reason = reason[:200]
-    session.execute(update(_reminders).where(_reminders.c.id == reminder.id)
-                    .values(status=status, reason=reason, completed_at=utcnow(), in_doubt=False, updated_at=utcnow()))
-    runtime.outbox.record(session, event, fact(reminder, reason))
+    done = session.execute(update(_reminders).where(*_ours(reminder)).values(
+        status=status, reason=reason, completed_at=utcnow(), in_doubt=False, updated_at=utcnow())).rowcount
+    if done:
+        runtime.outbox.record(session, event, fact(reminder, reason))
+
+
+def _ours(reminder: Row):
+    """The row is still in the "sending" state our claim put it in."""
+    return (_reminders.c.id == reminder.id, _reminders.c.status == SENDING, _reminders.c.attempts == reminder.attempts)
+
+
+def _claim(reminder_id: uuid.UUID, now: dt.datetime) -> Row | None:
+    stale_before = now - dt.timedelta(seconds=runtime.settings.sending_stale_seconds)
+    # begin(): Postgres commits the statement by itself (the COMMIT is a no-op); SQLite's
+    # engine opens BEGIN IMMEDIATE on begin, which this commits.
+    with _autocommit_engine(runtime.settings.database_url).begin() as conn:
+        return conn.execute(_CLAIM, {"reminder_id": reminder_id, "at": now, "stale_before": stale_before,
+                                     "window_start": now - dt.timedelta(hours=1)}).first()
 
 
 def _prepare(reminder_id: uuid.UUID, now: dt.datetime) -> tuple[Row, str, Message] | str:
-    """Claim the row and build its message, or say why there is nothing to send."""
-    with send_transaction() as session:
-        stale_before = now - dt.timedelta(seconds=runtime.settings.sending_stale_seconds)
-        reminder = session.execute(_CLAIM, {"reminder_id": reminder_id, "at": now, "stale_before": stale_before,
-                                            "window_start": now - dt.timedelta(hours=1)}).first()
-        if reminder is None:
+    """Claim the row and build its message, or say why there is nothing to send.
+
+    The claim is one statement committed on its own; what follows a claim that must not
+    send (opted out, no longer wanted, capped) changes the row only while it is still ours."""
+    reminder = _claim(reminder_id, now)
+    if reminder is None:
+        with send_sessions()() as session:
             status = session.scalar(select(_reminders.c.status).where(_reminders.c.id == reminder_id))
-            return f"skipped: {status or 'unknown'}"  # a duplicate or late task: nothing to do
-        if reminder.opted_out:
-            _finish(session, reminder, status=CANCELLED, reason="opted out", event="reminder.cancelled")
-            return "cancelled: opted out"
-        if (reminder.contact_found is None or reminder.contact is None
-                or (not reminder.active and reminder.kind != "meeting_cancelled")):
-            _finish(session, reminder, status=CANCELLED, reason="no longer wanted", event="reminder.cancelled")
-            return "cancelled: no longer wanted"
-        if not reminder.in_doubt and reminder.sends >= runtime.settings.hourly_cap:
-            allowed_at = aware(reminder.oldest_send) + dt.timedelta(hours=1, seconds=1)
+        return f"skipped: {status or 'unknown'}"  # a duplicate or late task: nothing to do
+    stop = _reason_not_to_send(reminder)
+    if stop is not None:
+        status, reason, event = stop
+        with send_transaction() as session:
+            _finish(session, reminder, status=status, reason=reason, event=event)
+        return f"{'failed' if status == PERMANENT_FAILURE else 'cancelled'}: {reason}"
+    if not reminder.in_doubt and reminder.sends >= runtime.settings.hourly_cap:
+        allowed_at = aware(reminder.oldest_send) + dt.timedelta(hours=1, seconds=1)
+        with send_transaction() as session:
             if reminder.kind in ("day_before", "hours_before") and allowed_at >= aware(reminder.meeting_start):
                 _finish(session, reminder, status=CANCELLED, reason="hourly cap", event="reminder.cancelled")
                 return "cancelled: hourly cap"
-            session.execute(update(_reminders).where(_reminders.c.id == reminder.id).values(
+            session.execute(update(_reminders).where(*_ours(reminder)).values(
                 status=CREATED, due_at=allowed_at, reason="hourly cap", queued_at=None,
                 attempts=_reminders.c.attempts - 1, updated_at=now))
-            return "deferred: hourly cap"
-        meeting = cached_meeting(session, reminder.meeting_slug)
-        if meeting is None:
+        return "deferred: hourly cap"
+    meeting = _meeting(reminder.meeting_slug)
+    if meeting is None:
+        with send_transaction() as session:
             _finish(session, reminder, status=PERMANENT_FAILURE, reason="meeting unknown", event="reminder.failed")
-            return "failed: meeting unknown"
-        message = render(kind=reminder.kind, channel=reminder.channel, meeting=meeting,
-                         start=aware(reminder.meeting_start), previous_start=aware(reminder.previous_start),
-                         detail=reminder.detail, now=now, templates_dir=runtime.settings.templates_dir)
-        return reminder, reminder.contact, message
+        return "failed: meeting unknown"
+    message = render(kind=reminder.kind, channel=reminder.channel, meeting=meeting,
+                     start=aware(reminder.meeting_start), previous_start=aware(reminder.previous_start),
+                     detail=reminder.detail, now=now, templates_dir=runtime.settings.templates_dir)
+    return reminder, reminder.contact, message
 
 
-def _mark_sent(session: Session, reminder: Row, provider_ref: str, *, only_our_claim: bool) -> bool:
+def _reason_not_to_send(reminder: Row) -> tuple[str, str, str] | None:
+    """(status, reason, event) when the claimed reminder must not go out."""
+    if reminder.opted_out:
+        return CANCELLED, "opted out", "reminder.cancelled"
+    if reminder.contact_found is None or reminder.contact is None or (
+            not reminder.active and reminder.kind != "meeting_cancelled"):
+        return CANCELLED, "no longer wanted", "reminder.cancelled"
+    return None
+
+
+def _meeting(slug: str) -> MeetingSnapshot | None:
+    hit = _meetings.get(slug)
+    if hit is not None and time.monotonic() - hit[0] < MEETING_CACHE_SECONDS:
+        return hit[1]
+    with send_sessions()() as session:
+        return cached_meeting(session, slug)
+
+
+def _mark_sent(session: Session | Connection, reminder: Row, provider_ref: str, *, only_our_claim: bool) -> bool:
     """sending -> sent with the contact send and reminder.sent. ``only_our_claim``: only if no
     other worker took the row over since we claimed it (attempts still ours)."""
     at = utcnow()
@@ -325,15 +401,15 @@ def _send_and_mark(provider, reminder: Row, to: str, message: Message) -> str:
     """Hand the message to the provider and mark the reminder sent."""
     if provider.in_our_database:
         # The dev provider's message is a row next to ours: one transaction for both.
-        with send_transaction() as session:
-            provider_ref = provider.send(reference=str(reminder.id), to=to, message=message, session=session)
-            if not _mark_sent(session, reminder, provider_ref, only_our_claim=True):
-                session.rollback()  # another worker took the row over: its send counts, not ours
+        with send_connection() as conn:
+            provider_ref = provider.send(reference=str(reminder.id), to=to, message=message, connection=conn)
+            if not _mark_sent(conn, reminder, provider_ref, only_our_claim=True):
+                conn.rollback()  # another worker took the row over: its send counts, not ours
                 return "skipped: taken over"
         return "sent"
     provider_ref = provider.send(reference=str(reminder.id), to=to, message=message)
-    with send_transaction() as session:
-        _mark_sent(session, reminder, provider_ref, only_our_claim=False)
+    with send_connection() as conn:
+        _mark_sent(conn, reminder, provider_ref, only_our_claim=False)
     return "sent"
 
 
@@ -376,8 +452,8 @@ def send_reminder(*, reminder_id: uuid.UUID) -> str:
             _fail(reminder.id, status=TECHNICAL_FAILURE, reason="interrupted send with an unknown outcome")
             return "failed: outcome unknown"
         if found:
-            with send_transaction() as session:
-                _mark_sent(session, reminder, found, only_our_claim=False)
+            with send_connection() as conn:
+                _mark_sent(conn, reminder, found, only_our_claim=False)
             return "sent (found at the provider)"
     try:
         return _send_and_mark(provider, reminder, to, message)
