@@ -292,7 +292,7 @@ def unconsumed_details(engines: dict, limit: int = 10) -> list[str]:
     for producer, engine in engines.items():
         for r in rows(engine, "SELECT event_id, subscriber, event_type, created_at, relayed_at, attempts FROM outbox"):
             if r.event_id not in inboxes[r.subscriber]:
-                out.append(f"{producer}->{r.subscriber} {r.event_type} written {r.created_at:%H:%M:%S.%f} "
+                out.append(f"{producer}->{r.subscriber} {r.event_type} {r.event_id} written {r.created_at:%H:%M:%S.%f} "
                            f"relayed {r.relayed_at and f'{r.relayed_at:%H:%M:%S.%f}'} attempts {r.attempts}")
     return out[:limit]
 

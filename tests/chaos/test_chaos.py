@@ -79,14 +79,17 @@ def progress(stream: Stream, machine: TimeMachine, engines: dict) -> dict:
     }
 
 
-def settle(stream: Stream, machine: TimeMachine, engines: dict, timeout: float, timeline: list) -> None:
+def settle(stream: Stream, machine: TimeMachine, engines: dict, timeout: float, timeline: list,
+           stack: ChaosStack) -> None:
     deadline = time.monotonic() + timeout
     while True:
         state = progress(stream, machine, engines)
         if not any(state.values()):
             return
         if time.monotonic() > deadline:
-            raise AssertionError(f"not settled after {timeout:.0f} s: {state}; {harness.unconsumed_details(engines)}; "
+            lost = harness.unconsumed_details(engines)
+            seen = {line.split()[2]: [name for name, log in stack.all_logs() if line.split()[2] in log] for line in lost}
+            raise AssertionError(f"not settled after {timeout:.0f} s: {state}; {lost}; logged by: {seen}; "
                                  f"phases began (UTC): {timeline}")
         time.sleep(1.0)
 
@@ -178,7 +181,7 @@ def test_nothing_lost_or_doubled_under_faults(redis_prefix, capsys):
         phase("after")
         stream.done.wait(timeout=PLANNED_SECONDS * 3)
         t_stream_end = time.monotonic()
-        settle(stream, machine, engines, timeout=180 if not LONG else 900, timeline=timeline)
+        settle(stream, machine, engines, timeout=180 if not LONG else 900, timeline=timeline, stack=stack)
         settle_seconds = time.monotonic() - t_stream_end
         machine.stop()
 
