@@ -1,0 +1,81 @@
+"""The lean send path: one claim statement, then the dev message and the sent mark in one
+transaction; what a stalled worker does once another took its reminder over."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from sqlalchemy import update
+
+from services.notifications import sending
+from services.notifications.models import Reminder
+from services.notifications.runtime import runtime
+from shared.db import transaction
+from shared.events import utcnow
+from tests.services.notifications.support import by_kind, dev_messages, make_due, outbox_events, reminder
+from tests.services.notifications.test_sending import planned_in_process, set_queued
+
+pytestmark = pytest.mark.usefixtures("clean_state")
+
+
+def due_reminder():
+    rid = planned_in_process()
+    due = by_kind(rid)["hours_before"]
+    make_due([due.id])
+    set_queued(due.id)
+    return due
+
+
+def make_stale(reminder_id) -> None:
+    with runtime.transaction() as session:
+        session.execute(update(Reminder).where(Reminder.id == reminder_id).values(
+            sending_at=utcnow() - dt.timedelta(seconds=runtime.settings.sending_stale_seconds + 1)))
+
+
+def test_a_send_records_the_message_the_sent_mark_and_the_event_together():
+    due = due_reminder()
+    assert sending.send_reminder(reminder_id=due.id) == "sent"
+    sent = reminder(due.id)
+    [message] = dev_messages(due.id)
+    assert sent.status == "sent" and sent.provider_ref == f"dev-{message.id}" and sent.attempts == 1
+    assert [p["reminder_id"] for p in outbox_events("reminder.sent")] == [str(due.id)]
+    assert sending.send_reminder(reminder_id=due.id) == "skipped: sent"  # a duplicate task
+    assert len(dev_messages(due.id)) == 1
+
+
+def test_a_stalled_worker_whose_reminder_was_taken_over_sends_nothing():
+    due = due_reminder()
+    stalled, to, message = sending._prepare(due.id, utcnow())  # worker A claims, then stalls
+    make_stale(due.id)
+    # Worker B takes the stale row over: the dev provider has nothing under that reference, so B sends.
+    assert sending.send_reminder(reminder_id=due.id) == "sent"
+    # A wakes up and hands over its message: its transaction is rolled back, nothing doubles.
+    assert sending._send_and_mark(sending.provider_of("sms"), stalled, to, message) == "skipped: taken over"
+    assert len(dev_messages(due.id)) == 1
+    assert reminder(due.id).status == "sent" and reminder(due.id).attempts == 2
+    assert len(outbox_events("reminder.sent")) == 1
+
+
+def test_the_dev_message_is_part_of_the_callers_transaction():
+    provider = sending.provider_of("sms")
+    due = due_reminder()
+    _, to, message = sending._prepare(due.id, utcnow())
+    with pytest.raises(RuntimeError), transaction(sending.send_sessions()) as session:
+        provider.send(reference=str(due.id), to=to, message=message, connection=session)
+        raise RuntimeError("the sent mark failed")
+    assert dev_messages(due.id) == []  # rolled back with it: a later recovery finds nothing and sends
+    make_stale(due.id)
+    assert sending.send_reminder(reminder_id=due.id) == "sent"
+    assert len(dev_messages(due.id)) == 1
+
+
+def test_a_claim_that_must_not_send_changes_nothing_once_taken_over():
+    due = due_reminder()
+    stalled = sending._claim(due.id, utcnow())  # worker A claims
+    make_stale(due.id)
+    assert sending.send_reminder(reminder_id=due.id) == "sent"  # worker B
+    with sending.send_transaction() as session:  # A, late, decides to cancel: the row is no longer its own
+        sending._finish(session, stalled, status="cancelled", reason="opted out", event="reminder.cancelled")
+    assert reminder(due.id).status == "sent"
+    assert outbox_events("reminder.cancelled") == []
