@@ -164,20 +164,27 @@ class Stream:
     attempts: list[Attempt] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
     stopped: threading.Event = field(default_factory=threading.Event)
+    # How many may be posted so far: raised phase by phase, so every fault phase gets its share
+    # however long the previous ones took on a busy machine.
+    allowed: int = 0
 
     def start(self) -> Stream:
         threading.Thread(target=self._run, daemon=True, name="referral-stream").start()
         return self
 
     def _run(self) -> None:
-        started = time.monotonic()
+        next_at = time.monotonic()
         with ThreadPoolExecutor(6) as pool:
             for i in range(self.total):
+                while i >= self.allowed and not self.stopped.is_set():
+                    time.sleep(0.05)
+                    next_at = time.monotonic()
                 if self.stopped.is_set():
                     break
-                delay = started + i / self.rate - time.monotonic()
+                delay = next_at - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
+                next_at += 1 / self.rate
                 attempt = Attempt(i=i, reference=f"CH-{i:05d}", phase=self.phase)
                 self.attempts.append(attempt)
                 pool.submit(self._post, attempt)
@@ -295,6 +302,31 @@ def unconsumed_details(engines: dict, limit: int = 10) -> list[str]:
                 out.append(f"{producer}->{r.subscriber} {r.event_type} {r.event_id} written {r.created_at:%H:%M:%S.%f} "
                            f"relayed {r.relayed_at and f'{r.relayed_at:%H:%M:%S.%f}'} attempts {r.attempts}")
     return out[:limit]
+
+
+def where_in_redis(client: redis.Redis, prefix: str, needles: list[str]) -> dict:
+    """Every key under ``prefix`` (type, size), and which keys hold a message naming a needle
+    (message bodies are base64-decoded): where a lost event sits, if Redis still has it."""
+    import base64
+    import json
+
+    keys, holders = {}, defaultdict(list)
+    for key in client.scan_iter(match=f"{prefix}*", count=500):
+        name, kind = key.decode(errors="replace"), client.type(key).decode()
+        values = {"list": lambda k: client.lrange(k, 0, -1), "hash": lambda k: list(client.hgetall(k).values()),
+                  "zset": lambda k: client.zrange(k, 0, -1), "set": lambda k: list(client.smembers(k))}.get(
+            kind, lambda k: [])(key)
+        keys[name] = f"{kind}:{len(values)}"
+        for raw in values:
+            blob = raw.decode(errors="replace")
+            try:
+                message = json.loads(blob)
+                message = message[0] if isinstance(message, list) else message  # unacked: [message, exchange, key]
+                blob += base64.b64decode(message["body"]).decode(errors="replace")
+            except (ValueError, KeyError, TypeError, IndexError):
+                pass
+            holders.update({n: holders[n] + [name] for n in needles if n in blob})
+    return {"keys": keys, "holders": dict(holders)}
 
 
 def counter_drift(directory_engine, referrals_engine, notifications_engine) -> dict:

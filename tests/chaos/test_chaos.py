@@ -40,6 +40,7 @@ PLANNED_SECONDS = 60 + OUTAGE + (40 if LONG else 0)
 pytestmark = [pytest.mark.chaos, pytest.mark.usefixtures("clean_state"),
               pytest.mark.timeout(int(900 + REFERRALS * 0.6 + OUTAGE))]
 
+PHASES = ("baseline", "kill -9 workers", "redis restart", "relay killed", "notifications down", "after")
 SITES = (("croydon", "smart"), ("sheffield", "aa"), ("birmingham", "na"))
 
 
@@ -80,7 +81,7 @@ def progress(stream: Stream, machine: TimeMachine, engines: dict) -> dict:
 
 
 def settle(stream: Stream, machine: TimeMachine, engines: dict, timeout: float, timeline: list,
-           stack: ChaosStack) -> None:
+           stack: ChaosStack, broker: PrivateRedis, prefix: str) -> None:
     deadline = time.monotonic() + timeout
     while True:
         state = progress(stream, machine, engines)
@@ -89,7 +90,9 @@ def settle(stream: Stream, machine: TimeMachine, engines: dict, timeout: float, 
         if time.monotonic() > deadline:
             lost = harness.unconsumed_details(engines)
             seen = {line.split()[2]: [name for name, log in stack.all_logs() if line.split()[2] in log] for line in lost}
+            in_redis = harness.where_in_redis(broker.client(), prefix, list(seen))
             raise AssertionError(f"not settled after {timeout:.0f} s: {state}; {lost}; logged by: {seen}; "
+                                 f"in Redis: {in_redis}; "
                                  f"phases began (UTC): {timeline}")
         time.sleep(1.0)
 
@@ -119,11 +122,12 @@ def test_nothing_lost_or_doubled_under_faults(redis_prefix, capsys):
                      timeout=60, what=f"the {name} replica to hold the meetings")
         startup = time.monotonic() - t_start
 
-        stream = Stream(stack.urls["referrals"], meetings, REFERRALS, rate=REFERRALS / PLANNED_SECONDS).start()
+        stream = Stream(stack.urls["referrals"], meetings, REFERRALS, rate=2 * REFERRALS / PLANNED_SECONDS).start()
         machine.run_every(2.0)
 
         def phase(name: str) -> None:
             phases.append(name)
+            stream.allowed = REFERRALS * len(phases) // len(PHASES)
             timeline.append(f"{name} {harness.now_utc():%H:%M:%S}")
             stream.phase = name
 
@@ -181,7 +185,8 @@ def test_nothing_lost_or_doubled_under_faults(redis_prefix, capsys):
         phase("after")
         stream.done.wait(timeout=PLANNED_SECONDS * 3)
         t_stream_end = time.monotonic()
-        settle(stream, machine, engines, timeout=180 if not LONG else 900, timeline=timeline, stack=stack)
+        settle(stream, machine, engines, timeout=180 if not LONG else 900, timeline=timeline, stack=stack,
+               broker=private_redis, prefix=redis_prefix)
         settle_seconds = time.monotonic() - t_stream_end
         machine.stop()
 
