@@ -177,7 +177,12 @@ def _redis() -> redis.Redis:
 
 def rate_limit() -> RateLimit:
     cfg = runtime.settings
-    return RateLimit(_redis(), f"{cfg.redis_key_prefix}notifications:send-rate", cfg.rate_limit_per_minute, cfg.rate_burst)
+    return _rate_limit(f"{cfg.redis_key_prefix}notifications:send-rate", cfg.rate_limit_per_minute, cfg.rate_burst)
+
+
+@lru_cache(maxsize=8)
+def _rate_limit(key: str, per_minute: int, burst: int) -> RateLimit:
+    return RateLimit(_redis(), key, per_minute, burst)
 
 
 # --- dispatcher ---------------------------------------------------------------------------
