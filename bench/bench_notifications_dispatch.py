@@ -1,11 +1,15 @@
 """How fast due reminders get out: dispatcher + two send workers vs a no-op Celery task.
 
-Makes COUNT reminders due at once in a fresh Postgres database, runs the dispatcher (in
-this process, as the scheduler would) and two real send worker processes with the dev
-provider and the rate limit lifted, and compares the rate with two workers draining
-no-op tasks over the same Redis. Then turns the rate limit on and checks it holds.
+Makes COUNT reminders in a fresh Postgres database and starts two real send workers (dev
+provider, rate limit lifted) and two no-op workers, same pool and concurrency, same Celery
+settings (late acks, prefetch 1), same Redis. Then, after an untimed warm-up round, it
+alternates rounds: COUNT/ROUNDS no-op tasks (first enqueue to last acknowledgement), then
+as many reminders made due at once and pushed through by the dispatcher and the outbox
+sweep running as the scheduler runs them (from due to the last reminder's sent_at). A
+change in the machine's load thus weighs on both sides alike. Finally it turns the rate
+limit on (half the measured rate) and checks it holds.
 
-    .venv/bin/python bench/bench_notifications_dispatch.py [--count 50000] [--limit-per-minute N]
+    .venv/bin/python bench/bench_notifications_dispatch.py [--count 50000] [--rounds 10]
 
 Prints a table of rates, the ratio and PASS/FAIL against the targets; exits non-zero only
 when the run itself fails (a worker dies, a run stalls), not when a target is missed.
@@ -323,7 +327,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("count_arg", nargs="?", type=int, default=None, metavar="COUNT", help="same as --count")
     parser.add_argument("--count", type=int, default=50_000, help="reminders due (and no-op tasks), default 50,000")
-    parser.add_argument("--rounds", type=int, default=5, help="alternating no-op / send rounds the count is split into")
+    parser.add_argument("--rounds", type=int, default=10, help="alternating no-op / send rounds the count is split into")
     parser.add_argument("--limit-per-minute", type=int, default=None,
                         help="rate limit for the rate-limit check (default: half the unlimited rate measured)")
     parser.add_argument("--concurrency", type=int, default=4, help="pool processes per worker (both runs)")
