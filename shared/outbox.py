@@ -5,6 +5,12 @@ exists if and only if its change was committed. ``Outbox.relay`` sends committed
 their subscriber's queue and marks them relayed. It runs right after each commit of a
 session made by ``Outbox.sessionmaker`` and from a periodic sweep, so a crash between
 commit and send only delays an event.
+
+Being on the broker is not being processed: Redis hands a message to a worker before the
+worker records it as unacknowledged, so a worker killed in that instant (or a broker
+restart then) can drop it. Each consumer therefore leaves a receipt in Redis once an event
+is in its inbox, and ``Outbox.confirm`` sends again whatever has no receipt after a while
+(with backoff). A second delivery is harmless: the inbox ignores it.
 """
 
 from __future__ import annotations
@@ -50,8 +56,27 @@ def outbox_table(metadata: MetaData) -> Table:
         Column("created_at", UTCDateTime(), nullable=False),
         Column("relayed_at", UTCDateTime(), nullable=True),
         Column("attempts", Integer, nullable=False, default=0),
+        Column("confirmed_at", UTCDateTime(), nullable=True),
         Index("ix_outbox_unrelayed", "relayed_at", "id"),
+        Index("ix_outbox_unconfirmed", "confirmed_at", "relayed_at"),
     )
+
+
+RECEIPT_TTL_SECONDS = 7 * 24 * 3600
+# Unconfirmed events older than this are no longer chased (their receipts have expired).
+CONFIRM_WINDOW = dt.timedelta(days=6)
+
+
+def receipt_key(prefix: str, subscriber: str, event_id) -> str:
+    return f"{prefix}fama:receipt:{subscriber}:{event_id}"
+
+
+def leave_receipt(client, prefix: str, subscriber: str, event_id) -> None:
+    """Called by a consumer once the event is in its inbox (processed now or before)."""
+    try:
+        client.set(receipt_key(prefix, subscriber, event_id), 1, ex=RECEIPT_TTL_SECONDS)
+    except Exception as exc:  # the producer will send again; the inbox absorbs it
+        log.warning("outbox.receipt_failed", event_id=str(event_id), error=type(exc).__name__)
 
 
 class Outbox:
@@ -172,6 +197,51 @@ class Outbox:
                 self.relay(factory, event_ids=committed)
             except Exception as exc:
                 log.warning("outbox.relay_after_commit_failed", error=type(exc).__name__)
+
+    def confirm(self, factory: sessionmaker[Session], client, *, prefix: str, resend_after: dt.timedelta,
+                limit: int = 1000) -> dict[str, int]:
+        """Mark relayed rows whose subscriber left a receipt; send again those that have none
+        after ``resend_after`` (doubling each time), so a message the broker dropped is not lost."""
+        t = self.table
+        now = utcnow()
+        confirmed = resent = 0
+        session = factory()
+        try:
+            query = (select(t.c.id, t.c.event_id, t.c.subscriber, t.c.body, t.c.relayed_at, t.c.attempts)
+                     .where(t.c.relayed_at.is_not(None), t.c.confirmed_at.is_(None),
+                            t.c.relayed_at <= now - resend_after / 4, t.c.created_at >= now - CONFIRM_WINDOW)
+                     .order_by(t.c.id).limit(limit))
+            if session.get_bind().dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            rows = session.execute(query).all()
+            if not rows:
+                session.commit()
+                return {"confirmed": 0, "resent": 0}
+            receipts = client.mget([receipt_key(prefix, r.subscriber, r.event_id) for r in rows])
+            done = [r.id for r, receipt in zip(rows, receipts, strict=True) if receipt is not None]
+            if done:
+                session.execute(update(t).where(t.c.id.in_(done)).values(confirmed_at=now))
+                confirmed = len(done)
+            for row, receipt in zip(rows, receipts, strict=True):
+                wait = resend_after * 2 ** min(max(row.attempts - 1, 0), 6)
+                if receipt is not None or row.relayed_at > now - wait:
+                    continue
+                try:
+                    self.send(row.subscriber, row.body)
+                except Exception as exc:
+                    log.warning("outbox.resend_failed", outbox_id=row.id, error=type(exc).__name__)
+                    break
+                session.execute(update(t).where(t.c.id == row.id).values(relayed_at=utcnow(), attempts=t.c.attempts + 1))
+                resent += 1
+            session.commit()
+        except Exception:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+        if resent:
+            log.warning("outbox.resent_unconfirmed", count=resent, producer=self.producer)
+        return {"confirmed": confirmed, "resent": resent}
 
     def unrelayed(self, session: Session) -> int:
         from sqlalchemy import func

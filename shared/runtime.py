@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 
+import redis
 import structlog
 from celery import Celery
 from sqlalchemy import Engine, MetaData
@@ -25,7 +26,7 @@ from shared.celery_app import make_celery
 from shared.events import Event
 from shared.inbox import Handler, consume, inbox_table
 from shared.logs import configure_logging
-from shared.outbox import Outbox, outbox_table
+from shared.outbox import Outbox, leave_receipt, outbox_table
 from shared.settings import ServiceSettings
 
 log = structlog.get_logger(__name__)
@@ -52,6 +53,10 @@ class ServiceRuntime:
     @cached_property
     def celery(self) -> Celery:
         return make_celery(self.name, self.settings)
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
 
     @cached_property
     def outbox(self) -> Outbox:
@@ -83,7 +88,7 @@ class ServiceRuntime:
         """Forget settings, engine and Celery app (tests that change the environment)."""
         if "engine" in self.__dict__:
             self.engine.dispose()
-        for attr in ("settings", "engine", "celery", "outbox", "sessions"):
+        for attr in ("settings", "engine", "celery", "outbox", "sessions", "redis"):
             self.__dict__.pop(attr, None)
 
     def register_event_task(self, handlers: dict[str, Handler]):
@@ -97,20 +102,28 @@ class ServiceRuntime:
             event = Event.model_validate(body)
             structlog.contextvars.bind_contextvars(event_id=str(event.event_id), event_type=event.type)
             try:
-                with runtime.sessions() as session:
-                    return consume(session, runtime.inbox_table, event, handlers)
+                return runtime.handle(body, handlers, event=event)
             finally:
                 structlog.contextvars.clear_contextvars()
 
         return handle_event
 
-    def handle(self, body: dict, handlers: dict[str, Handler]) -> bool:
-        """Process one event message in this process (what the worker task does)."""
+    def handle(self, body: dict, handlers: dict[str, Handler], *, event: Event | None = None) -> bool:
+        """Process one event message and leave its receipt (what the worker task does)."""
+        event = event or Event.model_validate(body)
         with self.sessions() as session:
-            return consume(session, self.inbox_table, Event.model_validate(body), handlers)
+            processed = consume(session, self.inbox_table, event, handlers)
+        leave_receipt(self.redis, self.settings.redis_key_prefix, self.name, event.event_id)
+        return processed
 
-    def sweep_outbox(self) -> int:
-        return self.outbox.sweep(self.sessions, older_than=dt.timedelta(seconds=1))
+    def sweep_outbox(self) -> dict[str, int] | None:
+        """The scheduler's job: send what is unsent, and again what no subscriber confirmed."""
+        sent = self.outbox.sweep(self.sessions, older_than=dt.timedelta(seconds=1))
+        checked = self.outbox.confirm(self.sessions, self.redis, prefix=self.settings.redis_key_prefix,
+                                      resend_after=dt.timedelta(seconds=self.settings.outbox_resend_seconds))
+        if sent or checked["resent"]:
+            return {"sent": sent, **checked}
+        return None
 
 
 def run_periodic(jobs: list[tuple[str, float, Callable[[], object]]], *, stop_after: float | None = None) -> None:

@@ -42,6 +42,9 @@ class ServiceSettings(BaseSettings):
     jwt_issuer: str = common("JWT_ISSUER", "fama")
     jwt_audience: str = common("JWT_AUDIENCE", "fama")
     outbox_sweep_seconds: float = common("OUTBOX_SWEEP_SECONDS", 5.0)
+    # An event no subscriber has confirmed this long after it was sent is sent again (then
+    # after twice as long, and so on): it covers a message the broker lost.
+    outbox_resend_seconds: float = common("OUTBOX_RESEND_SECONDS", 300.0)
     max_request_bytes: int = common("MAX_REQUEST_BYTES", 5_000_000)
     # Requests a minute per client address on public endpoints (search, feed) and on callbacks; 0 = no limit.
     public_rate_limit_per_minute: int = common("PUBLIC_RATE_LIMIT_PER_MINUTE", 300)

@@ -35,6 +35,7 @@ def pytest_configure(config):
     os.environ["REDIS_KEY_PREFIX"] = f"fama-test-{RUN_ID}:"
     os.environ["CELERY_VISIBILITY_TIMEOUT"] = "15"
     os.environ["OUTBOX_SWEEP_SECONDS"] = "0.5"
+    os.environ["OUTBOX_RESEND_SECONDS"] = "20"
     os.environ["LOG_LEVEL"] = "INFO"
     # Tests call the public endpoints far faster than any person; the limiter has its own test.
     os.environ["PUBLIC_RATE_LIMIT_PER_MINUTE"] = "100000"

@@ -62,6 +62,11 @@ def test_redelivered_event_is_processed_once(processes):
     wait_for(lambda: _inbox_count(referrals) == 1 and _queue_empty(), what="redelivery handled")
     assert _inbox_count(referrals) == 1
     assert len(replica_rows(referrals, referrals_replica)) == 1
+    # The referrals worker left its receipt, so its copy is confirmed; no notifications worker
+    # runs in this test, so that copy has no receipt and is sent again.
+    checked = directory.outbox.confirm(directory.sessions, directory.redis, prefix=directory.settings.redis_key_prefix,
+                                       resend_after=dt.timedelta(0))
+    assert checked == {"confirmed": 1, "resent": 1}
 
 
 def _inbox_count(runtime) -> int:

@@ -12,7 +12,7 @@ from shared.celery_app import make_celery
 from shared.db import make_engine, make_sessionmaker, transaction
 from shared.events import Event, MeetingSnapshot
 from shared.inbox import consume, inbox_table
-from shared.outbox import Outbox, outbox_table
+from shared.outbox import Outbox, leave_receipt, outbox_table
 from shared.settings import ServiceSettings
 from tests.support.broker import queued_messages
 from tests.support.servers import create_database, drop_database
@@ -49,6 +49,7 @@ def store(request, tmp_path, postgres_admin_url, redis_client, redis_prefix):
     s = Store()
     s.engine, s.factory, s.outbox, s.things, s.inbox = engine, factory, outbox, things, inbox_t
     s.queued = lambda queue: queued_messages(redis_client, prefix, queue)
+    s.redis, s.prefix = redis_client, prefix
     yield s
     engine.dispose()
 
@@ -150,3 +151,39 @@ def test_handler_failure_leaves_event_unprocessed(store):
     # Redelivery after the fix processes it.
     with store.factory() as session:
         assert consume(session, store.inbox, evt, {"meeting.published": lambda s, e: None}) is True
+
+
+def _age_relayed_rows(store, by: dt.timedelta) -> None:
+    t = store.outbox.table
+    with transaction(store.factory) as session:
+        for row in session.execute(select(t.c.id, t.c.relayed_at)).all():
+            session.execute(t.update().where(t.c.id == row.id).values(relayed_at=row.relayed_at - by))
+
+
+def test_event_the_broker_dropped_is_sent_again_until_a_receipt_confirms_it(store):
+    resend_after = dt.timedelta(seconds=60)
+    with transaction(store.factory) as session:
+        evt = store.outbox.record(session, "meeting.published", meeting())
+    store.redis.delete(f"{store.prefix}referrals.events")  # the broker lost the referrals copy
+    leave_receipt(store.redis, store.prefix, "notifications", evt.event_id)  # notifications processed it
+
+    def confirm():
+        return store.outbox.confirm(store.factory, store.redis, prefix=store.prefix, resend_after=resend_after)
+
+    # Too early to tell a lost message from a slow one: nothing happens.
+    assert confirm() == {"confirmed": 0, "resent": 0}
+    _age_relayed_rows(store, dt.timedelta(minutes=2))
+    assert confirm() == {"confirmed": 1, "resent": 1}
+    assert [m["args"][0]["event_id"] for m in store.queued("referrals.events")] == [str(evt.event_id)]
+    assert store.queued("notifications.events") == [store.queued("notifications.events")[0]]  # not sent again
+    # The next attempt waits twice as long.
+    _age_relayed_rows(store, dt.timedelta(minutes=1, seconds=30))
+    assert confirm() == {"confirmed": 0, "resent": 0}
+    # The referrals worker processes the second copy and leaves its receipt.
+    leave_receipt(store.redis, store.prefix, "referrals", evt.event_id)
+    _age_relayed_rows(store, dt.timedelta(minutes=10))
+    assert confirm() == {"confirmed": 1, "resent": 0}
+    t = store.outbox.table
+    with store.factory() as session:
+        assert session.scalar(select(func.count()).select_from(t).where(t.c.confirmed_at.is_(None))) == 0
+    assert len(store.queued("referrals.events")) == 1
