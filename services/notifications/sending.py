@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache, lru_cache
+from types import SimpleNamespace
 
 import redis
 import structlog
@@ -261,38 +262,46 @@ _FACT_COLUMNS = (_reminders.c.id, _reminders.c.referral_id, _reminders.c.site_id
                  _reminders.c.kind, _reminders.c.channel, _reminders.c.due_at, _reminders.c.reason)
 
 
-def _contact_column(column):
-    return select(column).where(_contacts.c.referral_id == _reminders.c.referral_id).correlate(_reminders).scalar_subquery()
-
-
 def _when(name: str):
     return bindparam(name, type_=DateTime(timezone=True))
 
 
-def _build_claim():
+def _state_columns(referral_id, contact_hash) -> list:
+    """The contact, whether the number opted out and its sends in the last hour."""
+    def contact(column):
+        return select(column).where(_contacts.c.referral_id == referral_id).correlate(_reminders).scalar_subquery()
+
+    recent = (_contact_sends.c.contact_hash == contact_hash, _contact_sends.c.sent_at > _when("window_start"))
+    return [
+        contact(_contacts.c.referral_id).label("contact_found"),
+        contact(_contacts.c.contact).label("contact"),
+        contact(_contacts.c.active).label("active"),
+        contact(_contacts.c.detail).label("detail"),
+        select(OptOut.contact_hash).where(OptOut.contact_hash == contact_hash).correlate(_reminders).exists()
+        .label("opted_out"),
+        select(func.count()).where(*recent).correlate(_reminders).scalar_subquery().label("sends"),
+        select(func.min(_contact_sends.c.sent_at)).where(*recent).correlate(_reminders).scalar_subquery()
+        .label("oldest_send"),
+    ]
+
+
+def _build_claim(*, with_state: bool):
     """queued -> sending (or take over a "sending" row abandoned by a dead worker), returning
-    the row with its contact, whether the number opted out and its sends in the last hour.
-    Built once: a statement object keeps its compiled form and cache key."""
+    the row and (``with_state``) its contact state. Built once: a statement object keeps its
+    compiled form and cache key. SQLite's RETURNING cannot name the outer table inside a
+    subquery, so there the state is a second statement (``_STATE``)."""
     r = _reminders.c
-    recent = (_contact_sends.c.contact_hash == r.contact_hash, _contact_sends.c.sent_at > _when("window_start"))
+    returning = [*_FACT_COLUMNS, r.contact_hash, r.meeting_slug, r.meeting_start, r.previous_start, r.attempts,
+                 r.in_doubt]
+    if with_state:
+        returning += _state_columns(r.referral_id, r.contact_hash)
     return (
         update(_reminders)
         .where(r.id == bindparam("reminder_id", type_=Uuid),
                or_(r.status == QUEUED, and_(r.status == SENDING, r.sending_at < _when("stale_before"))))
         .values(status=SENDING, sending_at=_when("at"), attempts=r.attempts + 1, updated_at=_when("at"),
                 in_doubt=case((r.status == SENDING, True), else_=r.in_doubt))
-        .returning(
-            *_FACT_COLUMNS, r.contact_hash, r.meeting_slug, r.meeting_start, r.previous_start, r.attempts, r.in_doubt,
-            _contact_column(_contacts.c.referral_id).label("contact_found"),
-            _contact_column(_contacts.c.contact).label("contact"),
-            _contact_column(_contacts.c.active).label("active"),
-            _contact_column(_contacts.c.detail).label("detail"),
-            select(OptOut.contact_hash).where(OptOut.contact_hash == r.contact_hash).correlate(_reminders)
-            .exists().label("opted_out"),
-            select(func.count()).where(*recent).correlate(_reminders).scalar_subquery().label("sends"),
-            select(func.min(_contact_sends.c.sent_at)).where(*recent).correlate(_reminders)
-            .scalar_subquery().label("oldest_send"),
-        ))
+        .returning(*returning))
 
 
 def _build_mark_sent(*, only_our_claim: bool):
@@ -305,7 +314,9 @@ def _build_mark_sent(*, only_our_claim: bool):
         updated_at=_when("at"))
 
 
-_CLAIM = _build_claim()
+_CLAIM = _build_claim(with_state=True)
+_CLAIM_ONLY = _build_claim(with_state=False)
+_STATE = select(*_state_columns(bindparam("referral_id", type_=Uuid), bindparam("contact_hash", type_=String)))
 _MARK_SENT = {True: _build_mark_sent(only_our_claim=True), False: _build_mark_sent(only_our_claim=False)}
 _ADD_CONTACT_SEND = insert(_contact_sends)
 
@@ -328,9 +339,17 @@ def _claim(reminder_id: uuid.UUID, now: dt.datetime) -> Row | None:
     stale_before = now - dt.timedelta(seconds=runtime.settings.sending_stale_seconds)
     # begin(): Postgres commits the statement by itself (the COMMIT is a no-op); SQLite's
     # engine opens BEGIN IMMEDIATE on begin, which this commits.
+    params = {"reminder_id": reminder_id, "at": now, "stale_before": stale_before,
+              "window_start": now - dt.timedelta(hours=1)}
     with _autocommit_engine(runtime.settings.database_url).begin() as conn:
-        return conn.execute(_CLAIM, {"reminder_id": reminder_id, "at": now, "stale_before": stale_before,
-                                     "window_start": now - dt.timedelta(hours=1)}).first()
+        if not is_sqlite(conn):
+            return conn.execute(_CLAIM, params).first()
+        claimed = conn.execute(_CLAIM_ONLY, params).first()
+        if claimed is None:
+            return None
+        state = conn.execute(_STATE, {"referral_id": claimed.referral_id, "contact_hash": claimed.contact_hash,
+                                      "window_start": params["window_start"]}).first()
+        return SimpleNamespace(**claimed._mapping, **state._mapping)
 
 
 def _prepare(reminder_id: uuid.UUID, now: dt.datetime) -> tuple[Row, str, Message] | str:
