@@ -36,7 +36,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import queues
-from shared.db import UTCDateTime
+from shared.db import UTCDateTime, transaction
 from shared.events import Event, Payload, subscribers, utcnow
 
 log = structlog.get_logger(__name__)
@@ -135,14 +135,11 @@ class Outbox:
             query = query.where(t.c.event_id.in_(ids))
         if older_than is not None:
             query = query.where(t.c.created_at <= utcnow() - older_than)
-        relayed = 0
-        session = factory()
-        try:
+        with transaction(factory) as session:
             if session.get_bind().dialect.name == "postgresql":
                 query = query.with_for_update(skip_locked=True)
-            rows = session.execute(query).all()
             sent_ids = []
-            for row in rows:
+            for row in session.execute(query).all():
                 try:
                     self.send(row.subscriber, row.body)
                 except Exception as exc:  # broker down: the sweep tries again
@@ -150,15 +147,9 @@ class Outbox:
                     log.warning("outbox.send_failed", outbox_id=row.id, error=type(exc).__name__)
                     break
                 sent_ids.append(row.id)
-            if sent_ids:  # one statement for the batch, in the same transaction as before
+            if sent_ids:  # one statement for the batch
                 session.execute(update(t).where(t.c.id.in_(sent_ids)).values(relayed_at=utcnow(), attempts=t.c.attempts + 1))
-            relayed = len(sent_ids)
-            session.commit()
-        except Exception:
-            session.rollback()
-            raise
-        finally:
-            session.close()
+        relayed = len(sent_ids)
         return relayed
 
     def sweep(self, factory: sessionmaker[Session], *, older_than: dt.timedelta = dt.timedelta(seconds=2)) -> int:
@@ -205,8 +196,7 @@ class Outbox:
         t = self.table
         now = utcnow()
         confirmed = resent = 0
-        session = factory()
-        try:
+        with transaction(factory) as session:
             query = (select(t.c.id, t.c.event_id, t.c.subscriber, t.c.body, t.c.relayed_at, t.c.attempts)
                      .where(t.c.relayed_at.is_not(None), t.c.confirmed_at.is_(None),
                             t.c.relayed_at <= now - resend_after / 4, t.c.created_at >= now - CONFIRM_WINDOW)
@@ -214,10 +204,7 @@ class Outbox:
             if session.get_bind().dialect.name == "postgresql":
                 query = query.with_for_update(skip_locked=True)
             rows = session.execute(query).all()
-            if not rows:
-                session.commit()
-                return {"confirmed": 0, "resent": 0}
-            receipts = client.mget([receipt_key(prefix, r.subscriber, r.event_id) for r in rows])
+            receipts = client.mget([receipt_key(prefix, r.subscriber, r.event_id) for r in rows]) if rows else []
             done = [r.id for r, receipt in zip(rows, receipts, strict=True) if receipt is not None]
             if done:
                 session.execute(update(t).where(t.c.id.in_(done)).values(confirmed_at=now))
@@ -233,12 +220,6 @@ class Outbox:
                     break
                 session.execute(update(t).where(t.c.id == row.id).values(relayed_at=utcnow(), attempts=t.c.attempts + 1))
                 resent += 1
-            session.commit()
-        except Exception:
-            session.rollback()
-            raise
-        finally:
-            session.close()
         if resent:
             log.warning("outbox.resent_unconfirmed", count=resent, producer=self.producer)
         return {"confirmed": confirmed, "resent": resent}

@@ -92,19 +92,23 @@ def test_405_names_every_method_of_the_path():
     assert response.headers["allow"] == "GET, POST"
 
 
-def test_public_endpoints_are_rate_limited_per_client(redis_prefix):
-    import uuid
-
+def rate_limited_search(settings: ServiceSettings) -> TestClient:
     from shared.web import PublicRateLimit
 
-    settings = ServiceSettings(public_rate_limit_per_minute=3, redis_key_prefix=f"{redis_prefix}{uuid.uuid4().hex[:6]}:")
     app = make_app(service="x", settings=settings, engine=lambda: None, title="FAMA x")
 
     @app.get("/search", dependencies=[PublicRateLimit])
     def search():
         return {"ok": True}
 
-    client = TestClient(app)
+    return TestClient(app)
+
+
+def test_public_endpoints_are_rate_limited_per_client(redis_prefix):
+    import uuid
+
+    client = rate_limited_search(ServiceSettings(public_rate_limit_per_minute=3,
+                                                 redis_key_prefix=f"{redis_prefix}{uuid.uuid4().hex[:6]}:"))
     assert [client.get("/search").status_code for _ in range(3)] == [200, 200, 200]
     limited = client.get("/search")
     assert limited.status_code == 429
@@ -114,14 +118,5 @@ def test_public_endpoints_are_rate_limited_per_client(redis_prefix):
 
 
 def test_limiter_lets_requests_through_when_redis_is_down():
-    from shared.web import PublicRateLimit
-
-    settings = ServiceSettings(public_rate_limit_per_minute=1, redis_url="redis://127.0.0.1:1/0")
-    app = make_app(service="x", settings=settings, engine=lambda: None, title="FAMA x")
-
-    @app.get("/search", dependencies=[PublicRateLimit])
-    def search():
-        return {"ok": True}
-
-    client = TestClient(app)
+    client = rate_limited_search(ServiceSettings(public_rate_limit_per_minute=1, redis_url="redis://127.0.0.1:1/0"))
     assert [client.get("/search").status_code for _ in range(3)] == [200, 200, 200]
