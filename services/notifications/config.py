@@ -4,7 +4,7 @@ from typing import Literal
 from pydantic import model_validator
 from pydantic_settings import SettingsConfigDict
 
-from shared.settings import DEV_FIELD_KEY, DEV_HASH_KEY, DEV_TRANSIT_KEY, ServiceSettings, common
+from shared.settings import DEV_HASH_KEY, DEV_TRANSIT_KEY, ServiceSettings, common
 
 DEV_CALLBACK_TOKEN = "dev-only-callback-token-change-me"
 
@@ -14,8 +14,6 @@ class Settings(ServiceSettings):
 
     database_url: str = "sqlite:///./var/notifications.db"
     port: int = 8003
-    # Fernet keys (comma-separated, newest first) for contact details at rest.
-    encryption_keys: str = DEV_FIELD_KEY
     # Keys sealing contact details inside events; held only by referrals and notifications.
     contact_transit_keys: str = common("CONTACT_TRANSIT_KEYS", DEV_TRANSIT_KEY)
     # Key of the keyed hash that identifies opted-out numbers without storing them.
@@ -72,12 +70,12 @@ class Settings(ServiceSettings):
     callback_token: str = DEV_CALLBACK_TOKEN
 
     @model_validator(mode="after")
-    def check_keys(self):
+    def check_secrets(self):
         if self.environment == "production":
-            if DEV_FIELD_KEY in self.encryption_keys:
-                raise ValueError("production needs its own encryption keys, not the development key")
             if self.callback_token == DEV_CALLBACK_TOKEN:
                 raise ValueError("production needs NOTIFICATIONS_CALLBACK_TOKEN")
+            if self.hash_key == DEV_HASH_KEY:
+                raise ValueError("production needs NOTIFICATIONS_HASH_KEY")
         return self
 
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from functools import lru_cache
 
-from sqlalchemy import Boolean, Date, DateTime, Index, Integer, String, Text, UniqueConstraint, Uuid
+from sqlalchemy import Boolean, Date, Index, Integer, String, Text, UniqueConstraint, Uuid
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.notifications.config import get_settings
-from shared.crypto import EncryptedText, FieldCipher
-from shared.db import make_metadata
+from shared.crypto import EncryptedText, FieldCipher, cipher_for
+from shared.db import UTCDateTime, make_metadata
 from shared.events import utcnow
 from shared.replica import meeting_replica_table
 
@@ -23,13 +22,8 @@ class Base(DeclarativeBase):
 meeting_replica = meeting_replica_table(Base.metadata)
 
 
-@lru_cache(maxsize=4)
-def _cipher_for(keys: str) -> FieldCipher:
-    return FieldCipher(keys)
-
-
 def at_rest_cipher() -> FieldCipher:
-    return _cipher_for(get_settings().encryption_keys)
+    return cipher_for(get_settings().encryption_keys)
 
 
 # Reminder statuses. "queued": claimed by the dispatcher, a send task is on its way.
@@ -61,8 +55,8 @@ class ReferralContact(Base):
     stopped_reason: Mapped[str | None] = mapped_column(String(64))
     # True once reminders were planned (False while the meeting is not yet in the replica).
     planned: Mapped[bool] = mapped_column(Boolean, default=False)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
 
 class Reminder(Base):
@@ -82,21 +76,21 @@ class Reminder(Base):
     channel: Mapped[str] = mapped_column(String(8))
     contact_hash: Mapped[str] = mapped_column(String(64), index=True)
     # The meeting start this reminder is about (for a move notice: the new start).
-    meeting_start: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
-    previous_start: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
-    due_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    meeting_start: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    previous_start: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    due_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     status: Mapped[str] = mapped_column(String(24), default=CREATED)
     reason: Mapped[str | None] = mapped_column(String(200))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     # Set when a send was interrupted: ask the provider before sending again.
     in_doubt: Mapped[bool] = mapped_column(Boolean, default=False)
     provider_ref: Mapped[str | None] = mapped_column(String(100))
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
-    queued_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
-    sending_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
-    sent_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
-    completed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    queued_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    sending_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    completed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
 
 
 class OptOut(Base):
@@ -106,7 +100,7 @@ class OptOut(Base):
 
     contact_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     channel: Mapped[str] = mapped_column(String(8))
-    opted_out_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    opted_out_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class ContactSend(Base):
@@ -118,7 +112,7 @@ class ContactSend(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     contact_hash: Mapped[str] = mapped_column(String(64))
     reminder_id: Mapped[uuid.UUID] = mapped_column(Uuid)
-    sent_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    sent_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class DevMessage(Base):
@@ -132,4 +126,4 @@ class DevMessage(Base):
     recipient: Mapped[str] = mapped_column(EncryptedText(at_rest_cipher))
     subject: Mapped[str | None] = mapped_column(String(200))
     body: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
