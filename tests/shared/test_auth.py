@@ -118,7 +118,7 @@ def test_rs256_tokens_are_checked_against_a_jwks(tmp_path):
             self.wfile.write(body)
 
         def log_message(self, *args):
-            pass
+            """Quiet: the test output is not the place for access logs."""
 
     server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, select
@@ -43,14 +44,9 @@ def store(request, tmp_path, postgres_admin_url, redis_client, redis_prefix):
     factory = make_sessionmaker(engine)
     outbox.relay_after_commit(factory)
 
-    class Store:
-        pass
-
-    s = Store()
-    s.engine, s.factory, s.outbox, s.things, s.inbox = engine, factory, outbox, things, inbox_t
-    s.queued = lambda queue: queued_messages(redis_client, prefix, queue)
-    s.redis, s.prefix = redis_client, prefix
-    yield s
+    yield SimpleNamespace(engine=engine, factory=factory, outbox=outbox, things=things, inbox=inbox_t,
+                          queued=lambda queue: queued_messages(redis_client, prefix, queue),
+                          redis=redis_client, prefix=prefix)
     engine.dispose()
 
 
