@@ -9,6 +9,12 @@ if [ -n "${FAMA_BROWSER_TESTS:-1}" ] && [ "${FAMA_BROWSER_TESTS:-1}" != 0 ]; the
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
 fi
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+# PostgreSQL: a server named by TEST_POSTGRES_URL, or one on the default port, or binaries the
+# fixtures can start (initdb + pg_ctl).
+if [ -z "${TEST_POSTGRES_URL:-}" ] && ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null \
+   && ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  need+=(postgresql)
+fi
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing ${need[*]} with apt-get"
