@@ -137,14 +137,8 @@ def _send_sessions(url: str) -> sessionmaker[Session]:
 
 @lru_cache(maxsize=4)
 def _autocommit_engine(url: str) -> Engine:
-    """Each statement its own transaction: a claim (and on Postgres a dev send's mark) is one
-    round trip. On Postgres a pool of its own made autocommit once, so a checkout does not
-    switch the connection's isolation there and back; SQLite shares the send pool (its
-    engine's BEGIN IMMEDIATE on begin() is what serialises the claim)."""
-    engine = _send_engine(url)
-    if is_sqlite(engine):
-        return engine.execution_options(isolation_level="AUTOCOMMIT")
-    return make_engine(url, isolation_level="AUTOCOMMIT", pool_pre_ping=False, pool_size=2, max_overflow=4)
+    """The same pool, each statement its own transaction: a claim is one round trip."""
+    return _send_engine(url).execution_options(isolation_level="AUTOCOMMIT")
 
 
 @contextmanager
