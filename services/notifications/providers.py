@@ -51,12 +51,9 @@ class DevProvider:
         self.sessions = sessions
         self.delay_seconds = delay_seconds
 
-    def pause(self) -> None:
+    def send(self, *, reference: str, to: str, message: Message, connection: Connection | Session | None = None) -> str:
         if self.delay_seconds:
             time.sleep(self.delay_seconds)  # lets tests kill a worker in the middle of a send
-
-    def send(self, *, reference: str, to: str, message: Message, connection: Connection | Session | None = None) -> str:
-        self.pause()
         if connection is not None:
             return self._record(connection, reference, to, message)
         with transaction(self.sessions) as own:

@@ -34,7 +34,6 @@ from sqlalchemy import (
     insert,
     or_,
     select,
-    text,
     update,
 )
 from sqlalchemy.orm import Session, sessionmaker
@@ -48,7 +47,6 @@ from services.notifications.models import (
     SENT,
     TECHNICAL_FAILURE,
     ContactSend,
-    DevMessage,
     OptOut,
     ReferralContact,
     Reminder,
@@ -423,74 +421,8 @@ def _mark_sent(session: Session | Connection, reminder: Row, provider_ref: str, 
     return True
 
 
-class _OutboxRows:
-    """Stands in for a session so ``Outbox.record`` hands over the rows it would insert
-    (the same rows, built by the same code), for the one-statement mark below."""
-
-    def __init__(self):
-        self.info: dict = {}
-        self.rows: list[dict] = []
-
-    def execute(self, _statement, rows: list[dict]) -> None:
-        self.rows = rows
-
-
-@lru_cache(maxsize=8)
-def _dev_mark_statement(events: int):
-    """Postgres, dev provider: the message, the mark (sending -> sent, only while our claim
-    holds), the contact send and the reminder.sent outbox rows in ONE statement, committed on
-    its own (autocommit, synchronous): all or nothing, as the transaction it replaces, in one
-    round trip instead of seven. If the row was taken over, ``marked`` is empty and nothing
-    is written. Returns the message id, or no row."""
-    values = ", ".join(f"(:event_id_{i}, :event_type_{i}, :subscriber_{i}, :body_{i}, :created_at_{i})"
-                       for i in range(events))
-    outbox = "" if not events else f""",
-events AS (
-  INSERT INTO outbox (event_id, event_type, subscriber, body, created_at, attempts)
-  SELECT e.event_id, e.event_type, e.subscriber, e.body, e.created_at, 0
-  FROM marked, (VALUES {values}) AS e(event_id, event_type, subscriber, body, created_at))"""
-    sql = f"""WITH ref AS (SELECT nextval(pg_get_serial_sequence('dev_messages', 'id')) AS id),
-marked AS (
-  UPDATE reminders SET status = :sent, provider_ref = 'dev-' || (SELECT id FROM ref), sent_at = :at,
-    in_doubt = false, reason = NULL, updated_at = :at
-  WHERE id = :reminder_id AND status = :sending AND attempts = :claimed_attempts
-  RETURNING id),
-message AS (
-  INSERT INTO dev_messages (id, reference, channel, recipient, subject, body, created_at)
-  SELECT ref.id, :reference, :channel, :recipient, :subject, :message_body, :at FROM ref, marked),
-sends AS (
-  INSERT INTO contact_sends (contact_hash, reminder_id, sent_at) SELECT :contact_hash, marked.id, :at FROM marked){outbox}
-SELECT (SELECT id FROM ref) FROM marked"""
-    dev, out = DevMessage.__table__.c, runtime.outbox.table.c
-    params = [bindparam("at", type_=_reminders.c.sent_at.type), bindparam("reminder_id", type_=Uuid),
-              bindparam("recipient", type_=dev.recipient.type)]
-    for i in range(events):
-        params += [bindparam(f"event_id_{i}", type_=out.event_id.type), bindparam(f"body_{i}", type_=out.body.type),
-                   bindparam(f"created_at_{i}", type_=out.created_at.type)]
-    return text(sql).bindparams(*params)
-
-
-def _send_dev_and_mark(provider, reminder: Row, to: str, message: Message) -> str:
-    provider.pause()
-    rows = _OutboxRows()
-    runtime.outbox.record(rows, "reminder.sent", fact(reminder, None))
-    params = {"sent": SENT, "sending": SENDING, "at": utcnow(), "reminder_id": reminder.id,
-              "claimed_attempts": reminder.attempts, "reference": str(reminder.id), "channel": message.channel,
-              "recipient": to, "subject": message.subject, "message_body": message.body,
-              "contact_hash": reminder.contact_hash}
-    for i, row in enumerate(rows.rows):
-        params.update({f"event_id_{i}": row["event_id"], f"event_type_{i}": row["event_type"],
-                       f"subscriber_{i}": row["subscriber"], f"body_{i}": row["body"],
-                       f"created_at_{i}": row["created_at"]})
-    with _autocommit_engine(runtime.settings.database_url).connect() as conn:
-        marked = conn.execute(_dev_mark_statement(len(rows.rows)), params).first()
-    return "sent" if marked is not None else "skipped: taken over"
-
-
 def _send_and_mark(provider, reminder: Row, to: str, message: Message) -> str:
     """Hand the message to the provider and mark the reminder sent."""
-    if provider.in_our_database and not is_sqlite(_send_engine(runtime.settings.database_url)):
-        return _send_dev_and_mark(provider, reminder, to, message)
     if provider.in_our_database:
         # The dev provider's message is a row next to ours: one transaction for both.
         with send_connection() as conn:

@@ -1,16 +1,15 @@
-"""The lean send path: one claim statement, then the dev message, the sent mark, the contact
-send and the event together (one statement on Postgres, one transaction on SQLite); what a
-stalled worker does once another took its reminder over."""
+"""The lean send path: one claim statement, then the dev message and the sent mark in one
+transaction; what a stalled worker does once another took its reminder over."""
 
 from __future__ import annotations
 
 import datetime as dt
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import update
 
 from services.notifications import sending
-from services.notifications.models import ContactSend, Reminder
+from services.notifications.models import Reminder
 from services.notifications.runtime import runtime
 from shared.db import transaction
 from shared.events import utcnow
@@ -43,21 +42,6 @@ def test_a_send_records_the_message_the_sent_mark_and_the_event_together():
     assert [p["reminder_id"] for p in outbox_events("reminder.sent")] == [str(due.id)]
     assert sending.send_reminder(reminder_id=due.id) == "skipped: sent"  # a duplicate task
     assert len(dev_messages(due.id)) == 1
-
-
-def test_a_send_counts_for_the_hourly_cap_and_tells_every_subscriber():
-    due = due_reminder()
-    assert sending.send_reminder(reminder_id=due.id) == "sent"
-    with runtime.sessions() as session:
-        sends = list(session.scalars(select(ContactSend).where(ContactSend.reminder_id == due.id)))
-        t = runtime.outbox_table
-        rows = session.execute(select(t.c.subscriber, t.c.body, t.c.relayed_at)
-                               .where(t.c.event_type == "reminder.sent")).all()
-    assert [s.contact_hash for s in sends] == [due.contact_hash]
-    assert sorted(r.subscriber for r in rows) == ["directory", "referrals"]
-    assert all(r.body["payload"]["reminder_id"] == str(due.id) and r.relayed_at is None for r in rows)
-    [message] = dev_messages(due.id)
-    assert message.recipient.startswith("+44") and "Reply STOP" in message.body  # stored decrypted, as sent
 
 
 def test_a_stalled_worker_whose_reminder_was_taken_over_sends_nothing():
