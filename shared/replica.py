@@ -6,8 +6,6 @@ retry, so an event older than the stored one is ignored; replaying all meetings 
 
 from __future__ import annotations
 
-import datetime as dt
-
 from sqlalchemy import JSON, Boolean, Column, MetaData, String, Table, select
 from sqlalchemy.orm import Session
 
@@ -29,10 +27,6 @@ def meeting_replica_table(metadata: MetaData) -> Table:
     )
 
 
-def _aware(value: dt.datetime) -> dt.datetime:
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-
-
 def apply_meeting_event(session: Session, table: Table, event: Event) -> tuple[MeetingSnapshot | None, MeetingSnapshot]:
     """Store the event's snapshot; returns (previous snapshot or None, new snapshot).
 
@@ -50,7 +44,7 @@ def apply_meeting_event(session: Session, table: Table, event: Event) -> tuple[M
         session.execute(table.insert().values(slug=snapshot.slug, **values))
         return None, snapshot
     previous = MeetingSnapshot.model_validate(row.snapshot)
-    if _aware(row.event_at) > _aware(event.occurred_at):
+    if row.event_at > event.occurred_at:
         return previous, previous
     session.execute(table.update().where(table.c.slug == snapshot.slug).values(**values))
     return previous, snapshot

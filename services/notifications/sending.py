@@ -65,6 +65,7 @@ from shared.replica import get_meeting
 log = structlog.get_logger(__name__)
 
 SEND_TASK = "notifications.send_reminder"
+MAX_RETRY_SECONDS = 300
 
 
 class RetryLater(Exception):  # noqa: N818 (a signal, not an error)
@@ -488,7 +489,8 @@ def send_reminder(*, reminder_id: uuid.UUID) -> str:
         if reminder.attempts >= cfg.max_send_attempts:
             _fail(reminder.id, status=TECHNICAL_FAILURE, reason=f"gave up after {reminder.attempts} attempts: {exc}")
             return "failed: technical"
-        countdown = cfg.retry_base_seconds * 2 ** (reminder.attempts - 1)
+        # Exponential backoff, capped: a retry stays a few minutes away at most (no far-off ETA tasks).
+        countdown = min(cfg.retry_base_seconds * 2 ** (reminder.attempts - 1), MAX_RETRY_SECONDS)
         with send_transaction() as session:
             session.execute(update(_reminders).where(_reminders.c.id == reminder.id, _reminders.c.status == SENDING)
                             .values(status=QUEUED, in_doubt=False, reason=str(exc)[:200], updated_at=utcnow(),

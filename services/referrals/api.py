@@ -41,11 +41,6 @@ def unprocessable(exc: service.ReferralError) -> JSONResponse:
                         status_code=422)
 
 
-def reveals_contact(principal: Principal, site_id: str) -> bool:
-    """Contact details are shown in full only to staff of the owning site."""
-    return principal.role in (Role.keyworker, Role.site_lead) and principal.site == site_id
-
-
 def load_for(session: Session, principal: Principal, referral_id: uuid.UUID, *, lock: bool = False):
     referral = service.lock_referral(session, referral_id) if lock else session.get(Referral, referral_id)
     if referral is None:
@@ -69,7 +64,7 @@ def create_referral(referral_in: ReferralIn, session: SessionDep, principal: Sit
         session.rollback()
         return unprocessable(exc)
     session.commit()
-    return service.referral_out(referral, reveal=reveals_contact(principal, site_id), detail=True, session=session)
+    return service.referral_out(referral, reveal=service.reveals_contact(principal, site_id), detail=True, session=session)
 
 
 @app.get("/referrals", response_model=ReferralPage, tags=["referrals"])
@@ -89,14 +84,14 @@ def list_referrals(
     items, total = service.list_referrals(session, site_id=site, status=status_, stage=stage, meeting_slug=meeting,
                                           planned_from=planned_from, planned_to=planned_to,
                                           created_from=created_from, created_to=created_to, limit=limit, offset=offset)
-    return ReferralPage(items=[service.referral_out(r, reveal=reveals_contact(principal, r.site_id)) for r in items],
+    return ReferralPage(items=[service.referral_out(r, reveal=service.reveals_contact(principal, r.site_id)) for r in items],
                         total=total, limit=limit, offset=offset)
 
 
 @app.get("/referrals/{referral_id}", response_model=ReferralDetailOut, tags=["referrals"])
 def get_referral(referral_id: uuid.UUID, session: SessionDep, principal: SiteStaff):
     referral = load_for(session, principal, referral_id)
-    return service.referral_out(referral, reveal=reveals_contact(principal, referral.site_id), detail=True,
+    return service.referral_out(referral, reveal=service.reveals_contact(principal, referral.site_id), detail=True,
                                 session=session)
 
 
@@ -113,7 +108,7 @@ def transition_referral(referral_id: uuid.UUID, transition_in: TransitionIn, ses
         session.rollback()
         return unprocessable(exc)
     session.commit()
-    return service.referral_out(referral, reveal=reveals_contact(principal, referral.site_id), detail=True,
+    return service.referral_out(referral, reveal=service.reveals_contact(principal, referral.site_id), detail=True,
                                 session=session)
 
 
@@ -127,7 +122,7 @@ def withdraw_consent(referral_id: uuid.UUID, session: SessionDep, principal: Sit
         session.rollback()
         raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc
     session.commit()
-    return service.referral_out(referral, reveal=reveals_contact(principal, referral.site_id), detail=True,
+    return service.referral_out(referral, reveal=service.reveals_contact(principal, referral.site_id), detail=True,
                                 session=session)
 
 

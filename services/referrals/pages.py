@@ -169,11 +169,6 @@ def desk_principal(principal: Annotated[Principal, Depends(_desk_roles)]) -> Pri
 Desk = Annotated[Principal, Depends(desk_principal)]
 
 
-def reveals_contact(principal: Principal, site_id: str) -> bool:
-    """As the API: contact details in full only for staff of the owning site."""
-    return principal.role in (Role.keyworker, Role.site_lead) and principal.site == site_id
-
-
 def load_referral(session: Session, principal: Principal, referral_id: str, *, lock: bool = False) -> Referral:
     try:
         key = uuid.UUID(referral_id)
@@ -446,7 +441,8 @@ def create_referral(request: Request, session: SessionDep, principal: Desk, form
 def referral_context(request: Request, session: Session, principal: Principal, referral: Referral, *,
                      errors: dict[str, str] | None = None, failed: str | None = None, values: dict[str, str] | None = None,
                      notice: str | None = None, problem: str | None = None) -> dict:
-    view = service.referral_out(referral, reveal=reveals_contact(principal, referral.site_id), detail=True, session=session)
+    view = service.referral_out(referral, reveal=service.reveals_contact(principal, referral.site_id), detail=True,
+                                session=session)
     found = meetings_by_slug(session, {referral.meeting_slug}).get(referral.meeting_slug)
     meeting = meeting_view(found[0]) if found else None
     transitions = []

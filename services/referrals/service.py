@@ -57,6 +57,7 @@ from services.referrals.schemas import (
     ReminderOut,
     TransitionIn,
 )
+from shared.auth import Principal, Role
 from shared.crypto import FieldCipher
 from shared.events import (
     ENDED_STATUSES,
@@ -411,6 +412,11 @@ def _update_reachability(session: Session, *, fact: ReminderFact, status: str, a
 
 
 # --- reads -----------------------------------------------------------------------------
+
+def reveals_contact(principal: Principal, site_id: str) -> bool:
+    """Contact details are shown in full only to staff of the owning site (not even admins)."""
+    return principal.role in (Role.keyworker, Role.site_lead) and principal.site == site_id
+
 
 def mask_mobile(e164: str) -> str:
     """+447812345678 -> 07*** ***678."""
