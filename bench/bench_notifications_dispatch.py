@@ -216,7 +216,7 @@ def send_rate(count: int, env: dict[str, str], concurrency: int) -> tuple[float,
     from shared.events import utcnow
 
     with runtime.engine.begin() as conn:
-        conn.execute(text("TRUNCATE reminders, referral_contacts, contact_sends, dev_messages, outbox, meeting_replica"))
+        conn.execute(text("TRUNCATE reminders, referral_contacts, dev_messages, outbox, meeting_replica"))
     make_due_reminders(count)
     workers = Workers("notifications.send", env, concurrency=concurrency)
     stop = threading.Event()

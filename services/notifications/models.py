@@ -103,18 +103,6 @@ class OptOut(Base):
     opted_out_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
-class ContactSend(Base):
-    """One message handed to a provider for a contact: the per-number caps count these."""
-
-    __tablename__ = "contact_sends"
-    __table_args__ = (Index("ix_contact_sends_hash_at", "contact_hash", "sent_at"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    contact_hash: Mapped[str] = mapped_column(String(64))
-    reminder_id: Mapped[uuid.UUID] = mapped_column(Uuid)
-    sent_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
-
-
 class DevMessage(Base):
     """What the dev provider 'sent': exactly what a client would receive."""
 

@@ -26,7 +26,7 @@ from shared.db import transaction
 from shared.events import utcnow
 
 UNKNOWN = object()
-_ADD_DEV_MESSAGE = insert(DevMessage.__table__).returning(DevMessage.__table__.c.id)  # Core, built once
+_ADD_DEV_MESSAGE = insert(DevMessage.__table__)  # Core, built once
 
 
 class TemporaryFailure(Exception):
@@ -40,9 +40,10 @@ class PermanentFailure(Exception):
 class DevProvider:
     """Records each message in the database: GET /outbox shows what a client would receive.
 
-    Its "sending" is a row in our own database, so ``send`` can write it in the caller's
-    transaction (``connection``): the send path passes the one that marks the reminder
-    sent, so the message exists if and only if the reminder says "sent".
+    Its "sending" is a row in our own database, so it can be written by the caller's
+    transaction or statement: the send path writes it with the mark that says the reminder
+    was sent, so the message exists if and only if the reminder says "sent". Its reference
+    for a message is "dev-" + our reference, known before the row is written.
     """
 
     in_our_database = True
@@ -52,24 +53,29 @@ class DevProvider:
         self.delay_seconds = delay_seconds
 
     def send(self, *, reference: str, to: str, message: Message, connection: Connection | Session | None = None) -> str:
+        row = self.take(reference=reference, to=to, message=message)
+        if connection is not None:
+            connection.execute(_ADD_DEV_MESSAGE, row)
+        else:
+            with transaction(self.sessions) as own:
+                own.execute(_ADD_DEV_MESSAGE, row)
+        return self.provider_ref(reference)
+
+    def take(self, *, reference: str, to: str, message: Message) -> dict:
+        """The message's row, for a caller that writes it in its own statement."""
         if self.delay_seconds:
             time.sleep(self.delay_seconds)  # lets tests kill a worker in the middle of a send
-        if connection is not None:
-            return self._record(connection, reference, to, message)
-        with transaction(self.sessions) as own:
-            return self._record(own, reference, to, message)
+        return {"reference": reference, "channel": message.channel, "recipient": to, "subject": message.subject,
+                "body": message.body, "created_at": utcnow()}
 
     @staticmethod
-    def _record(session: Connection | Session, reference: str, to: str, message: Message) -> str:
-        row_id = session.execute(_ADD_DEV_MESSAGE, {
-            "reference": reference, "channel": message.channel, "recipient": to, "subject": message.subject,
-            "body": message.body, "created_at": utcnow()}).scalar_one()
-        return f"dev-{row_id}"
+    def provider_ref(reference: str) -> str:
+        return f"dev-{reference}"
 
     def lookup(self, reference: str):
         with self.sessions() as session:
             found = session.scalar(select(DevMessage.id).where(DevMessage.reference == reference).limit(1))
-        return None if found is None else f"dev-{found}"
+        return None if found is None else self.provider_ref(reference)
 
 
 class NotifyProvider:

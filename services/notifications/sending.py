@@ -20,6 +20,7 @@ from types import SimpleNamespace
 import redis
 import structlog
 from sqlalchemy import (
+    JSON,
     Connection,
     DateTime,
     Engine,
@@ -32,8 +33,11 @@ from sqlalchemy import (
     case,
     func,
     insert,
+    literal,
     or_,
     select,
+    true,
+    union_all,
     update,
 )
 from sqlalchemy.orm import Session, sessionmaker
@@ -46,7 +50,7 @@ from services.notifications.models import (
     SENDING,
     SENT,
     TECHNICAL_FAILURE,
-    ContactSend,
+    DevMessage,
     OptOut,
     ReferralContact,
     Reminder,
@@ -58,7 +62,7 @@ from services.notifications.service import aware, fact
 from services.notifications.wording import Message, render
 from shared import queues
 from shared.db import is_sqlite, make_engine, make_sessionmaker, transaction
-from shared.events import MeetingSnapshot, utcnow
+from shared.events import Event, MeetingSnapshot, subscribers, utcnow
 from shared.outbox import PENDING_KEY
 from shared.replica import get_meeting
 
@@ -250,15 +254,17 @@ def requeue_stuck(*, now: dt.datetime | None = None, limit: int = 1000) -> int:
 
 # --- the guarded send ----------------------------------------------------------------------
 #
-# A send is two short transactions: the claim (queued -> sending, one statement that also
-# reads the contact, opt-out and hourly count), then the mark (sending -> sent, the contact
-# send, the reminder.sent event; with the dev provider, its message too). The claim is
-# committed before the provider is called, so a crash in between leaves a "sending" row
-# that recovery checks with the provider. Core statements: no ORM objects per send.
+# A send is two short steps: the claim (queued -> sending, one statement that also reads
+# the contact, opt-out and sends in the last hour), then the mark (sending -> sent with the
+# reminder.sent event; with the dev provider, its message too). The claim is committed
+# before the provider is called, so a crash in between leaves a "sending" row that
+# recovery checks with the provider. On Postgres each step is ONE autocommitted statement
+# (data-modifying CTEs); SQLite runs the same steps as a few statements in a transaction.
+# Core statements built once: no ORM objects and no SQL compilation per send.
 
 _reminders = Reminder.__table__
 _contacts = ReferralContact.__table__
-_contact_sends = ContactSend.__table__
+_outbox = runtime.outbox_table
 _FACT_COLUMNS = (_reminders.c.id, _reminders.c.referral_id, _reminders.c.site_id, _reminders.c.fellowship,
                  _reminders.c.kind, _reminders.c.channel, _reminders.c.due_at, _reminders.c.reason)
 
@@ -268,11 +274,13 @@ def _when(name: str):
 
 
 def _state_columns(referral_id, contact_hash) -> list:
-    """The contact, whether the number opted out and its sends in the last hour."""
+    """The contact, whether the number opted out and the messages sent to it in the last hour
+    (the hourly cap counts reminders' own sent_at: a message sent is a reminder marked sent)."""
     def contact(column):
         return select(column).where(_contacts.c.referral_id == referral_id).correlate(_reminders).scalar_subquery()
 
-    recent = (_contact_sends.c.contact_hash == contact_hash, _contact_sends.c.sent_at > _when("window_start"))
+    earlier = _reminders.alias("earlier")
+    recent = (earlier.c.contact_hash == contact_hash, earlier.c.sent_at > _when("window_start"))
     return [
         contact(_contacts.c.referral_id).label("contact_found"),
         contact(_contacts.c.contact).label("contact"),
@@ -281,7 +289,7 @@ def _state_columns(referral_id, contact_hash) -> list:
         select(OptOut.contact_hash).where(OptOut.contact_hash == contact_hash).correlate(_reminders).exists()
         .label("opted_out"),
         select(func.count()).where(*recent).correlate(_reminders).scalar_subquery().label("sends"),
-        select(func.min(_contact_sends.c.sent_at)).where(*recent).correlate(_reminders).scalar_subquery()
+        select(func.min(earlier.c.sent_at)).where(*recent).correlate(_reminders).scalar_subquery()
         .label("oldest_send"),
     ]
 
@@ -315,11 +323,37 @@ def _build_mark_sent(*, only_our_claim: bool):
         updated_at=_when("at"))
 
 
+def _build_mark_sent_statement(*, only_our_claim: bool, with_message: bool):
+    """The mark, the reminder.sent outbox rows (one per subscriber) and, for the dev provider,
+    its message, as one statement: each insert reads the updated row, so if the row is no
+    longer ours nothing is written. Returns how many reminders were marked (0 or 1)."""
+    sent = _build_mark_sent(only_our_claim=only_our_claim).returning(_reminders.c.id).cte("sent")
+    # One row per subscriber (a UNION of literals rather than VALUES, which SQLAlchemy cannot cache).
+    subs = union_all(*(select(literal(name, String).label("subscriber")) for name in subscribers("reminder.sent"))
+                     ).subquery("subscribers")
+    events = insert(_outbox).from_select(
+        ["event_id", "event_type", "subscriber", "body", "created_at", "attempts"],
+        select(bindparam("event_id", type_=Uuid), literal("reminder.sent"), subs.c.subscriber,
+               bindparam("event_body", type_=JSON), _when("at"), literal(0))
+        .select_from(sent).join(subs, true())).cte("events")
+    statement = select(func.count()).select_from(sent).add_cte(events)
+    if with_message:
+        m = DevMessage.__table__.c
+        message = insert(DevMessage.__table__).from_select(
+            ["reference", "channel", "recipient", "subject", "body", "created_at"],
+            select(*(bindparam(f"message_{name}", type_=m[name].type) for name in
+                     ("reference", "channel", "recipient", "subject", "body", "created_at")))
+            .select_from(sent)).cte("message")
+        statement = statement.add_cte(message)
+    return statement
+
+
 _CLAIM = _build_claim(with_state=True)
 _CLAIM_ONLY = _build_claim(with_state=False)
 _STATE = select(*_state_columns(bindparam("referral_id", type_=Uuid), bindparam("contact_hash", type_=String)))
 _MARK_SENT = {True: _build_mark_sent(only_our_claim=True), False: _build_mark_sent(only_our_claim=False)}
-_ADD_CONTACT_SEND = insert(_contact_sends)
+_MARK_SENT_STATEMENT = {(ours, message): _build_mark_sent_statement(only_our_claim=ours, with_message=message)
+                        for ours in (True, False) for message in (True, False)}
 
 
 def _finish(session: Session, reminder: Row, *, status: str, reason: str, event: str) -> None:
@@ -408,33 +442,41 @@ def _meeting(slug: str) -> MeetingSnapshot | None:
         return cached_meeting(session, slug)
 
 
-def _mark_sent(session: Session | Connection, reminder: Row, provider_ref: str, *, only_our_claim: bool) -> bool:
-    """sending -> sent with the contact send and reminder.sent. ``only_our_claim``: only if no
-    other worker took the row over since we claimed it (attempts still ours)."""
+def _mark_sent(reminder: Row, provider_ref: str, *, only_our_claim: bool, message: dict | None = None) -> bool:
+    """sending -> sent with reminder.sent (and the dev provider's ``message`` row), atomically.
+    ``only_our_claim``: only if no other worker took the row over since we claimed it
+    (attempts still ours). Returns whether the row was marked."""
     at = utcnow()
-    done = session.execute(_MARK_SENT[only_our_claim], {"reminder_id": reminder.id, "claimed_attempts": reminder.attempts,
-                                                         "ref": provider_ref, "at": at}).rowcount
-    if only_our_claim and not done:
-        return False
-    session.execute(_ADD_CONTACT_SEND, {"contact_hash": reminder.contact_hash, "reminder_id": reminder.id, "sent_at": at})
-    if done:
-        runtime.outbox.record(session, "reminder.sent", fact(reminder, None))
+    params = {"reminder_id": reminder.id, "claimed_attempts": reminder.attempts, "ref": provider_ref, "at": at}
+    engine = _send_engine(runtime.settings.database_url)
+    if not is_sqlite(engine):
+        event = Event.new("reminder.sent", fact(reminder, None), producer=runtime.name, occurred_at=at)
+        params.update(event_id=event.event_id, event_body=event.model_dump(mode="json"))
+        if message is not None:
+            params.update({f"message_{name}": value for name, value in message.items()})
+        statement = _MARK_SENT_STATEMENT[only_our_claim, message is not None]
+        with _autocommit_engine(runtime.settings.database_url).connect() as conn:
+            return bool(conn.execute(statement, params).scalar_one())
+    with send_connection() as conn:
+        if not conn.execute(_MARK_SENT[only_our_claim], params).rowcount:
+            conn.rollback()
+            return False
+        if message is not None:
+            conn.execute(insert(DevMessage.__table__), message)
+        runtime.outbox.record(conn, "reminder.sent", fact(reminder, None), occurred_at=at)
     return True
 
 
 def _send_and_mark(provider, reminder: Row, to: str, message: Message) -> str:
     """Hand the message to the provider and mark the reminder sent."""
+    reference = str(reminder.id)
     if provider.in_our_database:
-        # The dev provider's message is a row next to ours: one transaction for both.
-        with send_connection() as conn:
-            provider_ref = provider.send(reference=str(reminder.id), to=to, message=message, connection=conn)
-            if not _mark_sent(conn, reminder, provider_ref, only_our_claim=True):
-                conn.rollback()  # another worker took the row over: its send counts, not ours
-                return "skipped: taken over"
+        # The dev provider's message is a row next to ours, written with the mark.
+        row = provider.take(reference=reference, to=to, message=message)
+        if not _mark_sent(reminder, provider.provider_ref(reference), only_our_claim=True, message=row):
+            return "skipped: taken over"  # another worker took the row over: its send counts, not ours
         return "sent"
-    provider_ref = provider.send(reference=str(reminder.id), to=to, message=message)
-    with send_connection() as conn:
-        _mark_sent(conn, reminder, provider_ref, only_our_claim=False)
+    _mark_sent(reminder, provider.send(reference=reference, to=to, message=message), only_our_claim=False)
     return "sent"
 
 
@@ -477,8 +519,7 @@ def send_reminder(*, reminder_id: uuid.UUID) -> str:
             _fail(reminder.id, status=TECHNICAL_FAILURE, reason="interrupted send with an unknown outcome")
             return "failed: outcome unknown"
         if found:
-            with send_connection() as conn:
-                _mark_sent(conn, reminder, found, only_our_claim=False)
+            _mark_sent(reminder, found, only_our_claim=False)
             return "sent (found at the provider)"
     try:
         return _send_and_mark(provider, reminder, to, message)

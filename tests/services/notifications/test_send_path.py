@@ -1,22 +1,45 @@
-"""The lean send path: one claim statement, then the dev message and the sent mark in one
-transaction; what a stalled worker does once another took its reminder over."""
+"""The lean send path: one claim statement, then the dev message, the sent mark and its event
+in one statement (Postgres) or one transaction (SQLite, what `make run` uses); what a stalled
+worker does once another took its reminder over. Every test runs on both databases."""
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import text, update
 
 from services.notifications import sending
+from services.notifications.config import get_settings
 from services.notifications.models import Reminder
 from services.notifications.runtime import runtime
 from shared.db import transaction
 from shared.events import utcnow
-from tests.services.notifications.support import by_kind, dev_messages, make_due, outbox_events, reminder
+from tests.services.notifications.support import MOBILE, by_kind, dev_messages, make_due, outbox_events, reminder
 from tests.services.notifications.test_sending import planned_in_process, set_queued
 
-pytestmark = pytest.mark.usefixtures("clean_state")
+
+@pytest.fixture(autouse=True, params=["postgres", "sqlite"])
+def database(request, tmp_path):
+    """The service's runtime on the suite's Postgres (emptied) or on a fresh SQLite file."""
+    if request.param == "postgres":
+        request.getfixturevalue("clean_state")
+        yield request.param
+        return
+    key = "NOTIFICATIONS_DATABASE_URL"
+    before = os.environ[key]
+    os.environ[key] = f"sqlite:///{tmp_path}/notifications.db"
+    get_settings.cache_clear()
+    runtime.reset_caches()
+    try:
+        runtime.migrate()
+        assert runtime.engine.dialect.name == "sqlite"
+        yield request.param
+    finally:
+        os.environ[key] = before
+        get_settings.cache_clear()
+        runtime.reset_caches()
 
 
 def due_reminder():
@@ -38,8 +61,13 @@ def test_a_send_records_the_message_the_sent_mark_and_the_event_together():
     assert sending.send_reminder(reminder_id=due.id) == "sent"
     sent = reminder(due.id)
     [message] = dev_messages(due.id)
-    assert sent.status == "sent" and sent.provider_ref == f"dev-{message.id}" and sent.attempts == 1
+    assert sent.status == "sent" and sent.attempts == 1
+    assert sent.provider_ref == f"dev-{due.id}" and message.reference == str(due.id)
     assert [p["reminder_id"] for p in outbox_events("reminder.sent")] == [str(due.id)]
+    assert message.recipient == MOBILE
+    with runtime.engine.connect() as conn:  # what is on disk: the number only as ciphertext
+        stored = conn.execute(text("SELECT recipient FROM dev_messages")).scalar_one()
+    assert MOBILE not in stored and MOBILE.lstrip("+") not in stored and stored.startswith("gAAAAA")  # a Fernet token
     assert sending.send_reminder(reminder_id=due.id) == "skipped: sent"  # a duplicate task
     assert len(dev_messages(due.id)) == 1
 
@@ -79,3 +107,18 @@ def test_a_claim_that_must_not_send_changes_nothing_once_taken_over():
         sending._finish(session, stalled, status="cancelled", reason="opted out", event="reminder.cancelled")
     assert reminder(due.id).status == "sent"
     assert outbox_events("reminder.cancelled") == []
+
+
+def test_the_hourly_cap_counts_messages_sent_to_the_number(monkeypatch):
+    monkeypatch.setattr(runtime.settings, "hourly_cap", 1)
+    rid = planned_in_process()
+    planned = by_kind(rid)
+    make_due([planned["day_before"].id, planned["follow_up"].id])
+    set_queued(planned["day_before"].id, planned["follow_up"].id)
+    assert sending.send_reminder(reminder_id=planned["day_before"].id) == "sent"
+    assert sending.send_reminder(reminder_id=planned["follow_up"].id) == "deferred: hourly cap"
+    deferred = reminder(planned["follow_up"].id)
+    sent_at = reminder(planned["day_before"].id).sent_at
+    # Due again one hour after the message that filled the cap, not before.
+    assert deferred.status == "created" and deferred.due_at >= sent_at + dt.timedelta(hours=1)
+    assert len(dev_messages()) == 1
