@@ -10,9 +10,9 @@ from pathlib import Path
 
 import typer
 from alembic import command
-from alembic.config import Config
 
 from shared.auth import Role, issue_token
+from shared.db import alembic_config
 from shared.queues import SERVICES
 from shared.settings import ServiceSettings
 
@@ -52,10 +52,7 @@ def migrate(service: list[str] = typer.Argument(None, help="Services to migrate 
 def revision(service: str, message: str = typer.Option(..., "-m")) -> None:
     """Autogenerate a migration for SERVICE from its models (developers)."""
     rt = _runtime(service)
-    cfg = Config()
-    cfg.set_main_option("script_location", str(rt.migrations_dir))
-    cfg.attributes["database_url"] = rt.settings.database_url
-    command.revision(cfg, message=message, autogenerate=True)
+    command.revision(alembic_config(rt.migrations_dir, rt.settings.database_url), message=message, autogenerate=True)
 
 
 @app.command()

@@ -98,15 +98,21 @@ def ping(engine: Engine) -> None:
         conn.execute(text("SELECT 1"))
 
 
-def migrate(migrations_dir: Path, url: str, revision: str = "head") -> None:
-    """Upgrade one service's database with its own Alembic scripts."""
-    from alembic import command
+def alembic_config(migrations_dir: Path, url: str):
+    """Alembic's configuration for one service's scripts and database (no alembic.ini)."""
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations_dir))
     cfg.attributes["database_url"] = url
-    command.upgrade(cfg, revision)
+    return cfg
+
+
+def migrate(migrations_dir: Path, url: str, revision: str = "head") -> None:
+    """Upgrade one service's database with its own Alembic scripts."""
+    from alembic import command
+
+    command.upgrade(alembic_config(migrations_dir, url), revision)
 
 
 def run_alembic_env(metadata: MetaData, default_url: str) -> None:

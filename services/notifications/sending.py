@@ -140,8 +140,12 @@ def _send_sessions(url: str) -> sessionmaker[Session]:
 
 @lru_cache(maxsize=4)
 def _autocommit_engine(url: str) -> Engine:
-    """The same pool, each statement its own transaction: a claim is one round trip."""
-    return _send_engine(url).execution_options(isolation_level="AUTOCOMMIT")
+    """Each statement its own transaction: a claim or a mark is one round trip. On Postgres a
+    pool of its own, made autocommit once (not switched at every checkout); SQLite's engine
+    opens BEGIN IMMEDIATE itself, so there it is the send pool unchanged."""
+    if is_sqlite(_send_engine(url)):
+        return _send_engine(url).execution_options(isolation_level="AUTOCOMMIT")
+    return make_engine(url, pool_pre_ping=False, pool_size=2, max_overflow=4, isolation_level="AUTOCOMMIT")
 
 
 @contextmanager
