@@ -11,12 +11,17 @@ worker records it as unacknowledged, so a worker killed in that instant (or a br
 restart then) can drop it. Each consumer therefore leaves a receipt in Redis once an event
 is in its inbox, and ``Outbox.confirm`` sends again whatever has no receipt after a while
 (with backoff). A second delivery is harmless: the inbox ignores it.
+
+The relay groups a subscriber's events: up to ``RELAY_BATCH`` of them go in one Celery
+message (task ``<subscriber>.handle_events``), because publishing a message costs far more
+than the event in it. Each event keeps its own envelope, inbox row and receipt; a batch of
+one is sent as a plain ``<subscriber>.handle_event`` message.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import structlog
 from celery import Celery
@@ -62,6 +67,10 @@ def outbox_table(metadata: MetaData) -> Table:
     )
 
 
+# Most events in one relayed message (one subscriber's, in id order).
+RELAY_BATCH = 100
+SEND_RETRY_POLICY = {"max_retries": 3, "interval_start": 0, "interval_step": 0.5, "interval_max": 2}
+
 RECEIPT_TTL_SECONDS = 7 * 24 * 3600
 # Unconfirmed events older than this are no longer chased (their receipts have expired).
 CONFIRM_WINDOW = dt.timedelta(days=6)
@@ -77,6 +86,19 @@ def leave_receipt(client, prefix: str, subscriber: str, event_id) -> None:
         client.set(receipt_key(prefix, subscriber, event_id), 1, ex=RECEIPT_TTL_SECONDS)
     except Exception as exc:  # the producer will send again; the inbox absorbs it
         log.warning("outbox.receipt_failed", event_id=str(event_id), error=type(exc).__name__)
+
+
+def batches(rows: Sequence) -> list[tuple[str, list]]:
+    """``rows`` (in id order, each with ``.subscriber``) as (subscriber, chunk) pairs: one
+    subscriber's rows per chunk, in id order, at most ``RELAY_BATCH``; chunks ordered by their
+    first row, so a relay that stops at a failed chunk has sent the oldest rows."""
+    by_subscriber: dict[str, list] = {}
+    for row in rows:
+        by_subscriber.setdefault(row.subscriber, []).append(row)
+    chunks = [(sub, sub_rows[i:i + RELAY_BATCH])
+              for sub, sub_rows in by_subscriber.items() for i in range(0, len(sub_rows), RELAY_BATCH)]
+    chunks.sort(key=lambda chunk: chunk[1][0].id)
+    return chunks
 
 
 class Outbox:
@@ -107,24 +129,33 @@ class Outbox:
         return evt
 
     def send(self, subscriber: str, body: dict) -> None:
-        self.celery.send_task(
-            queues.event_task(subscriber),
-            args=[body],
-            queue=queues.events_queue(subscriber),
-            retry=True,
-            retry_policy={"max_retries": 3, "interval_start": 0, "interval_step": 0.5, "interval_max": 2},
-            # The header Flower shows: the event, not a repr of its payload (cheaper too).
-            argsrepr=f"[<{body.get('type')} {body.get('event_id')}>]",
-            kwargsrepr="{}",
-        )
+        """One event to ``subscriber``'s queue."""
+        self.send_batch(subscriber, [body])
+
+    def send_batch(self, subscriber: str, bodies: Sequence[dict]) -> None:
+        """One message with ``bodies`` to ``subscriber``'s queue: a single event as
+        ``handle_event`` (args=[body]), several as ``handle_events`` (args=[bodies])."""
+        if not bodies:
+            return
+        # The header Flower shows: the events, not a repr of their payloads (cheaper too).
+        if len(bodies) == 1:
+            body = bodies[0]
+            name, args, argsrepr = queues.event_task(subscriber), [body], f"[<{body.get('type')} {body.get('event_id')}>]"
+        else:
+            types = " ".join(dict.fromkeys(str(b.get("type")) for b in bodies))
+            name, args, argsrepr = queues.events_batch_task(subscriber), [list(bodies)], f"[<{len(bodies)} events: {types}>]"
+        self.celery.send_task(name, args=args, queue=queues.events_queue(subscriber), retry=True,
+                              retry_policy=SEND_RETRY_POLICY, argsrepr=argsrepr, kwargsrepr="{}")
 
     def relay(self, factory: sessionmaker[Session], *, event_ids: Iterable | None = None,
               older_than: dt.timedelta | None = None, limit: int = 500) -> int:
         """Send unrelayed rows (all, or those of ``event_ids``) and mark them relayed.
 
         On Postgres the rows are claimed with FOR UPDATE SKIP LOCKED, so two relays never
-        send the same row at the same time; SQLite serialises writers. A send that fails
-        leaves the row for the next sweep. Returns the number of rows relayed.
+        send the same row at the same time; SQLite serialises writers. Rows go in batches
+        (``batches``: one message per subscriber and up to ``RELAY_BATCH`` rows). A batch that
+        fails to send leaves its rows, and those after it, for the next sweep. Returns the
+        number of rows relayed.
         """
         t = self.table
         query = select(t.c.id, t.c.subscriber, t.c.body).where(t.c.relayed_at.is_(None)).order_by(t.c.id).limit(limit)
@@ -139,15 +170,16 @@ class Outbox:
             if session.get_bind().dialect.name == "postgresql":
                 query = query.with_for_update(skip_locked=True)
             sent_ids = []
-            for row in session.execute(query).all():
+            for subscriber, chunk in batches(session.execute(query).all()):
+                ids = [row.id for row in chunk]
                 try:
-                    self.send(row.subscriber, row.body)
+                    self.send_batch(subscriber, [row.body for row in chunk])
                 except Exception as exc:  # broker down: the sweep tries again
-                    session.execute(update(t).where(t.c.id == row.id).values(attempts=t.c.attempts + 1))
-                    log.warning("outbox.send_failed", outbox_id=row.id, error=type(exc).__name__)
+                    session.execute(update(t).where(t.c.id.in_(ids)).values(attempts=t.c.attempts + 1))
+                    log.warning("outbox.send_failed", outbox_id=ids[0], events=len(ids), error=type(exc).__name__)
                     break
-                sent_ids.append(row.id)
-            if sent_ids:  # one statement for the batch
+                sent_ids.extend(ids)
+            if sent_ids:  # one statement for all that were sent
                 session.execute(update(t).where(t.c.id.in_(sent_ids)).values(relayed_at=utcnow(), attempts=t.c.attempts + 1))
         relayed = len(sent_ids)
         return relayed
@@ -192,7 +224,8 @@ class Outbox:
     def confirm(self, factory: sessionmaker[Session], client, *, prefix: str, resend_after: dt.timedelta,
                 limit: int = 1000) -> dict[str, int]:
         """Mark relayed rows whose subscriber left a receipt; send again those that have none
-        after ``resend_after`` (doubling each time), so a message the broker dropped is not lost."""
+        after ``resend_after`` (doubling each time), so a message the broker dropped is not lost.
+        Resends are batched like the relay's sends."""
         t = self.table
         now = utcnow()
         confirmed = resent = 0
@@ -209,17 +242,17 @@ class Outbox:
             if done:
                 session.execute(update(t).where(t.c.id.in_(done)).values(confirmed_at=now))
                 confirmed = len(done)
-            for row, receipt in zip(rows, receipts, strict=True):
-                wait = resend_after * 2 ** min(max(row.attempts - 1, 0), 6)
-                if receipt is not None or row.relayed_at > now - wait:
-                    continue
+            due = [row for row, receipt in zip(rows, receipts, strict=True)
+                   if receipt is None and row.relayed_at <= now - resend_after * 2 ** min(max(row.attempts - 1, 0), 6)]
+            for subscriber, chunk in batches(due):
+                ids = [row.id for row in chunk]
                 try:
-                    self.send(row.subscriber, row.body)
+                    self.send_batch(subscriber, [row.body for row in chunk])
                 except Exception as exc:
-                    log.warning("outbox.resend_failed", outbox_id=row.id, error=type(exc).__name__)
+                    log.warning("outbox.resend_failed", outbox_id=ids[0], events=len(ids), error=type(exc).__name__)
                     break
-                session.execute(update(t).where(t.c.id == row.id).values(relayed_at=utcnow(), attempts=t.c.attempts + 1))
-                resent += 1
+                session.execute(update(t).where(t.c.id.in_(ids)).values(relayed_at=utcnow(), attempts=t.c.attempts + 1))
+                resent += len(ids)
         if resent:
             log.warning("outbox.resent_unconfirmed", count=resent, producer=self.producer)
         return {"confirmed": confirmed, "resent": resent}

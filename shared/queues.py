@@ -15,6 +15,11 @@ def event_task(service: str) -> str:
     return f"{service}.handle_event"
 
 
+def events_batch_task(service: str) -> str:
+    """Several events in one message (the outbox relays a subscriber's events in batches)."""
+    return f"{service}.handle_events"
+
+
 DIRECTORY_EVENTS = events_queue("directory")
 REFERRALS_EVENTS = events_queue("referrals")
 NOTIFICATIONS_EVENTS = events_queue("notifications")

@@ -31,6 +31,19 @@ from shared.settings import ServiceSettings
 
 log = structlog.get_logger(__name__)
 
+# What the event tasks retry on (with backoff): the database or the broker being unreachable.
+RETRYABLE = (OperationalError, ConnectionError)
+
+
+@contextmanager
+def _event_log_context(event: Event) -> Iterator[None]:
+    """Every log line while handling ``event`` carries its id and type."""
+    structlog.contextvars.bind_contextvars(event_id=str(event.event_id), event_type=event.type)
+    try:
+        yield
+    finally:
+        structlog.contextvars.clear_contextvars()
+
 
 class ServiceRuntime:
     def __init__(self, name: str, settings_factory: Callable[[], ServiceSettings], metadata: MetaData,
@@ -41,6 +54,7 @@ class ServiceRuntime:
         self.migrations_dir = migrations_dir
         self.outbox_table = outbox_table(metadata)
         self.inbox_table = inbox_table(metadata)
+        self.batch_event_task = None  # set by register_event_task
 
     @cached_property
     def settings(self) -> ServiceSettings:
@@ -92,20 +106,26 @@ class ServiceRuntime:
             self.__dict__.pop(attr, None)
 
     def register_event_task(self, handlers: dict[str, Handler]):
-        """The thin Celery entrypoint that turns an event message into handler calls."""
+        """The thin Celery entrypoints that turn event messages into handler calls: one event
+        (``<service>.handle_event``, returned) and a batch of them (``<service>.handle_events``,
+        also ``self.batch_event_task``), both registered on this service's Celery app."""
         runtime = self
+        # shared=False: the tasks belong to this service's app only, not to every Celery app the
+        # process creates later (Celery's default), where they would shadow that app's own.
+        options = dict(bind=True, acks_late=True, autoretry_for=RETRYABLE, shared=False,
+                       retry_backoff=2, retry_backoff_max=120, retry_jitter=True, max_retries=10)
 
-        @self.celery.task(name=queues.event_task(self.name), bind=True, acks_late=True,
-                          autoretry_for=(OperationalError, ConnectionError), retry_backoff=2,
-                          retry_backoff_max=120, retry_jitter=True, max_retries=10)
+        @self.celery.task(name=queues.event_task(self.name), **options)
         def handle_event(task, body: dict) -> bool:
             event = Event.model_validate(body)
-            structlog.contextvars.bind_contextvars(event_id=str(event.event_id), event_type=event.type)
-            try:
+            with _event_log_context(event):
                 return runtime.handle(body, handlers, event=event)
-            finally:
-                structlog.contextvars.clear_contextvars()
 
+        @self.celery.task(name=queues.events_batch_task(self.name), **options)
+        def handle_events(task, bodies: list[dict]) -> int:
+            return runtime.handle_batch(bodies, handlers)
+
+        self.batch_event_task = handle_events
         return handle_event
 
     def handle(self, body: dict, handlers: dict[str, Handler], *, event: Event | None = None) -> bool:
@@ -114,6 +134,31 @@ class ServiceRuntime:
         with self.sessions() as session:
             processed = consume(session, self.inbox_table, event, handlers)
         leave_receipt(self.redis, self.settings.redis_key_prefix, self.name, event.event_id)
+        return processed
+
+    def handle_batch(self, bodies: list[dict], handlers: dict[str, Handler]) -> int:
+        """Process a batch message: each event on its own, as ``handle`` does (own inbox
+        transaction, own receipt). An event that fails does not stop the others; afterwards the
+        first failure is raised (a retryable one first), so a database or broker error retries
+        the batch, whose processed events the inbox then skips, and a poison event fails alone
+        (``Outbox.confirm`` sends it again later). Returns the number of events newly processed."""
+        processed = 0
+        errors: list[Exception] = []
+        for body in bodies:
+            try:
+                event = Event.model_validate(body)
+            except Exception as exc:
+                log.error("event.invalid_in_batch", error=type(exc).__name__)
+                errors.append(exc)
+                continue
+            with _event_log_context(event):
+                try:
+                    processed += self.handle(body, handlers, event=event)
+                except Exception as exc:  # the type only: a message could quote personal data
+                    log.error("event.failed_in_batch", error=type(exc).__name__)
+                    errors.append(exc)
+        if errors:
+            raise next((e for e in errors if isinstance(e, RETRYABLE)), errors[0])
         return processed
 
     def sweep_outbox(self) -> dict[str, int] | None:

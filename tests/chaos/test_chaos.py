@@ -27,7 +27,7 @@ from shared.replica import get_meeting
 from tests.chaos import harness
 from tests.chaos.harness import ChaosStack, PhoneScanner, PrivateRedis, Stream, TimeMachine
 from tests.support.auth import auth
-from tests.support.broker import queued_messages
+from tests.support.broker import event_bodies, queued_messages
 from tests.support.processes import wait_for
 
 REFERRALS = int(os.environ.get("CHAOS_REFERRALS", "150"))
@@ -173,13 +173,14 @@ def test_nothing_lost_or_doubled_under_faults(redis_prefix, capsys):
             stack.kill(name)
         time.sleep(OUTAGE)
         queued = queued_messages(private_redis.client(), redis_prefix, "notifications.events")
-        created = [m for m in queued if m["args"][0]["type"] == "referral.created"]
+        waiting = [(m, e) for m in queued for e in event_bodies(m)]  # the relay sends events in batches
+        created = [(m, e) for m, e in waiting if e["type"] == "referral.created"]
         scanner = PhoneScanner([harness.e164(i) for i in range(REFERRALS)])
-        in_clear_on_broker = [m["args"][0]["event_id"] for m in created if scanner.find(m["raw"] + str(m["args"]))]
-        sealed = sum(bool(m["args"][0]["payload"].get("contact_ciphertext")) for m in created)
+        in_clear_on_broker = [e["event_id"] for m, e in created if scanner.find(m["raw"] + str(e))]
+        sealed = sum(bool(e["payload"].get("contact_ciphertext")) for _, e in created)
         stack.restart_all(["notifications-api", "notifications-worker", "notifications-sender",
                            "notifications-scheduler"])
-        notes["notifications down"] = (f"{OUTAGE:.0f} s down; {len(queued)} events waited on the broker, "
+        notes["notifications down"] = (f"{OUTAGE:.0f} s down; {len(waiting)} events waited on the broker, "
                                        f"{sealed} with sealed contact details")
 
         phase("after")

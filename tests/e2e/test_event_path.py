@@ -14,7 +14,10 @@ from services.notifications.models import meeting_replica as notifications_repli
 from services.notifications.runtime import runtime as notifications
 from services.referrals.models import meeting_replica as referrals_replica
 from services.referrals.runtime import runtime as referrals
+from shared.db import make_sessionmaker, transaction
+from shared.outbox import receipt_key
 from tests.support.auth import auth
+from tests.support.broker import queued_messages
 from tests.support.processes import wait_for
 
 pytestmark = pytest.mark.usefixtures("clean_state")
@@ -67,6 +70,50 @@ def test_redelivered_event_is_processed_once(processes):
     checked = directory.outbox.confirm(directory.sessions, directory.redis, prefix=directory.settings.redis_key_prefix,
                                        resend_after=dt.timedelta(0))
     assert checked == {"confirmed": 1, "resent": 1}
+
+
+def test_events_swept_together_travel_as_one_batch_and_are_each_processed_once(processes, redis_client, redis_prefix):
+    from services.directory.runtime import runtime as directory
+    from services.directory.schemas import MeetingIn
+    from services.directory.service import create_meeting
+
+    # Committed by a process that died before relaying: the sweep finds them together.
+    slugs = [f"croydon-smart-{i}" for i in range(3)]
+    with transaction(make_sessionmaker(directory.engine)) as session:
+        for slug in slugs:
+            create_meeting(session, meeting_in=MeetingIn(**{**MEETING, "slug": slug}))
+    assert directory.outbox.sweep(directory.sessions, older_than=dt.timedelta(0)) == 6
+    for service in ("referrals", "notifications"):
+        messages = queued_messages(redis_client, redis_prefix, f"{service}.events")
+        assert [m["task"] for m in messages] == [f"{service}.handle_events"]
+        assert [body["payload"]["slug"] for body in messages[0]["args"][0]] == slugs
+
+    workers = [processes.worker("referrals"), processes.worker("notifications")]
+    for runtime, table in ((referrals, referrals_replica), (notifications, notifications_replica)):
+        rows = wait_for(lambda runtime=runtime, table=table: len(replica_rows(runtime, table)) == 3
+                        and replica_rows(runtime, table), what=f"the batch in the {runtime.name} replica")
+        assert sorted(r.slug for r in rows) == slugs
+        assert _inbox_count(runtime) == 3
+    # Each event left its own receipt, so each copy is confirmed and none is sent again.
+    t = directory.outbox_table
+    with directory.sessions() as session:
+        rows = session.execute(select(t.c.subscriber, t.c.event_id)).all()
+    prefix = directory.settings.redis_key_prefix
+    wait_for(lambda: all(redis_client.exists(receipt_key(prefix, r.subscriber, r.event_id)) for r in rows),
+             what="a receipt per event")
+    checked = directory.outbox.confirm(directory.sessions, directory.redis, prefix=prefix, resend_after=dt.timedelta(0))
+    assert checked == {"confirmed": 6, "resent": 0}
+
+    # The whole batch delivered again changes nothing.
+    with directory.transaction() as session:
+        session.execute(t.update().values(relayed_at=None))
+    assert directory.outbox.sweep(directory.sessions, older_than=dt.timedelta(0)) == 6
+    for worker in workers:
+        wait_for(lambda worker=worker: worker.log().count("event.duplicate_ignored") == 3,
+                 what=f"{worker.name} to ignore the three duplicates")
+    for runtime, table in ((referrals, referrals_replica), (notifications, notifications_replica)):
+        assert _inbox_count(runtime) == 3
+        assert len(replica_rows(runtime, table)) == 3
 
 
 def _inbox_count(runtime) -> int:

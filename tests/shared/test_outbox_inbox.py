@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import structlog
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, select
+from sqlalchemy.exc import OperationalError
 
 from shared.celery_app import make_celery
 from shared.db import make_engine, make_sessionmaker, transaction
 from shared.events import Event, MeetingSnapshot
 from shared.inbox import consume, inbox_table
-from shared.outbox import Outbox, leave_receipt, outbox_table
+from shared.outbox import Outbox, leave_receipt, outbox_table, receipt_key
+from shared.runtime import ServiceRuntime
 from shared.settings import ServiceSettings
 from tests.support.broker import queued_messages
 from tests.support.servers import create_database, drop_database
@@ -44,7 +49,7 @@ def store(request, tmp_path, postgres_admin_url, redis_client, redis_prefix):
     factory = make_sessionmaker(engine)
     outbox.relay_after_commit(factory)
 
-    yield SimpleNamespace(engine=engine, factory=factory, outbox=outbox, things=things, inbox=inbox_t,
+    yield SimpleNamespace(url=url, engine=engine, factory=factory, outbox=outbox, things=things, inbox=inbox_t,
                           queued=lambda queue: queued_messages(redis_client, prefix, queue),
                           redis=redis_client, prefix=prefix)
     engine.dispose()
@@ -91,22 +96,26 @@ def test_relay_that_dies_between_commit_and_send_loses_nothing(store):
     with store.factory() as session:
         assert store.outbox.unrelayed(session) == 2
     assert store.outbox.sweep(store.factory, older_than=dt.timedelta(0)) == 2
-    assert len(store.queued("referrals.events")) == 1
-    assert len(store.queued("notifications.events")) == 1
+    # A single event goes as it always did: one handle_event message with the event as its argument.
+    for queue, task in (("referrals.events", "referrals.handle_event"),
+                        ("notifications.events", "notifications.handle_event")):
+        messages = store.queued(queue)
+        assert [m["task"] for m in messages] == [task]
+        assert messages[0]["args"][0]["type"] == "meeting.updated"
     assert store.outbox.sweep(store.factory, older_than=dt.timedelta(0)) == 0
 
 
 def test_send_failure_keeps_the_row_for_the_sweep(store):
-    def broker_down(subscriber, body):
+    def broker_down(subscriber, bodies):
         raise ConnectionError("redis unavailable")
 
-    real_send = store.outbox.send
-    store.outbox.send = broker_down
+    real_send = store.outbox.send_batch
+    store.outbox.send_batch = broker_down
     with transaction(store.factory) as session:
         store.outbox.record(session, "meeting.published", meeting())
     with store.factory() as session:
         assert store.outbox.unrelayed(session) == 2
-    store.outbox.send = real_send
+    store.outbox.send_batch = real_send
     assert store.outbox.sweep(store.factory, older_than=dt.timedelta(0)) == 2
     assert len(store.queued("notifications.events")) == 1
 
@@ -183,3 +192,208 @@ def test_event_the_broker_dropped_is_sent_again_until_a_receipt_confirms_it(stor
     with store.factory() as session:
         assert session.scalar(select(func.count()).select_from(t).where(t.c.confirmed_at.is_(None))) == 0
     assert len(store.queued("referrals.events")) == 1
+
+
+# --- Batches: the relay sends a subscriber's events together, the consumer handles each alone. ---
+
+SUBSCRIBERS = (("referrals.events", "referrals"), ("notifications.events", "notifications"))
+
+
+def record_for_the_sweep(store, count: int) -> list[Event]:
+    """``count`` meeting events committed by a process that died before relaying them."""
+    bare = make_sessionmaker(store.engine)
+    with transaction(bare) as session:
+        return [store.outbox.record(session, "meeting.published", meeting(f"meeting-{i}")) for i in range(count)]
+
+
+def headers(message: dict) -> dict:
+    return json.loads(message["raw"])["headers"]
+
+
+def outbox_rows(store, subscriber: str) -> list[tuple[bool, int]]:
+    """(relayed?, attempts) of the subscriber's rows, in id order."""
+    t = store.outbox.table
+    with store.factory() as session:
+        rows = session.execute(select(t.c.relayed_at, t.c.attempts).where(t.c.subscriber == subscriber).order_by(t.c.id))
+        return [(r.relayed_at is not None, r.attempts) for r in rows]
+
+
+def test_swept_events_reach_each_subscriber_as_one_batch_in_order(store):
+    events = record_for_the_sweep(store, 3)
+    assert store.outbox.sweep(store.factory, older_than=dt.timedelta(0)) == 6
+    for queue, sub in SUBSCRIBERS:
+        messages = store.queued(queue)
+        assert [m["task"] for m in messages] == [f"{sub}.handle_events"]
+        assert [b["event_id"] for b in messages[0]["args"][0]] == [str(e.event_id) for e in events]
+        assert messages[0]["args"][0][0]["payload"]["slug"] == "meeting-0"
+        assert headers(messages[0])["argsrepr"] == "[<3 events: meeting.published>]"
+        assert headers(messages[0])["kwargsrepr"] == "{}"
+    with store.factory() as session:
+        assert store.outbox.unrelayed(session) == 0
+
+
+def test_a_large_backlog_goes_in_batches_of_a_hundred(store):
+    events = record_for_the_sweep(store, 250)
+    assert store.outbox.sweep(store.factory, older_than=dt.timedelta(0)) == 500
+    for queue, sub in SUBSCRIBERS:
+        messages = store.queued(queue)
+        assert [(m["task"], len(m["args"][0])) for m in messages] == [(f"{sub}.handle_events", 100)] * 2 + [
+            (f"{sub}.handle_events", 50)]
+        assert [b["event_id"] for m in messages for b in m["args"][0]] == [str(e.event_id) for e in events]
+    assert set(outbox_rows(store, "referrals")) == {(True, 1)}
+
+
+def test_a_batch_that_fails_to_send_is_kept_with_everything_after_it(store):
+    # Rows alternate referrals/notifications; batches go oldest first: referrals 1-100,
+    # notifications 1-100, referrals 101-150, notifications 101-150.
+    record_for_the_sweep(store, 150)
+    real_send, calls = store.outbox.send_batch, []
+
+    def second_send_fails(subscriber, bodies):
+        calls.append((subscriber, len(bodies)))
+        if len(calls) == 2:
+            raise ConnectionError("redis unavailable")
+        real_send(subscriber, bodies)
+
+    store.outbox.send_batch = second_send_fails
+    assert store.outbox.relay(store.factory) == 100
+    assert calls == [("referrals", 100), ("notifications", 100)]  # stopped at the failure
+    assert outbox_rows(store, "referrals") == [(True, 1)] * 100 + [(False, 0)] * 50
+    assert outbox_rows(store, "notifications") == [(False, 1)] * 100 + [(False, 0)] * 50
+    assert [len(m["args"][0]) for m in store.queued("referrals.events")] == [100]
+    assert store.queued("notifications.events") == []
+
+    store.outbox.send_batch = real_send
+    assert store.outbox.sweep(store.factory, older_than=dt.timedelta(0)) == 200
+    assert [len(m["args"][0]) for m in store.queued("referrals.events")] == [100, 50]
+    assert [len(m["args"][0]) for m in store.queued("notifications.events")] == [100, 50]
+    assert outbox_rows(store, "notifications") == [(True, 2)] * 100 + [(True, 1)] * 50
+
+
+def test_unconfirmed_events_are_sent_again_in_batches(store):
+    with transaction(store.factory) as session:  # relayed right after commit, as one batch each
+        events = [store.outbox.record(session, "meeting.published", meeting(f"meeting-{i}")) for i in range(3)]
+    assert [m["task"] for m in store.queued("referrals.events")] == ["referrals.handle_events"]
+    for queue, _ in SUBSCRIBERS:  # the broker lost everything
+        store.redis.delete(f"{store.prefix}{queue}")
+    leave_receipt(store.redis, store.prefix, "referrals", events[1].event_id)  # but one was processed
+    _age_relayed_rows(store, dt.timedelta(minutes=2))
+
+    resend_after = dt.timedelta(seconds=60)
+    assert store.outbox.confirm(store.factory, store.redis, prefix=store.prefix, resend_after=resend_after) == {
+        "confirmed": 1, "resent": 5}
+    ids = [str(e.event_id) for e in events]
+    for queue, sub in SUBSCRIBERS:
+        messages = store.queued(queue)
+        expected = [ids[0], ids[2]] if sub == "referrals" else ids
+        assert [m["task"] for m in messages] == [f"{sub}.handle_events"]
+        assert [b["event_id"] for b in messages[0]["args"][0]] == expected
+    assert outbox_rows(store, "referrals") == [(True, 2), (True, 1), (True, 2)]
+    assert outbox_rows(store, "notifications") == [(True, 2)] * 3
+    # Each resent row waits again before its next resend.
+    assert store.outbox.confirm(store.factory, store.redis, prefix=store.prefix, resend_after=resend_after) == {
+        "confirmed": 0, "resent": 0}
+
+
+@pytest.fixture
+def consumer(store):
+    """A ServiceRuntime of the referrals service on the store's database, with its event tasks."""
+    metadata = MetaData()
+    things = Table("things", metadata, Column("id", Integer, primary_key=True), Column("name", String(50)))
+    runtime = ServiceRuntime("referrals", lambda: ServiceSettings(database_url=store.url, redis_key_prefix=store.prefix),
+                             metadata, Path("."))
+    seen, poison = [], set()
+
+    def handler(session, event):
+        seen.append((event.payload["slug"], structlog.contextvars.get_contextvars().get("event_id")))
+        session.execute(things.insert().values(name=event.payload["slug"]))
+        if event.payload["slug"] in poison:
+            raise ValueError("a handler bug")
+
+    handle_event = runtime.register_event_task({"meeting.published": handler})
+    yield SimpleNamespace(runtime=runtime, handle_event=handle_event, handle_events=runtime.batch_event_task,
+                          seen=seen, poison=poison)
+    runtime.reset_caches()
+
+
+def bodies_of(*slugs: str) -> list[dict]:
+    return [Event.new("meeting.published", meeting(slug), producer="directory").model_dump(mode="json") for slug in slugs]
+
+
+def things_and_inbox(store) -> tuple[list[str], set[str]]:
+    with store.factory() as session:
+        names = list(session.scalars(select(store.things.c.name).order_by(store.things.c.id)))
+        inbox = {str(i) for i in session.scalars(select(store.inbox.c.event_id))}
+    return names, inbox
+
+
+def receipts(store, subscriber: str, bodies: list[dict]) -> list[bool]:
+    return [store.redis.exists(receipt_key(store.prefix, subscriber, b["event_id"])) == 1 for b in bodies]
+
+
+def test_both_event_tasks_are_registered_with_the_same_options(consumer):
+    tasks = consumer.runtime.celery.tasks
+    single, batch = tasks["referrals.handle_event"], tasks["referrals.handle_events"]
+    assert batch is consumer.handle_events._get_current_object()
+    for option in ("acks_late", "autoretry_for", "retry_backoff", "retry_backoff_max", "retry_jitter", "max_retries"):
+        assert getattr(batch, option) == getattr(single, option), option
+    assert batch.max_retries == 10 and OperationalError in batch.autoretry_for
+
+
+def test_a_batch_is_handled_event_by_event_and_only_once(store, consumer):
+    bodies = bodies_of("a", "b", "c")
+    assert consumer.handle_events.run(bodies) == 3
+    names, inbox = things_and_inbox(store)
+    assert names == ["a", "b", "c"]
+    assert inbox == {b["event_id"] for b in bodies}
+    assert receipts(store, "referrals", bodies) == [True, True, True]
+    # Each event was handled with its own id in the log context, cleared afterwards.
+    assert consumer.seen == [(b["payload"]["slug"], b["event_id"]) for b in bodies]
+    assert structlog.contextvars.get_contextvars() == {}
+
+    # The same batch again (a redelivery) changes nothing; one new event in it is processed.
+    assert consumer.handle_events.run(bodies) == 0
+    more = bodies_of("d")
+    assert consumer.handle_events.run(bodies + more) == 1
+    assert things_and_inbox(store)[0] == ["a", "b", "c", "d"]
+
+
+def test_a_failing_event_fails_alone_and_the_batch_raises_afterwards(store, consumer):
+    consumer.poison.add("b")
+    bodies = bodies_of("a", "b", "c")
+    with pytest.raises(ValueError, match="a handler bug"):
+        consumer.handle_events.run(bodies)
+    names, inbox = things_and_inbox(store)
+    assert names == ["a", "c"]  # b's effects were rolled back with its inbox row
+    assert inbox == {bodies[0]["event_id"], bodies[2]["event_id"]}
+    assert receipts(store, "referrals", bodies) == [True, False, True]
+    assert structlog.contextvars.get_contextvars() == {}
+
+    # The outbox sends b again later (no receipt); once fixed it is processed, the others skipped.
+    consumer.poison.clear()
+    assert consumer.handle_events.run(bodies) == 1
+    assert sorted(things_and_inbox(store)[0]) == ["a", "b", "c"]
+    assert receipts(store, "referrals", bodies) == [True, True, True]
+
+
+def test_a_database_error_in_a_batch_is_the_one_raised_so_the_batch_is_retried(store, consumer, monkeypatch):
+    consumer.poison.add("a")
+    real_handle = consumer.runtime.handle
+
+    def database_blip(body, handlers, *, event=None):
+        if body["payload"]["slug"] == "b":
+            raise OperationalError("SELECT 1", {}, ConnectionError("connection reset"))
+        return real_handle(body, handlers, event=event)
+
+    monkeypatch.setattr(consumer.runtime, "handle", database_blip)
+    with pytest.raises(OperationalError):  # retried by Celery (autoretry_for), not the handler bug first
+        consumer.handle_events.run(bodies_of("a", "b", "c"))
+    assert things_and_inbox(store)[0] == ["c"]
+
+
+def test_a_single_event_message_is_still_handled(store, consumer):
+    body = bodies_of("solo")[0]
+    assert consumer.handle_event.run(body) is True
+    assert consumer.handle_event.run(body) is False
+    assert things_and_inbox(store)[0] == ["solo"]
+    assert receipts(store, "referrals", [body]) == [True]
