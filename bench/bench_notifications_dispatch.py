@@ -9,7 +9,10 @@ sweep running as the scheduler runs them (from due to the last reminder's sent_a
 change in the machine's load thus weighs on both sides alike. Finally it turns the rate
 limit on (half the measured rate) and checks it holds.
 
-    .venv/bin/python bench/bench_notifications_dispatch.py [--count 50000] [--rounds 10]
+The dispatcher sends due reminders in chunks of NOTIFICATIONS_SEND_CHUNK per task (default
+10); ``--chunk 1`` measures one task per reminder, the per-reminder cost of the whole path.
+
+    .venv/bin/python bench/bench_notifications_dispatch.py [--count 50000] [--rounds 10] [--chunk N]
 
 Prints a table of rates, the ratio and PASS/FAIL against the targets; exits non-zero only
 when the run itself fails (a worker dies, a run stalls), not when a target is missed.
@@ -45,7 +48,7 @@ PREFIX = f"fama-bench-{RUN}:"
 NOOP_QUEUE = "bench.noop"
 
 
-def setup_environment() -> None:
+def setup_environment(chunk: int | None = None) -> None:
     with psycopg.connect(ADMIN, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{DB}"')
     base = ADMIN.rpartition("/")[0].replace("postgresql://", "postgresql+psycopg://", 1)
@@ -54,6 +57,8 @@ def setup_environment() -> None:
         "FAMA_ENV": "test", "LOG_LEVEL": "WARNING", "NOTIFICATIONS_RATE_LIMIT_PER_MINUTE": "0",
         "NOTIFICATIONS_HOURLY_CAP": "1000000",
     })
+    if chunk is not None:
+        os.environ["NOTIFICATIONS_SEND_CHUNK"] = str(chunk)
 
 
 def teardown() -> None:
@@ -332,12 +337,14 @@ def main() -> None:
                         help="rate limit for the rate-limit check (default: half the unlimited rate measured)")
     parser.add_argument("--concurrency", type=int, default=4, help="pool processes per worker (both runs)")
     parser.add_argument("--limit-count", type=int, default=None, help="reminders for the rate-limit check")
+    parser.add_argument("--chunk", type=int, default=None, help="reminders per send task (default: the setting's, 10)")
     args = parser.parse_args()
     count = args.count_arg or args.count
-    setup_environment()
+    setup_environment(args.chunk)
     try:
         from services.notifications.runtime import runtime
 
+        chunk = runtime.settings.send_chunk
         runtime.migrate()
         rounds = interleaved(count, max(1, min(args.rounds, count // 100)), args.concurrency)
         noop_tasks, noop_s = sum(r[0] for r in rounds), sum(r[1] for r in rounds)
@@ -359,7 +366,8 @@ def main() -> None:
     limit_ok = abs(held / limit - 1) <= 0.05
     ratios = sorted((r[2] / r[3]) / (r[0] / r[1]) for r in rounds)
     table = Table(title=f"Notifications dispatch: {count:,} reminders due, {len(rounds)} rounds alternating with as many "
-                        f"no-op tasks, 2 workers x {args.concurrency} prefork processes each, same Redis, dev provider")
+                        f"no-op tasks, 2 workers x {args.concurrency} prefork processes each, same Redis, dev provider, "
+                        f"{chunk} reminder{'s' if chunk > 1 else ''} per send task")
     table.add_column("measure")
     table.add_column("value", justify="right")
     table.add_column("target", justify="right")

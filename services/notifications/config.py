@@ -1,7 +1,7 @@
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import DEV_HASH_KEY, DEV_TRANSIT_KEY, ServiceSettings, common
@@ -58,6 +58,9 @@ class Settings(ServiceSettings):
     rate_burst: int = 5
     dispatch_seconds: float = 1.0
     dispatch_batch: int = 1000
+    # Reminders per send task: a burst (every evening-before reminder is due at 18:00) costs
+    # one broker message per chunk, not per reminder. 1 = one task per reminder.
+    send_chunk: int = Field(default=10, ge=1, le=100)
     sweep_seconds: float = 30.0
     # A row in "sending" this long is presumed abandoned by a dead worker.
     sending_stale_seconds: float = 120.0

@@ -68,7 +68,7 @@ from shared.replica import get_meeting
 
 log = structlog.get_logger(__name__)
 
-SEND_TASK = "notifications.send_reminder"
+SEND_TASK = "notifications.send_reminders"
 MAX_RETRY_SECONDS = 300
 
 
@@ -197,11 +197,13 @@ def _rate_limit(key: str, per_minute: int, burst: int) -> RateLimit:
 
 # --- dispatcher ---------------------------------------------------------------------------
 
-def publish_sends(ids: list[uuid.UUID]) -> None:
-    celery = runtime.celery
+def publish_sends(ids: list[uuid.UUID], *, countdown: float | None = None) -> None:
+    """One send task per chunk of ``send_chunk`` reminders (a retry: one reminder, a countdown)."""
+    celery, chunk = runtime.celery, runtime.settings.send_chunk
     with celery.producer_or_acquire() as producer:
-        for reminder_id in ids:
-            celery.send_task(SEND_TASK, args=[str(reminder_id)], queue=queues.NOTIFICATIONS_SEND, producer=producer)
+        for start in range(0, len(ids), chunk):
+            celery.send_task(SEND_TASK, args=[[str(i) for i in ids[start:start + chunk]]], countdown=countdown,
+                             queue=queues.NOTIFICATIONS_SEND, producer=producer)
 
 
 def dispatch_due(*, now: dt.datetime | None = None, batch: int | None = None) -> int:

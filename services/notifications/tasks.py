@@ -11,7 +11,6 @@ from sqlalchemy.exc import OperationalError
 from services.notifications import sending
 from services.notifications.handlers import HANDLERS
 from services.notifications.runtime import runtime
-from shared import queues
 
 celery = runtime.celery
 handle_event = runtime.register_event_task(HANDLERS)
@@ -19,12 +18,18 @@ handle_event = runtime.register_event_task(HANDLERS)
 
 @celery.task(name=sending.SEND_TASK, bind=True, acks_late=True, max_retries=None,
              autoretry_for=(OperationalError, ConnectionError), retry_backoff=2, retry_backoff_max=60, retry_jitter=True)
-def send_reminder(task, reminder_id: str) -> str:
-    """Send one reminder; the row's status guards against duplicates (args: its id only)."""
-    try:
-        return sending.send_reminder(reminder_id=uuid.UUID(reminder_id))
-    except sending.RetryLater as exc:
-        raise task.retry(countdown=exc.countdown, max_retries=None, queue=queues.NOTIFICATIONS_SEND) from exc
+def send_reminders(task, reminder_ids: list[str]) -> list[str]:
+    """Send each reminder at most once (args: their ids; each row's status guards it). One
+    that fails for now is retried alone, later; a database or broker error retries the task,
+    and the guards skip what was already sent."""
+    outcomes = []
+    for reminder_id in reminder_ids:
+        try:
+            outcomes.append(sending.send_reminder(reminder_id=uuid.UUID(reminder_id)))
+        except sending.RetryLater as exc:
+            sending.publish_sends([uuid.UUID(reminder_id)], countdown=exc.countdown)
+            outcomes.append(f"retry in {exc.countdown:.0f} s")
+    return outcomes
 
 
 @celery.task(name="notifications.noop", acks_late=True)

@@ -87,10 +87,12 @@ def test_referral_to_text_message_through_real_workers(processes, redis_client, 
     assert client.get(f"/referrals/{rid}/reminders", headers=auth("keyworker", "croydon")).status_code == 200
     assert client.get(f"/referrals/{rid}/reminders", headers=auth("keyworker", "sheffield")).status_code == 403
 
-    # A send task duplicated three times, and a late duplicate of a sent one, send once.
+    # A send task duplicated three times (one chunk naming it twice), and a late duplicate of a
+    # sent one, send once.
     day_before = planned["day_before"]
     set_queued(day_before.id)
-    sending.publish_sends([day_before.id, day_before.id, day_before.id, hours_before.id])
+    for ids in ([day_before.id], [day_before.id], [day_before.id, day_before.id], [hours_before.id]):
+        sending.publish_sends(ids)
     wait_for(lambda: status_of(day_before.id) == "sent", what="the duplicated reminder sent")
     wait_for(lambda: redis_client.llen(f"{redis_prefix}{queues.NOTIFICATIONS_SEND}") == 0
              and redis_client.hlen(f"{redis_prefix}unacked") == 0, what="every duplicate task done")
@@ -176,6 +178,26 @@ def test_temporary_failures_retry_with_backoff_then_give_up(processes):
                  what="reminder.failed")
 
 
+def test_a_temporary_failure_in_a_chunk_retries_that_reminder_alone(processes):
+    with NotifyServer() as notify:
+        env = {"NOTIFICATIONS_SMS_PROVIDER": "notify", "NOTIFICATIONS_NOTIFY_API_KEY": API_KEY,
+               "NOTIFICATIONS_NOTIFY_BASE_URL": notify.url, "NOTIFICATIONS_NOTIFY_SMS_TEMPLATE_ID": str(uuid.uuid4()),
+               "NOTIFICATIONS_RETRY_BASE_SECONDS": "1", **FAST}
+        processes.worker("notifications", [queues.NOTIFICATIONS_SEND], env=env)
+        planned = by_kind(planned_in_process())
+        first, second = planned["day_before"], planned["hours_before"]
+        set_queued(first.id, second.id)
+        notify.failures = [500]  # the chunk's first send fails once
+        sending.publish_sends([first.id, second.id])
+        wait_for(lambda: status_of(first.id) == status_of(second.id) == "sent", timeout=30, what="both sent")
+        order = [r["reference"] for r in notify.requests]
+        # The second went out at once; the first was tried again by itself, after its backoff.
+        assert order == [str(first.id), str(second.id), str(first.id)]
+        assert len(notify.received) == 2
+        assert reminder(first.id).attempts == 2 and reminder(second.id).attempts == 1
+        assert reminder(first.id).sent_at - reminder(second.id).sent_at >= dt.timedelta(seconds=0.9)
+
+
 def test_dispatchers_racing_claim_each_due_reminder_once(redis_client, redis_prefix):
     rid = planned_in_process()
     ids = [r.id for r in by_kind(rid).values()]
@@ -194,8 +216,11 @@ def test_dispatchers_racing_claim_each_due_reminder_once(redis_client, redis_pre
         t.join()
     assert sum(counts) == 203
     tasks = queued_messages(redis_client, redis_prefix, queues.NOTIFICATIONS_SEND)
-    assert len(tasks) == 203 and len({t["args"][0] for t in tasks}) == 203
-    assert {t["task"] for t in tasks} == {"notifications.send_reminder"}
+    sent_ids = [reminder_id for t in tasks for reminder_id in t["args"][0]]
+    assert len(sent_ids) == 203 and len(set(sent_ids)) == 203
+    assert {t["task"] for t in tasks} == {"notifications.send_reminders"}
+    # Each claim (at most 17) goes out as chunks of at most NOTIFICATIONS_SEND_CHUNK (10).
+    assert max(len(t["args"][0]) for t in tasks) == runtime.settings.send_chunk == 10
     assert sending.dispatch_due() == 0
 
 
@@ -210,7 +235,8 @@ def test_sweeper_requeues_stuck_rows(redis_client, redis_prefix):
                         .values(status="queued", queued_at=old))
     assert sending.requeue_stuck() == 2
     tasks = queued_messages(redis_client, redis_prefix, queues.NOTIFICATIONS_SEND)
-    assert sorted(t["args"][0] for t in tasks) == sorted([str(planned["day_before"].id), str(planned["hours_before"].id)])
+    assert sorted(i for t in tasks for i in t["args"][0]) == sorted([str(planned["day_before"].id),
+                                                                     str(planned["hours_before"].id)])
     assert sending.requeue_stuck() == 1  # the queued one got a fresh queued_at; the sending one waits for its task
 
 
