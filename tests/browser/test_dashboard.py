@@ -116,7 +116,7 @@ def test_commissioner_sees_the_counters_move_and_downloads_the_csv(stack, page):
 def test_a_wrong_token_is_refused_at_sign_in(stack, page):
     directory = stack.urls["directory"]
     forged = jwt.encode({"sub": "x", "role": "admin", "exp": dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)},
-                        "not-the-secret", algorithm="HS256")
+                        "not-the-secret-but-long-enough-for-hs256", algorithm="HS256")
     for token in ("not-a-token", forged):
         sign_in(page, directory, token)
         expect(page.locator("#token-error")).to_contain_text("That token was not accepted")
