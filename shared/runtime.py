@@ -17,6 +17,7 @@ from pathlib import Path
 import redis
 import structlog
 from celery import Celery
+from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import Engine, MetaData
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -31,8 +32,8 @@ from shared.settings import ServiceSettings
 
 log = structlog.get_logger(__name__)
 
-# What the event tasks retry on (with backoff): the database or the broker being unreachable.
-RETRYABLE = (OperationalError, ConnectionError)
+# What tasks retry on (with backoff): the database or the broker being unreachable.
+RETRYABLE = (OperationalError, ConnectionError, BrokerError)
 
 
 @contextmanager

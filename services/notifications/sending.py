@@ -486,15 +486,10 @@ def _send_and_mark(provider, reminder: Row, to: str, message: Message) -> str:
     return "sent"
 
 
-def _fail(reminder_id: uuid.UUID, *, status: str, reason: str) -> None:
-    reason = reason[:200]
+def _fail(reminder: Row, *, status: str, reason: str) -> None:
+    """A failure ends the reminder only while it is still ours (not taken over meanwhile)."""
     with send_transaction() as session:
-        failed = session.execute(update(_reminders).where(_reminders.c.id == reminder_id, _reminders.c.status == SENDING)
-                                 .values(status=status, reason=reason, completed_at=utcnow(), in_doubt=False,
-                                         updated_at=utcnow())
-                                 .returning(*_FACT_COLUMNS)).first()
-        if failed is not None:
-            runtime.outbox.record(session, "reminder.failed", fact(failed, reason))
+        _finish(session, reminder, status=status, reason=reason, event="reminder.failed")
 
 
 _providers: dict[tuple[str, int, int], tuple[object, object]] = {}
@@ -522,7 +517,7 @@ def send_reminder(*, reminder_id: uuid.UUID) -> str:
     if reminder.in_doubt:
         found = provider.lookup(str(reminder.id))
         if found is UNKNOWN:
-            _fail(reminder.id, status=TECHNICAL_FAILURE, reason="interrupted send with an unknown outcome")
+            _fail(reminder, status=TECHNICAL_FAILURE, reason="interrupted send with an unknown outcome")
             return "failed: outcome unknown"
         if found:
             _mark_sent(reminder, found, only_our_claim=False)
@@ -530,16 +525,18 @@ def send_reminder(*, reminder_id: uuid.UUID) -> str:
     try:
         return _send_and_mark(provider, reminder, to, message)
     except PermanentFailure as exc:
-        _fail(reminder.id, status=PERMANENT_FAILURE, reason=str(exc))
+        _fail(reminder, status=PERMANENT_FAILURE, reason=str(exc))
         return "failed: permanent"
     except TemporaryFailure as exc:
         if reminder.attempts >= cfg.max_send_attempts:
-            _fail(reminder.id, status=TECHNICAL_FAILURE, reason=f"gave up after {reminder.attempts} attempts: {exc}")
+            _fail(reminder, status=TECHNICAL_FAILURE, reason=f"gave up after {reminder.attempts} attempts: {exc}")
             return "failed: technical"
         # Exponential backoff, capped: a retry stays a few minutes away at most (no far-off ETA tasks).
         countdown = min(cfg.retry_base_seconds * 2 ** (reminder.attempts - 1), MAX_RETRY_SECONDS)
         with send_transaction() as session:
-            session.execute(update(_reminders).where(_reminders.c.id == reminder.id, _reminders.c.status == SENDING)
-                            .values(status=QUEUED, in_doubt=False, reason=str(exc)[:200], updated_at=utcnow(),
-                                    queued_at=utcnow() + dt.timedelta(seconds=countdown)))
+            requeued = session.execute(update(_reminders).where(*_ours(reminder)).values(
+                status=QUEUED, in_doubt=False, reason=str(exc)[:200], updated_at=utcnow(),
+                queued_at=utcnow() + dt.timedelta(seconds=countdown))).rowcount
+        if not requeued:
+            return "skipped: taken over"  # another worker holds the row now: its attempt counts
         raise RetryLater(countdown, str(exc)) from exc

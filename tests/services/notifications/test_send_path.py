@@ -8,7 +8,7 @@ import datetime as dt
 import os
 
 import pytest
-from sqlalchemy import text, update
+from sqlalchemy import select, text, update
 
 from services.notifications import sending
 from services.notifications.config import get_settings
@@ -64,6 +64,12 @@ def test_a_send_records_the_message_the_sent_mark_and_the_event_together():
     assert sent.status == "sent" and sent.attempts == 1
     assert sent.provider_ref == f"dev-{due.id}" and message.reference == str(due.id)
     assert [p["reminder_id"] for p in outbox_events("reminder.sent")] == [str(due.id)]
+    with runtime.engine.connect() as conn:  # one outbox row per subscriber, one envelope, not yet relayed
+        rows = conn.execute(select(runtime.outbox_table).where(runtime.outbox_table.c.event_type == "reminder.sent")).all()
+    assert sorted(r.subscriber for r in rows) == ["directory", "referrals"]
+    assert len({r.event_id for r in rows}) == 1 and all(str(r.event_id) == r.body["event_id"] for r in rows)
+    assert {r.body["type"] for r in rows} == {"reminder.sent"} and {r.body["producer"] for r in rows} == {"notifications"}
+    assert all(r.relayed_at is None and r.attempts == 0 for r in rows)
     assert message.recipient == MOBILE
     with runtime.engine.connect() as conn:  # what is on disk: the number only as ciphertext
         stored = conn.execute(text("SELECT recipient FROM dev_messages")).scalar_one()
@@ -74,15 +80,27 @@ def test_a_send_records_the_message_the_sent_mark_and_the_event_together():
 
 def test_a_stalled_worker_whose_reminder_was_taken_over_sends_nothing():
     due = due_reminder()
+    provider = sending.provider_of("sms")
     stalled, to, message = sending._prepare(due.id, utcnow())  # worker A claims, then stalls
     make_stale(due.id)
-    # Worker B takes the stale row over: the dev provider has nothing under that reference, so B sends.
-    assert sending.send_reminder(reminder_id=due.id) == "sent"
-    # A wakes up and hands over its message: its transaction is rolled back, nothing doubles.
-    assert sending._send_and_mark(sending.provider_of("sms"), stalled, to, message) == "skipped: taken over"
+    taker, _, _ = sending._prepare(due.id, utcnow())  # worker B takes the stale row over
+    # A wakes up while B still holds the row ("sending" both times: only the attempt tells them apart).
+    assert sending._send_and_mark(provider, stalled, to, message) == "skipped: taken over"
+    assert dev_messages(due.id) == [] and reminder(due.id).status == "sending"
+    assert sending._send_and_mark(provider, taker, to, message) == "sent"
     assert len(dev_messages(due.id)) == 1
     assert reminder(due.id).status == "sent" and reminder(due.id).attempts == 2
     assert len(outbox_events("reminder.sent")) == 1
+
+
+def test_a_late_failure_does_not_end_a_reminder_another_worker_holds():
+    due = due_reminder()
+    stalled = sending._claim(due.id, utcnow())  # worker A claims, then stalls
+    make_stale(due.id)
+    taker = sending._claim(due.id, utcnow())  # worker B takes it over
+    sending._fail(stalled, status="permanent-failure", reason="refused")  # A's provider refused, late
+    assert reminder(due.id).status == "sending" and reminder(due.id).attempts == taker.attempts == 2
+    assert outbox_events("reminder.failed") == []
 
 
 def test_the_dev_message_is_part_of_the_callers_transaction():

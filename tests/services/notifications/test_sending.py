@@ -198,6 +198,18 @@ def test_a_temporary_failure_in_a_chunk_retries_that_reminder_alone(processes):
         assert reminder(first.id).sent_at - reminder(second.id).sent_at >= dt.timedelta(seconds=0.9)
 
 
+def test_one_bad_reminder_in_a_chunk_does_not_hold_up_the_others():
+    from services.notifications.tasks import send_reminders
+
+    planned = by_kind(planned_in_process())
+    good = planned["hours_before"]
+    make_due([good.id])
+    set_queued(good.id)
+    with pytest.raises(ValueError):  # raised once the rest of the chunk is done
+        send_reminders.run(["not-a-reminder-id", str(good.id)])
+    assert status_of(good.id) == "sent" and len(dev_messages(good.id)) == 1
+
+
 def test_dispatchers_racing_claim_each_due_reminder_once(redis_client, redis_prefix):
     rid = planned_in_process()
     ids = [r.id for r in by_kind(rid).values()]
