@@ -448,6 +448,11 @@ def _meeting(slug: str) -> MeetingSnapshot | None:
         return cached_meeting(session, slug)
 
 
+def _sent_fact(reminder: Row):
+    """reminder.sent's payload: the mark clears the row's reason (an earlier deferral's), so does the event."""
+    return fact(reminder, None).model_copy(update={"reason": None})
+
+
 def _mark_sent(reminder: Row, provider_ref: str, *, only_our_claim: bool, message: dict | None = None) -> bool:
     """sending -> sent with reminder.sent (and the dev provider's ``message`` row), atomically.
     ``only_our_claim``: only if no other worker took the row over since we claimed it
@@ -456,7 +461,7 @@ def _mark_sent(reminder: Row, provider_ref: str, *, only_our_claim: bool, messag
     params = {"reminder_id": reminder.id, "claimed_attempts": reminder.attempts, "ref": provider_ref, "at": at}
     engine = _send_engine(runtime.settings.database_url)
     if not is_sqlite(engine):
-        event = Event.new("reminder.sent", fact(reminder, None), producer=runtime.name, occurred_at=at)
+        event = Event.new("reminder.sent", _sent_fact(reminder), producer=runtime.name, occurred_at=at)
         params.update(event_id=event.event_id, event_body=event.model_dump(mode="json"))
         if message is not None:
             params.update({f"message_{name}": value for name, value in message.items()})
@@ -469,7 +474,7 @@ def _mark_sent(reminder: Row, provider_ref: str, *, only_our_claim: bool, messag
             return False
         if message is not None:
             conn.execute(insert(DevMessage.__table__), message)
-        runtime.outbox.record(conn, "reminder.sent", fact(reminder, None), occurred_at=at)
+        runtime.outbox.record(conn, "reminder.sent", _sent_fact(reminder), occurred_at=at)
     return True
 
 

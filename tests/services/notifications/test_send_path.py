@@ -140,3 +140,11 @@ def test_the_hourly_cap_counts_messages_sent_to_the_number(monkeypatch):
     # Due again one hour after the message that filled the cap, not before.
     assert deferred.status == "created" and deferred.due_at >= sent_at + dt.timedelta(hours=1)
     assert len(dev_messages()) == 1
+    with runtime.engine.begin() as conn:  # due again and sent: the event does not repeat the deferral's reason
+        conn.execute(update(Reminder).where(Reminder.id == deferred.id).values(
+            due_at=sent_at + dt.timedelta(hours=1, seconds=2)))
+    runtime.settings.hourly_cap = 2
+    set_queued(deferred.id)
+    assert sending.send_reminder(reminder_id=deferred.id) == "sent"
+    follow_up_sent = [p for p in outbox_events("reminder.sent") if p["kind"] == "follow_up"]
+    assert [p["reason"] for p in follow_up_sent] == [None] and reminder(deferred.id).reason is None
