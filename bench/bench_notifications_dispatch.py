@@ -230,16 +230,7 @@ def send_rate(count: int, env: dict[str, str], concurrency: int) -> tuple[float,
         started_at = utcnow()
         dispatcher = threading.Thread(target=run_scheduler, args=(stop,), daemon=True)
         dispatcher.start()
-        progress, progress_at = 0, time.monotonic()
-        # Polled once a second (the poll costs the database too); the end is the last
-        # reminder's own sent_at, so the poll's period does not count.
-        while (sent := count_sent()) < count:
-            now = time.monotonic()
-            if sent > progress:
-                progress, progress_at = sent, now
-            elif now - progress_at > 60 or workers.died() or not dispatcher.is_alive():
-                raise RuntimeError(f"send run stalled at {sent:,}/{count:,}: see /tmp/fama-bench-{RUN}-notifications.send-*.log")
-            time.sleep(1.0)
+        wait_sent(count, workers, dispatcher)
         elapsed = (last_sent_at() - started_at).total_seconds()
         while unrelayed_events():
             if (utcnow() - started_at).total_seconds() - elapsed > 300 or not dispatcher.is_alive():

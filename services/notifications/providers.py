@@ -16,7 +16,7 @@ from email.utils import make_msgid
 import requests
 from notifications_python_client import NotificationsAPIClient
 from notifications_python_client.errors import APIError
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.notifications.config import Settings
@@ -26,7 +26,7 @@ from shared.db import transaction
 from shared.events import utcnow
 
 UNKNOWN = object()
-_ADD_DEV_MESSAGE = insert(DevMessage.__table__)  # Core, built once
+ADD_DEV_MESSAGE = insert(DevMessage.__table__)  # Core, built once
 
 
 class TemporaryFailure(Exception):
@@ -40,10 +40,10 @@ class PermanentFailure(Exception):
 class DevProvider:
     """Records each message in the database: GET /outbox shows what a client would receive.
 
-    Its "sending" is a row in our own database, so it can be written by the caller's
-    transaction or statement: the send path writes it with the mark that says the reminder
-    was sent, so the message exists if and only if the reminder says "sent". Its reference
-    for a message is "dev-" + our reference, known before the row is written.
+    Its "sending" is a row in our own database: the send path takes the row (``take``) and
+    writes it with the mark that says the reminder was sent, so the message exists if and only
+    if the reminder says "sent". Its reference for a message is "dev-" + our reference, known
+    before the row is written.
     """
 
     in_our_database = True
@@ -52,13 +52,11 @@ class DevProvider:
         self.sessions = sessions
         self.delay_seconds = delay_seconds
 
-    def send(self, *, reference: str, to: str, message: Message, connection: Connection | Session | None = None) -> str:
+    def send(self, *, reference: str, to: str, message: Message) -> str:
+        """On its own (outside the send path): the message in a transaction of its own."""
         row = self.take(reference=reference, to=to, message=message)
-        if connection is not None:
-            connection.execute(_ADD_DEV_MESSAGE, row)
-        else:
-            with transaction(self.sessions) as own:
-                own.execute(_ADD_DEV_MESSAGE, row)
+        with transaction(self.sessions) as own:
+            own.execute(ADD_DEV_MESSAGE, row)
         return self.provider_ref(reference)
 
     def take(self, *, reference: str, to: str, message: Message) -> dict:

@@ -21,7 +21,6 @@ import redis
 import structlog
 from sqlalchemy import (
     JSON,
-    Connection,
     DateTime,
     Engine,
     Integer,
@@ -56,14 +55,19 @@ from services.notifications.models import (
     Reminder,
     meeting_replica,
 )
-from services.notifications.providers import UNKNOWN, PermanentFailure, TemporaryFailure, provider_for
+from services.notifications.providers import (
+    ADD_DEV_MESSAGE,
+    UNKNOWN,
+    PermanentFailure,
+    TemporaryFailure,
+    provider_for,
+)
 from services.notifications.runtime import runtime
 from services.notifications.service import aware, fact
 from services.notifications.wording import Message, render
 from shared import queues
 from shared.db import is_sqlite, make_engine, make_sessionmaker, transaction
 from shared.events import Event, MeetingSnapshot, subscribers, utcnow
-from shared.outbox import PENDING_KEY
 from shared.replica import get_meeting
 
 log = structlog.get_logger(__name__)
@@ -152,18 +156,6 @@ def _autocommit_engine(url: str) -> Engine:
 def send_transaction() -> Iterator[Session]:
     with transaction(send_sessions()) as session:
         yield session
-
-
-@contextmanager
-def send_connection() -> Iterator[Connection]:
-    """One transaction on a plain connection (no ORM session) for the per-send mark: commits
-    on success, rolls back on error. Its events stay for the outbox sweep."""
-    with _send_engine(runtime.settings.database_url).connect() as conn:
-        try:
-            yield conn
-            conn.commit()
-        finally:
-            conn.info.pop(PENDING_KEY, None)  # Outbox.record's note for a relay-after-commit
 
 
 _meetings: dict[str, tuple[float, MeetingSnapshot | None]] = {}
@@ -468,13 +460,12 @@ def _mark_sent(reminder: Row, provider_ref: str, *, only_our_claim: bool, messag
         statement = _MARK_SENT_STATEMENT[only_our_claim, message is not None]
         with _autocommit_engine(runtime.settings.database_url).connect() as conn:
             return bool(conn.execute(statement, params).scalar_one())
-    with send_connection() as conn:
-        if not conn.execute(_MARK_SENT[only_our_claim], params).rowcount:
-            conn.rollback()
-            return False
+    with send_transaction() as session:
+        if not session.execute(_MARK_SENT[only_our_claim], params).rowcount:
+            return False  # nothing written: the row is not ours
         if message is not None:
-            conn.execute(insert(DevMessage.__table__), message)
-        runtime.outbox.record(conn, "reminder.sent", _sent_fact(reminder), occurred_at=at)
+            session.execute(ADD_DEV_MESSAGE, message)
+        runtime.outbox.record(session, "reminder.sent", _sent_fact(reminder), occurred_at=at)
     return True
 
 

@@ -9,12 +9,12 @@ import os
 
 import pytest
 from sqlalchemy import select, text, update
+from sqlalchemy.exc import IntegrityError
 
 from services.notifications import sending
 from services.notifications.config import get_settings
 from services.notifications.models import Reminder
 from services.notifications.runtime import runtime
-from shared.db import transaction
 from shared.events import utcnow
 from tests.services.notifications.support import MOBILE, by_kind, dev_messages, make_due, outbox_events, reminder
 from tests.services.notifications.test_sending import planned_in_process, set_queued
@@ -103,14 +103,15 @@ def test_a_late_failure_does_not_end_a_reminder_another_worker_holds():
     assert outbox_events("reminder.failed") == []
 
 
-def test_the_dev_message_is_part_of_the_callers_transaction():
+def test_the_dev_message_and_the_sent_mark_are_written_together_or_not_at_all():
     provider = sending.provider_of("sms")
     due = due_reminder()
-    _, to, message = sending._prepare(due.id, utcnow())
-    with pytest.raises(RuntimeError), transaction(sending.send_sessions()) as session:
-        provider.send(reference=str(due.id), to=to, message=message, connection=session)
-        raise RuntimeError("the sent mark failed")
+    claimed, to, message = sending._prepare(due.id, utcnow())
+    row = provider.take(reference=str(due.id), to=to, message=message)
+    with pytest.raises(IntegrityError):  # the message cannot be written (no body): the mark fails with it
+        sending._mark_sent(claimed, provider.provider_ref(str(due.id)), only_our_claim=True, message={**row, "body": None})
     assert dev_messages(due.id) == []  # rolled back with it: a later recovery finds nothing and sends
+    assert reminder(due.id).status == "sending" and outbox_events("reminder.sent") == []
     make_stale(due.id)
     assert sending.send_reminder(reminder_id=due.id) == "sent"
     assert len(dev_messages(due.id)) == 1
