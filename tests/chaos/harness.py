@@ -95,6 +95,15 @@ class ChaosStack(Stack):
     def kill(self, name: str) -> None:
         self.processes[name].kill()
 
+    def restart_with(self, name: str, env: dict[str, str]) -> None:
+        """Restart one process with some settings changed (e.g. a scheduler without its outbox sweep)."""
+        usual = self.env
+        self.env = {**usual, **env}
+        try:
+            self.restart(name)
+        finally:
+            self.env = usual
+
     def restart_all(self, names: list[str]) -> None:
         if not names:
             return
