@@ -17,8 +17,13 @@ SENSITIVE_KEYS = {
     "phone", "mobile", "phone_number", "email", "email_address", "contact", "to", "recipient",
     "password", "token", "authorization", "secret", "body", "content", "personalisation",
 }
-EMAIL_RE = re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+")
-PHONE_RE = re.compile(r"(?<![\w-])(?:\+?44\s?|0)(?:\d[\s-]?){9,10}(?!\d)")
+# "@" also URL-encoded (a query string in an access log).
+EMAIL_RE = re.compile(r"[\w.+%-]+(?:@|%40)[\w-]+\.[\w.-]+")
+# UK numbers however written: 07812 345678, +44 7812 345678, 0044 7812..., +44 (0)7812...,
+# %2B44... (URL-encoded), and a bare 7812345678 (a mobile without its 0).
+PHONE_RE = re.compile(
+    r"(?<![\w-])(?:(?:\+|%2[bB]|00)\s?44[\s-]?(?:\(0\)[\s-]?)?|0)(?:\d[\s-]?){9,10}(?!\d)"
+    r"|(?<![\w-])7(?:\d[\s-]?){8}\d(?!\d)")
 
 
 def scrub_text(value: str) -> str:

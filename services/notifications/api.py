@@ -19,6 +19,7 @@ from services.notifications.schemas import (
     ReminderOut,
 )
 from shared.auth import AdminOnly, SiteStaff, ensure_site
+from shared.masking import mask_contact
 from shared.web import CallbackRateLimit, make_app
 
 SessionDep = Annotated[Session, Depends(runtime.get_session)]
@@ -61,7 +62,10 @@ def inbound_sms_callback(inbound: InboundSmsIn, session: SessionDep, _caller: No
 @app.get("/outbox", response_model=list[OutboxMessageOut], tags=["dev"],
          summary="What the dev provider 'sent', newest first (admin)")
 def dev_outbox(session: SessionDep, _admin: AdminOnly, limit: int = Query(50, ge=1, le=1000)):
-    return list(session.scalars(select(DevMessage).order_by(DevMessage.id.desc()).limit(limit)))
+    messages = session.scalars(select(DevMessage).order_by(DevMessage.id.desc()).limit(limit))
+    # Admins see what was sent, never to whom in full (contacts are shown only to the owning site).
+    return [OutboxMessageOut.model_validate(m).model_copy(update={"recipient": m.recipient and mask_contact(m.recipient)})
+            for m in messages]
 
 
 @app.get("/referrals/{referral_id}/reminders", response_model=list[ReminderOut], tags=["reminders"],

@@ -47,7 +47,7 @@ class OutboxMessageOut(BaseModel):
     id: int
     reference: str
     channel: str
-    recipient: str
+    recipient: str | None = Field(description="masked: 07*** ***678 (erased: null)")
     subject: str | None
     body: str
     created_at: dt.datetime

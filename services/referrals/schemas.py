@@ -80,7 +80,8 @@ class ReferralIn(BaseModel):
     email: str | None = Field(None, max_length=254)
     consent: ConsentIn | None = Field(None, validate_default=True)
     reminder_detail: ReminderDetail = Field("discreet", description="full: reminders may name the fellowship")
-    site_id: str | None = Field(None, max_length=64, description="Admins only; others act for their own site")
+    site_id: str | None = Field(None, max_length=64, pattern=r"^[a-z0-9][a-z0-9-]*$",
+                                 description="Admins only; others act for their own site")
 
     @field_validator("client_reference")
     @classmethod

@@ -17,6 +17,7 @@ from services.notifications.models import Reminder
 from services.notifications.runtime import runtime
 from shared import queues
 from shared.events import Event, utcnow
+from shared.masking import mask_mobile
 from tests.services.notifications.notify_server import API_KEY, NotifyServer
 from tests.services.notifications.support import (
     MOBILE,
@@ -79,10 +80,11 @@ def test_referral_to_text_message_through_real_workers(processes, redis_client, 
     assert {r.status for r in by_kind(rid).values()} == {"sent", "created"}  # the others wait for their time
     wait_for(lambda: [p["kind"] for p in outbox_events("reminder.sent")] == ["hours_before"], what="reminder.sent")
 
-    # GET /outbox shows exactly that message to an admin, and to nobody else.
+    # GET /outbox shows exactly that message to an admin (the number masked), and to nobody else.
     client = TestClient(app)
     shown = client.get("/outbox", headers=auth("admin")).json()
-    assert [(o["recipient"], o["body"]) for o in shown] == [(MOBILE, msg.body)]
+    assert [(o["recipient"], o["body"]) for o in shown] == [(mask_mobile(MOBILE), msg.body)]
+    assert MOBILE[-6:] not in str(shown), "an admin never sees the whole number"
     assert client.get("/outbox", headers=auth("keyworker", "croydon")).status_code == 403
     assert client.get(f"/referrals/{rid}/reminders", headers=auth("keyworker", "croydon")).status_code == 200
     assert client.get(f"/referrals/{rid}/reminders", headers=auth("keyworker", "sheffield")).status_code == 403

@@ -167,6 +167,16 @@ def test_admin_creates_for_a_named_site_only(client, meeting):
     assert response.json()["contact"]["masked"] is True
 
 
+@pytest.mark.parametrize("site_id", ["=HYPERLINK(\"http://x\")", "+croydon", "-1", "@sum", "Croydon", "croydon site"])
+def test_a_site_id_that_is_not_a_site_key_is_refused(client, meeting, site_id):
+    """A site id ends up in the commissioners' CSV: nothing that a spreadsheet would run as a formula."""
+    before = counts()
+    response = client.post("/referrals", json=referral_body(site_id=site_id), headers=auth("admin"))
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "site_id"
+    assert counts() == before
+
+
 def test_listing_filters_and_pagination(client, meeting):
     other = publish_meeting(slug="croydon-aa-friday", fellowship="aa", day=5, time="19:30")
     ids = []
