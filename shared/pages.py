@@ -43,7 +43,7 @@ UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 class PageSettings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
 
-    # Key of the form tokens' HMAC; when unset it is derived from JWT_SECRET. Every process of a
+    # Key of the form tokens' HMAC; when unset it is derived from the service's secrets. Every process of a
     # service needs the same one (a form rendered by one is posted to another).
     csrf_secret: str | None = Field(None, validation_alias=AliasChoices("CSRF_SECRET", "csrf_secret"))
 
@@ -70,7 +70,8 @@ def csrf_cookie_name(settings: ServiceSettings) -> str:
 
 
 def _csrf_key(settings: ServiceSettings) -> bytes:
-    secret = PageSettings().csrf_secret or settings.jwt_secret
+    # Without CSRF_SECRET: the service's own secrets (production refuses development encryption keys).
+    secret = PageSettings().csrf_secret or f"{settings.jwt_secret}|{settings.encryption_keys}"
     return hashlib.sha256(b"fama-form-token:" + secret.encode()).digest()
 
 
