@@ -3,10 +3,18 @@
 Each service renders its own pages from its own templates folder; ``base.html``, the login
 page and the stylesheet live here so the three services look the same. Links between
 services are plain URLs from settings: a page never calls another service.
+
+Forms are protected from cross-site request forgery twice: shared.web refuses unsafe requests
+a browser marks as cross-site (Sec-Fetch-Site, Origin), and every form signed by the cookie
+(and sign-in and sign-out, always) carries a token: an HMAC of a random value kept in its own
+cookie (signed double submit), which another site can neither read nor make.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import quote
@@ -16,7 +24,10 @@ from fastapi import APIRouter, Depends, FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
-from jinja2 import ChoiceLoader, FileSystemLoader
+from jinja2 import ChoiceLoader, FileSystemLoader, pass_context
+from markupsafe import Markup
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.auth import Principal, Role, decode_token
 from shared.settings import ServiceSettings
@@ -24,6 +35,17 @@ from shared.settings import ServiceSettings
 HERE = Path(__file__).parent
 COOKIE = "fama_token"
 LOGIN_PATH = "/signin"
+LOGOUT_PATH = LOGIN_PATH + "/out"
+CSRF_FIELD = "csrf_token"
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class PageSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    # Key of the form tokens' HMAC; when unset it is derived from the service's secrets. Every process of a
+    # service needs the same one (a form rendered by one is posted to another).
+    csrf_secret: str | None = Field(None, validation_alias=AliasChoices("CSRF_SECRET", "csrf_secret"))
 
 
 class NeedsLogin(Exception):
@@ -36,9 +58,70 @@ class PageForbidden(Exception):
         self.message = message
 
 
+class FormRefused(Exception):
+    """A form without a valid token, or sent from another site."""
+
+
+# --- form tokens ---------------------------------------------------------------------------
+
+def csrf_cookie_name(settings: ServiceSettings) -> str:
+    """In production the __Host- prefix: only this exact origin over HTTPS can set it (no sibling subdomain)."""
+    return "__Host-fama_csrf" if settings.environment == "production" else "fama_csrf"
+
+
+def _csrf_key(settings: ServiceSettings) -> bytes:
+    # Without CSRF_SECRET: the service's own secrets (production refuses development encryption keys).
+    secret = PageSettings().csrf_secret or f"{settings.jwt_secret}|{settings.encryption_keys}"
+    return hashlib.sha256(b"fama-form-token:" + secret.encode()).digest()
+
+
+def _token_for(settings: ServiceSettings, nonce: str) -> str:
+    return hmac.new(_csrf_key(settings), nonce.encode(), hashlib.sha256).hexdigest()
+
+
+def csrf_token(request: Request) -> str:
+    """The token for this browser's forms; a browser without the cookie gets one with the response."""
+    settings = request.app.state.settings
+    nonce = request.cookies.get(csrf_cookie_name(settings), "")
+    if not 20 <= len(nonce) <= 100:
+        nonce = getattr(request.state, "csrf_nonce", None) or secrets.token_urlsafe(32)
+        request.state.csrf_nonce = nonce
+    return _token_for(settings, nonce)
+
+
+@pass_context
+def csrf_field(context) -> Markup:
+    """``{{ csrf_field() }}`` inside every POST form."""
+    return Markup('<input type="hidden" name="{}" value="{}">').format(CSRF_FIELD, csrf_token(context["request"]))
+
+
+async def check_form_token(request: Request, *, always: bool = False) -> None:
+    """Refuse an unsafe request signed by the cookie (or any, if ``always``) without this browser's token.
+
+    A request signed only by a bearer header needs none: another site cannot make a browser send one.
+    """
+    if request.method not in UNSAFE_METHODS or not (always or COOKIE in request.cookies):
+        return
+    settings = request.app.state.settings
+    nonce = request.cookies.get(csrf_cookie_name(settings), "")
+    sent = (await request.form()).get(CSRF_FIELD)
+    if not nonce or not isinstance(sent, str) or not hmac.compare_digest(sent.encode(), _token_for(settings, nonce).encode()):
+        raise FormRefused()
+
+
+async def csrf_protected(request: Request) -> None:
+    """A router dependency for pages whose forms change something."""
+    await check_form_token(request)
+
+
+async def _csrf_always(request: Request) -> None:
+    await check_form_token(request, always=True)
+
+
 def make_templates(service_templates: Path) -> Jinja2Templates:
     templates = Jinja2Templates(directory=str(service_templates))
     templates.env.loader = ChoiceLoader([FileSystemLoader(str(service_templates)), FileSystemLoader(str(HERE / "templates"))])
+    templates.env.globals["csrf_field"] = csrf_field
     return templates
 
 
@@ -82,18 +165,39 @@ def require_page_roles(*roles: Role):
 
 
 def setup_pages(app: FastAPI, templates: Jinja2Templates) -> None:
-    """Static files, sign-in/out routes and the page error handlers for one service."""
+    """Static files, sign-in/out routes, form tokens and the page error handlers for one service."""
     settings: ServiceSettings = app.state.settings
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
-    templates.env.globals.update(links=page_links(settings), static_url="/static/fama.css", login_path=LOGIN_PATH)
+    templates.env.globals.update(links=page_links(settings), static_url="/static/fama.css", login_path=LOGIN_PATH,
+                                 logout_path=LOGOUT_PATH)
+    app.state.private_paths = (*app.state.private_paths, LOGIN_PATH)
+    app.state.credential_cookies.add(COOKIE)
     router = APIRouter(include_in_schema=False)
+
+    def refused_page(request: Request) -> HTMLResponse:
+        return templates.TemplateResponse(request, "message.html", {
+            "title": "This form could not be sent",
+            "message": "It was not sent from this page, or the page was open too long. Nothing has changed. "
+                       "Go back, reload the page and try again.",
+            "principal": page_principal(request)}, status_code=403)
+
+    app.state.refused_form_page = refused_page
+
+    @app.middleware("http")
+    async def give_form_cookie(request: Request, call_next):
+        response = await call_next(request)
+        nonce = getattr(request.state, "csrf_nonce", None)
+        if nonce:
+            response.set_cookie(csrf_cookie_name(settings), nonce, httponly=True, samesite="strict", path="/",
+                                secure=settings.environment == "production")
+        return response
 
     @router.get(LOGIN_PATH, response_class=HTMLResponse)
     def login_form(request: Request, next: str = "/"):
         return templates.TemplateResponse(request, "login.html", {"title": "Sign in", "next": _safe_next(next),
                                                                   "principal": None, "error": None})
 
-    @router.post(LOGIN_PATH, response_class=HTMLResponse)
+    @router.post(LOGIN_PATH, response_class=HTMLResponse, dependencies=[Depends(_csrf_always)])
     def login(request: Request, token: Annotated[str, Form(max_length=5000)] = "",
               next: Annotated[str, Form(max_length=500)] = "/"):
         token = token.strip()
@@ -110,7 +214,15 @@ def setup_pages(app: FastAPI, templates: Jinja2Templates) -> None:
                             max_age=12 * 3600)
         return response
 
-    @router.get(LOGIN_PATH + "/out")
+    @router.get(LOGOUT_PATH, response_class=HTMLResponse)
+    def logout_form(request: Request):
+        """An old sign-out link: a GET changes nothing, it offers the button."""
+        principal = page_principal(request)
+        if principal is None:
+            return RedirectResponse(LOGIN_PATH, status_code=303)
+        return templates.TemplateResponse(request, "signout.html", {"title": "Sign out", "principal": principal})
+
+    @router.post(LOGOUT_PATH, dependencies=[Depends(_csrf_always)])
     def logout():
         response = RedirectResponse(LOGIN_PATH, status_code=303)
         response.delete_cookie(COOKIE)
@@ -127,6 +239,10 @@ def setup_pages(app: FastAPI, templates: Jinja2Templates) -> None:
         return templates.TemplateResponse(request, "message.html",
                                           {"title": "You cannot see this page", "message": exc.message,
                                            "principal": page_principal(request)}, status_code=403)
+
+    @app.exception_handler(FormRefused)
+    async def form_refused(request: Request, _exc: FormRefused):
+        return refused_page(request)
 
 
 def _safe_next(value: str) -> str:

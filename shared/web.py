@@ -1,9 +1,17 @@
-"""What every service's FastAPI app has: health, readiness, metrics, JSON errors, limits."""
+"""What every service's FastAPI app has: health, readiness, metrics, JSON errors, limits, security headers.
+
+Browser protections live here so every app has them: a strict CSP (no inline script or style,
+nothing from another origin), HSTS in production, ``no-store`` on anything answered to a request
+with credentials, and a refusal of cross-site unsafe requests (Sec-Fetch-Site / Origin). The
+client address the rate limits count is the proxy's client only when the proxy is trusted
+(``FORWARDED_ALLOW_IPS``, as uvicorn reads it).
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 import redis
 import structlog
@@ -12,8 +20,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from shared.db import ping
 from shared.logs import configure_logging
@@ -25,9 +36,63 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
-    "script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; frame-ancestors 'none'",
+    # Every script and style comes from a file of this origin: an injected tag or attribute never runs.
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
 }
+HSTS = "max-age=31536000; includeSubDomains"
+# Swagger UI (development and test only: production has no /docs) loads its files from a CDN and starts
+# with an inline script; this policy is sent on the docs pages alone, never on a page with personal data.
+DOCS_CSP = ("default-src 'self'; img-src 'self' data: https://fastapi.tiangolo.com; style-src 'self' https://cdn.jsdelivr.net; "
+            "script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; frame-ancestors 'none'")
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class WebSettings(BaseSettings):
+    """Settings of the HTTP layer read by every API process."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    # Addresses or networks (comma-separated, e.g. "10.0.0.0/8,127.0.0.1") of the reverse proxies
+    # whose X-Forwarded-For and X-Forwarded-Proto are believed; "*" trusts every peer (only when
+    # nothing but the proxy can reach the API). The same variable uvicorn's --proxy-headers reads.
+    forwarded_allow_ips: str = Field("127.0.0.1", validation_alias=AliasChoices("FORWARDED_ALLOW_IPS",
+                                                                                "forwarded_allow_ips"))
+
+
+def is_cross_site(request: Request, *, own_origins: set[str]) -> bool:
+    """Whether a browser sent this request from another site or origin.
+
+    Browsers say so in Sec-Fetch-Site (a page cannot forge it); older ones send Origin. A request
+    with neither (a server, a script with a bearer token) is not cross-site here: the form token
+    guards cookie-signed forms from those browsers.
+    """
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site is not None:
+        return fetch_site not in ("same-origin", "none")
+    origin = request.headers.get("origin")
+    if origin is None:
+        return False
+    return _origin(origin) not in own_origins | {_origin(f"{request.url.scheme}://{request.url.netloc}")}
+
+
+def _origin(url: str) -> str:
+    """scheme://host[:port] with default ports dropped, or "null" for anything else."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return "null"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "null"
+    default = {"http": 80, "https": 443}[parts.scheme]
+    return f"{parts.scheme}://{parts.hostname}" + (f":{port}" if port and port != default else "")
+
+
+def _wants_page(request: Request) -> bool:
+    content_type = request.headers.get("content-type", "")
+    return content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")) or \
+        "text/html" in request.headers.get("accept", "")
 
 
 class RateLimited:
@@ -118,10 +183,24 @@ def reject_unknown_query_parameters(request: Request) -> None:
 def make_app(*, service: str, settings: ServiceSettings, engine: Callable[[], Engine], title: str,
              description: str = "", **fastapi_kw) -> FastAPI:
     configure_logging(settings.log_level)
+    production = settings.environment == "production"
+    if production:  # no API explorer on the desk's origin in production: it would load third-party script
+        fastapi_kw = {"docs_url": None, "redoc_url": None, "openapi_url": None, **fastapi_kw}
     app = FastAPI(title=title, description=description, version="0.1.0",
                   dependencies=[Depends(reject_unknown_query_parameters)], **fastapi_kw)
     app.state.settings = settings
+    # Paths whose responses are never stored by a browser or proxy, even without credentials (pages add theirs).
+    app.state.private_paths = ()
+    # Cookies that sign a browser in (pages add theirs): a request carrying one is answered no-store.
+    app.state.credential_cookies = set()
+    # Set by shared.pages: the page a refused form gets instead of JSON.
+    app.state.refused_form_page = None
+    public_url = getattr(settings, f"{service}_public_url", None)
+    own_origins = {_origin(public_url)} if public_url else set()
+    docs_paths = {p for p in (app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url) if p}
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    # The client address behind a trusted proxy (for the rate limits); anyone else's X-Forwarded-For is ignored.
+    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=WebSettings().forwarded_allow_ips)
     registry = CollectorRegistry()
     requests = Counter("http_requests_total", "HTTP requests", ["method", "route", "status"], registry=registry)
     latency = Histogram("http_request_duration_seconds", "HTTP request latency", ["method", "route"], registry=registry)
@@ -133,13 +212,29 @@ def make_app(*, service: str, settings: ServiceSettings, engine: Callable[[], En
         if length and length.isdigit() and int(length) > settings.max_request_bytes:
             return JSONResponse({"detail": f"request body larger than {settings.max_request_bytes} bytes"}, status_code=413)
         start = time.perf_counter()
-        response = await call_next(request)
+        if request.method in UNSAFE_METHODS and is_cross_site(request, own_origins=own_origins):
+            log.warning("request.cross_site_refused", method=request.method)
+            if app.state.refused_form_page is not None and _wants_page(request):
+                response = app.state.refused_form_page(request)
+            else:
+                response = JSONResponse({"detail": "cross-site request refused: send it from this service's own pages "
+                                                   "or without a browser"}, status_code=403)
+        else:
+            response = await call_next(request)
         route = request.scope.get("route")
         path = getattr(route, "path", "unmatched")
         requests.labels(request.method, path, str(response.status_code)).inc()
         latency.labels(request.method, path).observe(time.perf_counter() - start)
-        for k, v in SECURITY_HEADERS.items():
+        headers = {**SECURITY_HEADERS, "Content-Security-Policy": DOCS_CSP} if request.url.path in docs_paths \
+            else SECURITY_HEADERS
+        for k, v in headers.items():
             response.headers.setdefault(k, v)
+        if production:
+            response.headers.setdefault("Strict-Transport-Security", HSTS)
+        if "authorization" in request.headers or app.state.credential_cookies & request.cookies.keys() \
+                or request.url.path.startswith(app.state.private_paths):
+            # What is answered to someone signed in may carry personal data (a client's mobile).
+            response.headers["Cache-Control"] = "no-store"
         return response
 
     @app.exception_handler(RequestValidationError)

@@ -29,10 +29,11 @@ from services.referrals.schemas import ReferralIn, TransitionIn
 from shared.auth import Principal, Role
 from shared.events import REFERRAL_STATUSES, MeetingSnapshot, Stage, utcnow
 from shared.meeting_time import local_start, next_occurrence
-from shared.pages import PageForbidden, make_templates, page_principal, require_page_roles
+from shared.pages import PageForbidden, csrf_protected, make_templates, page_principal, require_page_roles
 
 templates = make_templates(Path(__file__).parent / "templates")
-router = APIRouter(prefix="/desk", include_in_schema=False)
+# Every form here is refused without this browser's form token when signed in by the cookie.
+router = APIRouter(prefix="/desk", include_in_schema=False, dependencies=[Depends(csrf_protected)])
 SessionDep = Annotated[Session, Depends(runtime.get_session)]
 LONDON = ZoneInfo("Europe/London")
 PAGE_SIZE = 20
@@ -565,6 +566,7 @@ def withdraw_consent(request: Request, referral_id: str, session: SessionDep, pr
 def setup_desk(app) -> None:
     """Add the desk's pages and the not-found page to the referrals app (after shared setup_pages)."""
     app.include_router(router)
+    app.state.private_paths = (*app.state.private_paths, "/desk")  # clients' contact details: never cached
 
     @app.exception_handler(PageNotFound)
     async def not_found(request: Request, exc: PageNotFound):

@@ -31,8 +31,12 @@ def stack():
 
 def test_someone_finds_a_smart_meeting_near_a_postcode_and_opens_it(stack, page):
     directory = stack.urls["directory"]
+    refused: list[str] = []  # anything the Content-Security-Policy blocked (an inline style or script)
+    page.on("console", lambda message: refused.append(message.text) if "Content Security Policy" in message.text else None)
     page.goto(f"{directory}/")
     expect(page.get_by_role("heading", level=1)).to_have_text("Find a meeting")
+    # The search panel is styled from the stylesheet, not an inline <style>.
+    assert page.locator("form.search").evaluate("e => getComputedStyle(e).backgroundColor") != "rgba(0, 0, 0, 0)"
     page.get_by_label("Postcode or town").fill("CR0 1AA")
     page.get_by_label("Fellowship").select_option(label="SMART Recovery")
     page.get_by_role("button", name="Search").click()
@@ -61,6 +65,7 @@ def test_someone_finds_a_smart_meeting_near_a_postcode_and_opens_it(stack, page)
     page.get_by_role("link", name="Back to search results").click()
     expect(page.locator(".results > li")).to_have_count(1)
     expect(page.get_by_label("Postcode or town")).to_have_value("CR0 1AA")
+    assert refused == []
 
 
 def test_keyboard_only_search_and_open_a_result(stack, page):

@@ -12,8 +12,10 @@ import re
 import pytest
 from sqlalchemy import select
 
+from services.referrals import service
 from services.referrals.models import Referral, meeting_replica
 from services.referrals.runtime import runtime
+from services.referrals.schemas import ReferralIn
 from tests.browser.conftest import screenshot
 from tests.support.auth import token_for
 from tests.support.processes import wait_for
@@ -33,8 +35,16 @@ def sign_in(page, token: str) -> None:
     page.get_by_role("button", name="Sign in").click()
 
 
+def csp_violations(page) -> list[str]:
+    """Console reports of anything the Content-Security-Policy refused (an inline style or script)."""
+    seen: list[str] = []
+    page.on("console", lambda message: seen.append(message.text) if "Content Security Policy" in message.text else None)
+    return seen
+
+
 def test_keyworker_refers_a_client_and_sees_the_reminders_planned(stack, page, phone_page):
     desk = stack.urls["referrals"]
+    refused = csp_violations(page)
     wait_for(lambda: in_replica(MEETING), timeout=30, what="the seeded meetings to reach the referrals replica")
 
     # Arriving from the directory's "Refer a client" link, not yet signed in.
@@ -48,6 +58,8 @@ def test_keyworker_refers_a_client_and_sees_the_reminders_planned(stack, page, p
     assert page.url == f"{desk}/desk/new?meeting={MEETING}"
     assert "SMART Recovery Croydon" in page.locator("#meeting-chosen").inner_text()
     assert page.input_value("#planned_date")  # the next meeting, filled in
+    # The page's own styles come from the stylesheet (no inline style is allowed).
+    assert page.locator("#consent-wording").evaluate("e => getComputedStyle(e).borderLeftStyle") == "solid"
     page.get_by_label("Client reference").fill("CRY-0107")
     page.get_by_label("A peer supporter will go with the client").check()
     page.get_by_label("Mobile number (optional)").fill("07812 345678")
@@ -109,3 +121,37 @@ def test_keyworker_refers_a_client_and_sees_the_reminders_planned(stack, page, p
     assert phone_page.locator("tr", has_text="CRY-0107").is_visible()
     assert phone_page.evaluate("document.documentElement.scrollWidth") <= 390
     screenshot(phone_page, "desk-phone")
+    assert refused == []
+
+    # Signing out is a button (a POST with the form token).
+    page.get_by_role("button", name="Sign out").click()
+    assert page.url == f"{desk}/signin"
+    page.goto(f"{desk}/desk")
+    assert page.url.startswith(f"{desk}/signin?next=")
+
+
+def test_a_form_on_another_origin_cannot_act_for_the_signed_in_keyworker(stack, page):
+    """The review's attack: a page on a same-site neighbour (here the directory's origin, another port)
+    posts a desk form; the browser sends the keyworker's cookie, and the desk refuses it."""
+    desk, directory = stack.urls["referrals"], stack.urls["directory"]
+    wait_for(lambda: in_replica(MEETING), timeout=30, what="the seeded meetings to reach the referrals replica")
+    with runtime.transaction() as session:
+        referral = service.create_referral(session, referral_in=ReferralIn(
+            meeting_slug=MEETING, client_reference="CRY-0666", mobile="07812 345678",
+            consent={"to_reminders": True, "wording_version": service.CURRENT_CONSENT_WORDING}), site_id="croydon", by="kw-1")
+        referral_id = referral.id
+    page.goto(f"{desk}/desk")
+    sign_in(page, token_for("keyworker", "croydon"))
+    assert "CRY-0666" in page.locator("table").inner_text()
+
+    evil = f"{directory}/prize"
+    page.route(evil, lambda route: route.fulfill(status=200, content_type="text/html", body=(
+        f'<form method="post" action="{desk}/desk/referrals/{referral_id}/consent-withdrawal">'
+        '<button>Claim your prize</button></form>')))
+    page.goto(evil)
+    page.get_by_role("button", name="Claim your prize").click()
+    assert page.get_by_role("heading", level=1).inner_text() == "This form could not be sent"
+    assert "reload the page and try again" in page.locator("main").inner_text()
+    with runtime.sessions() as session:
+        stored = session.get(Referral, referral_id)
+        assert stored.mobile == "+447812345678" and stored.consent_withdrawn_at is None

@@ -381,7 +381,8 @@ def test_csv_download_from_the_dashboard_link_with_the_sign_in_cookie(sites):
     count("referrals_made", 6, site="lambeth", fellowship="aa")
     count("referrals_made", 5, site="sheffield", fellowship="aa")
     browser = TestClient(app)
-    signed_in = browser.post("/signin", data={"token": token_for("commissioner", region="London"),
+    form_token = re.search(r'name="csrf_token" value="([0-9a-f]+)"', browser.get("/signin").text).group(1)
+    signed_in = browser.post("/signin", data={"token": token_for("commissioner", region="London"), "csrf_token": form_token,
                                               "next": "/dashboard?fellowship=&from=2026-11-01"}, follow_redirects=False)
     assert signed_in.status_code == 303 and "HttpOnly" in signed_in.headers["set-cookie"]
     page = browser.get(signed_in.headers["location"])

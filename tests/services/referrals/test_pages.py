@@ -127,6 +127,23 @@ def make_referral(reference="CRY-0042", *, mobile: str | None = "07812 345678", 
         return service.create_referral(session, referral_in=referral_in, site_id=site, by="kw-1").id
 
 
+def form_token(response) -> str:
+    """The form token a page's forms carry (what the browser would post back)."""
+    found = re.search(r'name="csrf_token" value="([0-9a-f]+)"', response.text)
+    assert found, "no form token on the page"
+    return found.group(1)
+
+
+def signed_in_client(role="keyworker", site="croydon") -> TestClient:
+    """A browser signed in by the cookie, through the sign-in form."""
+    browser = TestClient(app)
+    token = form_token(browser.get("/signin"))
+    response = browser.post("/signin", data={"token": token_for(role, site), "next": "/desk", "csrf_token": token},
+                            follow_redirects=False)
+    assert response.status_code == 303
+    return browser
+
+
 def local_time_words(planned: dt.date) -> str:
     """How the page writes the Tuesday 2pm meeting on ``planned``."""
     return f"{planned:%A} {planned.day} {planned:%B %Y}, 2:00pm"
@@ -139,12 +156,14 @@ def test_anonymous_visitor_is_sent_to_sign_in_and_comes_back(client, meeting):
     assert response.status_code == 303
     assert response.headers["location"] == "/signin?next=/desk%3Fstage%3Don-hold"
 
-    refused = client.post("/signin", data={"token": "not-a-token", "next": "/desk"}, follow_redirects=False)
+    token = form_token(client.get(response.headers["location"]))
+    refused = client.post("/signin", data={"token": "not-a-token", "next": "/desk", "csrf_token": token},
+                          follow_redirects=False)
     assert refused.status_code == 401
     assert "That token was not accepted" in Page(refused).text
 
-    signed_in = client.post("/signin", data={"token": token_for("keyworker", "croydon"), "next": "/desk?stage=on-hold"},
-                            follow_redirects=False)
+    signed_in = client.post("/signin", data={"token": token_for("keyworker", "croydon"), "next": "/desk?stage=on-hold",
+                                             "csrf_token": token}, follow_redirects=False)
     assert signed_in.status_code == 303 and signed_in.headers["location"] == "/desk?stage=on-hold"
     cookie = signed_in.headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie
@@ -317,7 +336,7 @@ def test_a_referral_is_recorded_and_shown(client, meeting):
 def test_only_allowed_transitions_are_offered(client, meeting):
     referral_id = make_referral()
     page = get(client, f"/desk/referrals/{referral_id}")
-    assert [b for b in page.buttons if b != "Withdraw consent to reminders"] == [
+    assert [b for b in page.buttons if b not in ("Withdraw consent to reminders", "Sign out")] == [
         "Mark contact arranged", "Plan the first meeting", "Put on hold", "Mark did not engage",
         "Record that the client declined", "Mark entered in error"]
     assert page.has("reason-on-hold") and page.has("reason-did-not-engage") and page.has("reason-declined")
@@ -339,7 +358,7 @@ def test_only_allowed_transitions_are_offered(client, meeting):
     client.post(f"/desk/referrals/{referral_id}/transitions", headers=KEYWORKER,
                 data={"to": "first-meeting-attended", "accompanied": "yes"})
     page = get(client, f"/desk/referrals/{referral_id}")
-    assert [b for b in page.buttons if b != "Withdraw consent to reminders"] == [
+    assert [b for b in page.buttons if b not in ("Withdraw consent to reminders", "Sign out")] == [
         "Mark followed up", "Put on hold", "Mark did not engage", "Mark entered in error"]
 
     # A move not offered (a stale page, a hand-made form) is refused and explained.
@@ -432,3 +451,88 @@ def test_an_admin_says_which_site_and_sees_every_site(client, meeting):
     assert "SHF-0001" in only.text and "CRY-0500" not in only.text
     # A keyworker cannot widen their view with the same parameter.
     assert "SHF-0001" not in get(client, "/desk?site=sheffield").text
+
+
+EVIL = {"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}
+
+
+def new_referral_form(browser, **extra) -> dict:
+    return {"meeting": "croydon-smart-tuesday", "client_reference": "CRY-0077", "support": "none", "consent": "yes",
+            "mobile": "07812 345678", "reminder_detail": "discreet", **extra}
+
+
+def test_forms_signed_by_the_cookie_need_this_browsers_token_and_this_site(meeting):
+    """Each desk form, posted with the keyworker's cookie from another site or without the form token,
+    gets the 403 page and changes nothing; from the desk's own page it works."""
+    browser = signed_in_client()
+    referral_id = make_referral()
+    page = browser.get(f"/desk/referrals/{referral_id}")
+    token = form_token(page)
+    assert page.text.count('name="csrf_token"') == page.text.count('method="post"')  # every form carries it
+    before = counts()
+    other_browser = form_token(TestClient(app).get("/signin"))
+    posts = [("/desk/new", new_referral_form(browser)),
+             (f"/desk/referrals/{referral_id}/transitions", {"to": "contact-arranged"}),
+             (f"/desk/referrals/{referral_id}/consent-withdrawal", {})]
+    for url, data in posts:
+        for token_sent, headers in ((token, EVIL), (token, {"Origin": "https://evil.example"}),
+                                    (token, {"Sec-Fetch-Site": "same-site"}), (None, {}), ("0" * 64, {}),
+                                    (other_browser, {})):
+            form = {**data, **({"csrf_token": token_sent} if token_sent else {})}
+            response = browser.post(url, data=form, headers=headers, follow_redirects=False)
+            assert response.status_code == 403, (url, token_sent, headers)
+            refused = Page(response)
+            assert "This form could not be sent" in refused.text and "reload the page and try again" in refused.text
+    assert counts() == before
+    with runtime.sessions() as session:
+        referral = session.get(Referral, referral_id)
+        assert referral.business_status == "information-given" and referral.mobile == MOBILE_E164
+
+    same_origin = {"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"}
+    moved = browser.post(f"/desk/referrals/{referral_id}/transitions", data={"to": "contact-arranged", "csrf_token": token},
+                         headers=same_origin, follow_redirects=False)
+    assert moved.status_code == 303 and moved.headers["location"].endswith("?notice=moved")
+    withdrawn = browser.post(f"/desk/referrals/{referral_id}/consent-withdrawal", data={"csrf_token": token},
+                             follow_redirects=False)
+    assert withdrawn.status_code == 303
+    form = browser.get("/desk/new?meeting=croydon-smart-tuesday")
+    created = browser.post("/desk/new", data=new_referral_form(browser, csrf_token=form_token(form)), headers=same_origin,
+                           follow_redirects=False)
+    assert created.status_code == 303, created.text
+    with runtime.sessions() as session:
+        referral = session.get(Referral, referral_id)
+        assert referral.business_status == "contact-arranged" and referral.mobile is None
+        assert session.scalar(select(Referral).where(Referral.client_reference == "CRY-0077")) is not None
+
+
+def test_a_bearer_token_alone_needs_no_form_token_but_is_still_refused_cross_site(client, meeting):
+    """A browser never adds an Authorization header by itself, so scripts with a token post as before;
+    a cross-site request is refused whatever it carries."""
+    referral_id = make_referral()
+    url = f"/desk/referrals/{referral_id}/transitions"
+    assert client.post(url, data={"to": "contact-arranged"}, headers={**KEYWORKER, **EVIL}).status_code == 403
+    moved = client.post(url, data={"to": "contact-arranged"}, headers=KEYWORKER, follow_redirects=False)
+    assert moved.status_code == 303
+
+
+def test_get_sign_out_does_not_sign_out(meeting):
+    browser = signed_in_client()
+    assert browser.get("/signin/out").status_code == 200
+    page = get(browser, "/desk", headers={})
+    assert "Signed in as keyworker · croydon" in page.text and "Sign out" in page.buttons
+    out = browser.post("/signin/out", data={"csrf_token": form_token(page.response)}, follow_redirects=False)
+    assert out.status_code == 303
+    assert browser.get("/desk", follow_redirects=False).status_code == 303
+
+
+def test_desk_pages_and_referral_responses_are_never_stored(client, meeting):
+    referral_id = make_referral()
+    browser = signed_in_client()
+    for url in ("/desk", "/desk/new", f"/desk/referrals/{referral_id}"):
+        assert browser.get(url).headers["cache-control"] == "no-store", url
+        assert client.get(url, headers=KEYWORKER).headers["cache-control"] == "no-store", url
+    assert client.get("/desk", follow_redirects=False).headers["cache-control"] == "no-store"  # even the redirect
+    api = client.get(f"/referrals/{referral_id}", headers=KEYWORKER)
+    assert api.status_code == 200 and api.headers["cache-control"] == "no-store"
+    csp = api.headers["content-security-policy"]
+    assert "unsafe-inline" not in csp and "cdn" not in csp
