@@ -5,6 +5,9 @@ per day, the slug suffixed with the day's name), times such as "7:30 PM" or "19:
 missing optional fields, ``types`` as a list or a comma-separated string (codes the spec
 does not define are kept aside), "yes"/"no" flags. Meetings are matched on slug within a
 source: unchanged ones are left alone, changed ones updated, vanished ones withdrawn.
+
+A feed URL is fetched only from public addresses (checked after DNS, on every redirect,
+connecting to the address checked), within a size and time limit (``fetch_feed``).
 """
 
 from __future__ import annotations
@@ -105,12 +108,12 @@ def may_fetch(address: str, *, allowed_networks: list) -> bool:
 
 def _checked_address(url: httpx.URL, allowed_networks: list) -> str:
     """Resolve the URL's host; every address it has must be allowed. Returns the one to connect to."""
-    if url.scheme not in ("http", "https") or not url.host:
+    if url.scheme not in ("http", "https") or not url.raw_host:
         raise FeedError("the feed URL must be an http:// or https:// address")
     try:
         infos = socket.getaddrinfo(url.raw_host.decode("ascii"), url.port or (443 if url.scheme == "https" else 80),
                                    type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError) as exc:
+    except (OSError, ValueError) as exc:
         raise FeedError(COULD_NOT_FETCH) from exc
     addresses = list(dict.fromkeys(info[4][0] for info in infos))
     if not addresses or not all(may_fetch(a, allowed_networks=allowed_networks) for a in addresses):
@@ -131,7 +134,7 @@ def fetch_feed(url: str) -> list:
     deadline = time.monotonic() + settings.feed_fetch_timeout
     try:
         target = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError) as exc:
+    except (httpx.InvalidURL, TypeError, ValueError) as exc:
         raise FeedError("the feed URL is not a valid http:// or https:// address") from exc
     with httpx.Client(trust_env=False, follow_redirects=False) as client:
         for _hop in range(MAX_REDIRECTS + 1):
@@ -141,20 +144,24 @@ def fetch_feed(url: str) -> list:
                 return load_feed(body)
             try:
                 target = target.join(location)
-            except (httpx.InvalidURL, TypeError) as exc:
+            except (httpx.InvalidURL, TypeError, ValueError) as exc:
                 raise FeedError(f"{COULD_NOT_FETCH}: it redirects to an invalid address") from exc
     raise FeedError(f"{COULD_NOT_FETCH}: more than {MAX_REDIRECTS} redirects")
 
 
 def _get(client: httpx.Client, url: httpx.URL, address: str, deadline: float, max_bytes: int):
-    """(body, None), or (None, Location) for a redirect: one request pinned to ``address``."""
+    """(body, None), or (None, Location) for a redirect: one request pinned to ``address``.
+
+    The size limit counts what is read, so the body is asked for uncompressed.
+    """
     extensions = {"sni_hostname": url.raw_host.decode("ascii")} if url.scheme == "https" else {}
     host = url.netloc.decode("ascii")
     try:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise httpx.TimeoutException("deadline")
-        with client.stream("GET", url.copy_with(host=address), headers={"Host": host}, extensions=extensions,
+        with client.stream("GET", url.copy_with(host=address), headers={"Host": host, "Accept-Encoding": "identity"},
+                           extensions=extensions,
                            timeout=remaining) as response:
             if response.is_redirect:
                 return None, response.headers["location"]

@@ -356,6 +356,8 @@ def test_unreachable_feeds_fail_without_naming_the_host(feed_settings):
     detail = refused_import(f"http://127.0.0.1:{port}/feed.json", str(port), "127.0.0.1", "Connect")
     assert detail == feeds.COULD_NOT_FETCH
     assert refused_import("http://no-such-host.invalid/feed.json", "no-such-host") == feeds.COULD_NOT_FETCH
+    for odd in ("http://xn--/feed.json", "http://example.org:99999/", "http://[v1.x]/", "http://u:p@/x"):
+        refused_import(odd)  # a clear 4xx, never a 5xx
 
 
 def test_metadata_addresses_are_refused_even_inside_allowed_networks():
