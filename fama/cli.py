@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 import os
-import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import typer
 from alembic import command
@@ -31,13 +31,17 @@ def token(
     site: str = typer.Option(None, help="Site id, for keyworkers and site leads"),
     region: str = typer.Option(None, help="Region, for commissioners"),
     subject: str = typer.Option("dev-user", help="Who the token is for"),
-    hours: float = typer.Option(12, help="Lifetime in hours"),
+    hours: float = typer.Option(None, help="Lifetime in hours (default and most: JWT_MAX_LIFETIME_HOURS)"),
 ) -> None:
     """Print a signed development token (HS256 with JWT_SECRET)."""
     if role in (Role.keyworker, Role.site_lead) and not site:
         raise typer.BadParameter("keyworkers and site leads need --site")
-    typer.echo(issue_token(ServiceSettings(), role=role, site=site, region=region, subject=subject,
-                           ttl=dt.timedelta(hours=hours)))
+    settings = ServiceSettings()
+    if hours is not None and not 0 < hours <= settings.jwt_max_lifetime_hours:
+        raise typer.BadParameter(f"a token lives more than 0 and at most {settings.jwt_max_lifetime_hours:g} hours "
+                                 "(JWT_MAX_LIFETIME_HOURS)", param_hint="--hours")
+    typer.echo(issue_token(settings, role=role, site=site, region=region, subject=subject,
+                           ttl=None if hours is None else dt.timedelta(hours=hours)))
 
 
 @app.command()
@@ -77,10 +81,8 @@ def settings_table() -> list[tuple[str, str, object, object]]:
     rows: dict[str, list] = {}
     for name in SERVICES:
         settings = importlib.import_module(f"services.{name}.config").get_settings()
-        prefix = type(settings).model_config.get("env_prefix", "")
         for field_name, field in type(settings).model_fields.items():
-            alias = field.validation_alias
-            env = alias.choices[0] if alias is not None else f"{prefix}{field_name}".upper()
+            env = type(settings).env_name(field_name)
             row = rows.setdefault(env, [env, [], field.default, getattr(settings, field_name)])
             row[1].append(name)
     table = [(env, "all" if len(used) == len(SERVICES) else ", ".join(used), default, current)
@@ -89,23 +91,57 @@ def settings_table() -> list[tuple[str, str, object, object]]:
 
 
 SECRET_WORDS = ("SECRET", "KEY", "TOKEN", "PASSWORD")
+NOT_SECRET = ("REDIS_KEY_PREFIX",)
+
+
+def is_secret(env: str) -> bool:
+    return any(w in env for w in SECRET_WORDS) and env not in NOT_SECRET
+
+
+def mask_url(value: str) -> str:
+    """A URL with its password (if any) replaced by ***; user, host and path kept for diagnosis.
+
+    The user information ends at the last "@" (a password may itself hold "@", "/" or "?").
+    """
+    parts = urlsplit(value)
+    if not parts.scheme or "://" not in value:
+        return value
+    rest = value.split("://", 1)[1]
+    if "@" in rest[len(parts.netloc):]:
+        userinfo, _, host = rest.rpartition("@")  # urlsplit stopped inside the password
+    elif parts.password is not None:
+        userinfo, _, host = parts.netloc.rpartition("@")
+        host += rest[len(parts.netloc):]
+    else:
+        return value
+    if ":" not in userinfo:
+        return value  # a user name, no password
+    return f"{parts.scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
+
+
+def shown_value(env: str, value: object, default: object) -> str:
+    """How ``fama config`` shows a setting: secrets never, URLs without their password."""
+    if is_secret(env):
+        if not value:
+            return "(not set)"
+        return "(set)" if value != default else "(development default)"
+    text = str(value)
+    return mask_url(text) if "://" in text else text
 
 
 @app.command("config")
 def show_config() -> None:
-    """Print every setting: its environment variable, default and current value."""
+    """Print every setting: its environment variable, default and current value (secrets masked)."""
     from rich.console import Console
     from rich.table import Table
 
     table = Table("setting", "service", "default", "current")
     for env, service, default, current in settings_table():
-        if any(w in env for w in SECRET_WORDS) and env != "REDIS_KEY_PREFIX":
-            shown = "(set)" if current != default else "(development default)"
+        shown = shown_value(env, current, default)
+        if is_secret(env):
             default = "(development value)" if default else ""
-        elif "DATABASE_URL" in env or env == "REDIS_URL":
-            shown = re.sub(r"//([^:@/]+):[^@]+@", r"//\\1:***@", str(current))
         else:
-            shown = str(current)
+            default = shown_value(env, default, default)
         table.add_row(env, service, str(default), shown)
     Console(width=max(Console().width, 140)).print(table)
 
@@ -119,9 +155,9 @@ def check_redis() -> None:
     try:
         redis.Redis.from_url(url, socket_connect_timeout=1).ping()
     except Exception as exc:
-        typer.echo(f"Redis at {url} does not answer: {exc}", err=True)
+        typer.echo(f"Redis at {mask_url(url)} does not answer: {type(exc).__name__}", err=True)
         raise typer.Exit(1) from exc
-    typer.echo(f"Redis at {url} answers")
+    typer.echo(f"Redis at {mask_url(url)} answers")
 
 
 

@@ -37,7 +37,11 @@ class FieldCipher:
 
 
 def _as_fernet_key(key: str) -> bytes:
-    """Accept a Fernet key as given, or derive one from any other secret string."""
+    """Accept a Fernet key as given, or (development and tests) derive one from any other string.
+
+    Production never derives: its settings refuse anything but real Fernet keys
+    (``fernet_key_problems`` in shared/settings.py), so a passphrase cannot stand in for a key.
+    """
     raw = key.encode()
     try:
         if len(base64.urlsafe_b64decode(raw)) == 32:

@@ -7,6 +7,8 @@ files under ``./var/`` so no database server is needed.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Literal
 
 from pydantic import AliasChoices, Field, model_validator
@@ -17,6 +19,17 @@ DEV_JWT_SECRET = "dev-only-jwt-secret-change-me-in-production-000000"
 DEV_FIELD_KEY = "ZGV2LW9ubHktZmllbGQta2V5LWNoYW5nZS1tZS0wMDA="
 DEV_TRANSIT_KEY = "ZGV2LW9ubHktdHJhbnNpdC1rZXktY2hhbmdlLW1lLTA="
 DEV_HASH_KEY = "dev-only-hash-key-change-me"
+DEV_KEYS = (DEV_JWT_SECRET, DEV_FIELD_KEY, DEV_TRANSIT_KEY, DEV_HASH_KEY)
+
+# A production secret (JWT and callback secrets, the hash key) is at least this long, has
+# at least MIN_SECRET_DISTINCT different characters and is not a repeated pattern. 32 random
+# bytes as hex (64 characters) or base64 pass with a wide margin; "x" * 40 or "abcd" * 8 do not.
+MIN_SECRET_BYTES = 32
+MIN_SECRET_DISTINCT = 12
+# Production refuses a JWT_MAX_LIFETIME_HOURS above this.
+JWT_MAX_LIFETIME_CEILING_HOURS = 24.0
+GENERATE_SECRET = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+GENERATE_FERNET_KEY = "python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
 
 
 def common(name: str, default, **kw):
@@ -24,10 +37,69 @@ def common(name: str, default, **kw):
     return Field(default, validation_alias=AliasChoices(name, name.lower()), **kw)
 
 
+def low_entropy(value: str | bytes) -> bool:
+    """Too few different characters, or one short pattern repeated ("abcabcabc...")."""
+    if len(set(value)) < MIN_SECRET_DISTINCT:
+        return True
+    return any(value[period:] == value[:-period] for period in range(1, len(value) // 2 + 1))
+
+
+def secret_problems(env: str, value: str | None, *, dev_value: str | None = None) -> list[str]:
+    """Why ``value`` is not a production secret (never quoting it), or nothing."""
+    if not value:
+        return [f"{env} is not set; generate one with {GENERATE_SECRET}"]
+    if value in DEV_KEYS or value == dev_value:
+        return [f"{env} is the development value; generate one with {GENERATE_SECRET}"]
+    if len(value.encode()) < MIN_SECRET_BYTES:
+        return [f"{env} is shorter than {MIN_SECRET_BYTES} bytes; generate one with {GENERATE_SECRET}"]
+    if low_entropy(value):
+        return [f"{env} is too predictable (fewer than {MIN_SECRET_DISTINCT} different characters or a repeated "
+                f"pattern); generate one with {GENERATE_SECRET}"]
+    return []
+
+
+def key_list(keys: str) -> list[str]:
+    return [k.strip() for k in keys.split(",") if k.strip()]
+
+
+def fernet_key_problems(env: str, keys: str) -> list[str]:
+    """Why a comma-separated list of Fernet keys is not fit for production (never quoting a key)."""
+    found = key_list(keys)
+    if not found:
+        return [f"{env} is not set; generate a key with {GENERATE_FERNET_KEY}"]
+    problems = []
+    for number, key in enumerate(found, start=1):
+        which = f"{env} (key {number} of {len(found)})"
+        if key in DEV_KEYS:
+            problems.append(f"{which} is a development key; generate one with {GENERATE_FERNET_KEY}")
+            continue
+        try:
+            raw = base64.urlsafe_b64decode(key.encode())
+        except (binascii.Error, ValueError):
+            raw = b""
+        if len(raw) != 32:
+            problems.append(f"{which} is not a Fernet key (32 bytes, url-safe base64); "
+                            f"generate one with {GENERATE_FERNET_KEY}")
+        elif low_entropy(raw):
+            problems.append(f"{which} is too predictable to be a random key; generate one with {GENERATE_FERNET_KEY}")
+    return problems
+
+
+class ProductionRefused(ValueError):
+    """Production settings that must be fixed first: every problem at once, no secret quoted."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"FAMA_ENV=production refuses to start until these settings are fixed:\n{lines}")
+
+
 class ServiceSettings(BaseSettings):
     """Base of each service's settings; subclasses set ``env_prefix``."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+    # hide_input_in_errors: a refused setting is named, its value (maybe a secret) never printed.
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True,
+                                      hide_input_in_errors=True)
 
     environment: Literal["development", "test", "production"] = common("FAMA_ENV", "development")
     redis_url: str = common("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -41,6 +113,8 @@ class ServiceSettings(BaseSettings):
     jwt_jwks_url: str | None = common("JWT_JWKS_URL", None)
     jwt_issuer: str = common("JWT_ISSUER", "fama")
     jwt_audience: str = common("JWT_AUDIENCE", "fama")
+    # Tokens valid for longer than this (exp - iat) are refused, in every environment.
+    jwt_max_lifetime_hours: float = common("JWT_MAX_LIFETIME_HOURS", 12.0, gt=0)
     outbox_sweep_seconds: float = common("OUTBOX_SWEEP_SECONDS", 5.0)
     # An event no subscriber has confirmed this long after it was sent is sent again (then
     # after twice as long, and so on): it covers a message the broker lost.
@@ -59,11 +133,39 @@ class ServiceSettings(BaseSettings):
     # Fernet keys (comma-separated, newest first) for the personal data this service keeps at rest.
     encryption_keys: str = DEV_FIELD_KEY
 
+    @classmethod
+    def env_name(cls, field_name: str) -> str:
+        """The environment variable a field is read from (``JWT_SECRET``, ``REFERRALS_ENCRYPTION_KEYS``)."""
+        alias = cls.model_fields[field_name].validation_alias
+        if alias is not None:
+            return alias.choices[0]
+        return f"{cls.model_config.get('env_prefix', '')}{field_name}".upper()
+
+    def production_problems(self) -> list[str]:
+        """Everything that must change before production may start; services add their own."""
+        problems = []
+        if self.jwt_jwks_url is None:
+            problems += secret_problems("JWT_SECRET", self.jwt_secret)
+        elif not self.jwt_jwks_url.startswith("https://"):
+            problems.append("JWT_JWKS_URL must be an https:// address")
+        if self.jwt_max_lifetime_hours > JWT_MAX_LIFETIME_CEILING_HOURS:
+            problems.append(f"JWT_MAX_LIFETIME_HOURS is above {JWT_MAX_LIFETIME_CEILING_HOURS:g} hours; "
+                            "production tokens must be short-lived")
+        problems += fernet_key_problems(self.env_name("encryption_keys"), self.encryption_keys)
+        return problems
+
+    def transit_key_problems(self, transit_keys: str) -> list[str]:
+        """CONTACT_TRANSIT_KEYS (referrals, notifications): real keys, none shared with the field keys."""
+        problems = fernet_key_problems("CONTACT_TRANSIT_KEYS", transit_keys)
+        if set(key_list(transit_keys)) & set(key_list(self.encryption_keys)):
+            problems.append(f"CONTACT_TRANSIT_KEYS and {self.env_name('encryption_keys')} share a key; "
+                            "each needs its own")
+        return problems
+
     @model_validator(mode="after")
     def check_production(self):
         if self.environment == "production":
-            if self.jwt_jwks_url is None and self.jwt_secret == DEV_JWT_SECRET:
-                raise ValueError("production needs JWT_JWKS_URL or a JWT_SECRET other than the development one")
-            if DEV_FIELD_KEY in self.encryption_keys:
-                raise ValueError("production needs its own encryption keys, not the development key")
+            problems = self.production_problems()
+            if problems:
+                raise ProductionRefused(problems)
         return self

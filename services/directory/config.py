@@ -1,5 +1,7 @@
+import ipaddress
 from functools import lru_cache
 
+from pydantic import field_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings
@@ -14,6 +16,23 @@ class Settings(ServiceSettings):
     feed_fetch_timeout: float = 20.0
     # Feeds fetched from a URL larger than this are refused.
     feed_max_bytes: int = 20_000_000
+    # Tests only: comma-separated networks (e.g. 127.0.0.0/8) feed URLs may reach although they
+    # are loopback or private, for a local feed server. Production refuses to start with any.
+    feed_allow_networks: str = ""
+
+    @field_validator("feed_allow_networks")
+    @classmethod
+    def networks(cls, value: str) -> str:
+        for network in value.split(","):
+            if network.strip():
+                ipaddress.ip_network(network.strip(), strict=False)  # ValueError names the bad one
+        return value
+
+    def production_problems(self) -> list[str]:
+        problems = super().production_problems()
+        if self.feed_allow_networks.strip():
+            problems.append("DIRECTORY_FEED_ALLOW_NETWORKS must be empty in production (it is for tests)")
+        return problems
 
 
 @lru_cache

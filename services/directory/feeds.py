@@ -5,12 +5,18 @@ per day, the slug suffixed with the day's name), times such as "7:30 PM" or "19:
 missing optional fields, ``types`` as a list or a comma-separated string (codes the spec
 does not define are kept aside), "yes"/"no" flags. Meetings are matched on slug within a
 source: unchanged ones are left alone, changed ones updated, vanished ones withdrawn.
+
+A feed URL is fetched only from public addresses (checked after DNS, on every redirect,
+connecting to the address checked), within a size and time limit (``fetch_feed``).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
+import socket
+import time
 from collections import Counter
 from collections.abc import Callable
 
@@ -62,20 +68,120 @@ def load_feed(text: str | bytes) -> list:
     return data
 
 
-def fetch_feed(url: str) -> list:
-    settings = get_settings()
+# Cloud instance metadata endpoints: never fetched, whatever DIRECTORY_FEED_ALLOW_NETWORKS says.
+METADATA_ADDRESSES = frozenset(ipaddress.ip_address(a) for a in (
+    "169.254.169.254", "169.254.170.2", "fd00:ec2::254", "100.100.100.200", "192.0.0.192"))
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+MAX_REDIRECTS = 5
+REFUSED_ADDRESS = "the feed URL points to an address FAMA may not fetch"
+COULD_NOT_FETCH = "could not fetch the feed"
+
+
+class FeedAddressRefused(FeedError):
+    """The feed URL (or a redirect) leads to loopback, private, link-local, metadata... addresses."""
+
+
+def _embedded_ipv4(ip: ipaddress.IPv4Address | ipaddress.IPv6Address):
+    """The IPv4 address an IPv6 one carries (mapped, 6to4, Teredo, NAT64), or ``ip`` itself."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped:
+            return ip.ipv4_mapped
+        if ip.sixtofour:
+            return ip.sixtofour
+        if ip.teredo:
+            return ip.teredo[1]
+        if ip in NAT64:
+            return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return ip
+
+
+def may_fetch(address: str, *, allowed_networks: list) -> bool:
+    """Public unicast addresses only (or ones inside ``allowed_networks``), never cloud metadata."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    inner = _embedded_ipv4(ip)
+    if ip in METADATA_ADDRESSES or inner in METADATA_ADDRESSES:
+        return False
+    if any(ip in net or inner in net for net in allowed_networks):
+        return True
+    return all(a.is_global and not (a.is_multicast or a.is_reserved or a.is_unspecified) for a in (ip, inner))
+
+
+def _checked_address(url: httpx.URL, allowed_networks: list) -> str:
+    """Resolve the URL's host; every address it has must be allowed. Returns the one to connect to."""
+    if url.scheme not in ("http", "https") or not url.raw_host:
+        raise FeedError("the feed URL must be an http:// or https:// address")
     try:
-        with httpx.stream("GET", url, timeout=settings.feed_fetch_timeout, follow_redirects=True) as response:
+        infos = socket.getaddrinfo(url.raw_host.decode("ascii"), url.port or (443 if url.scheme == "https" else 80),
+                                   type=socket.SOCK_STREAM)
+    except (OSError, ValueError) as exc:
+        raise FeedError(COULD_NOT_FETCH) from exc
+    addresses = list(dict.fromkeys(info[4][0] for info in infos))
+    if not addresses or not all(may_fetch(a, allowed_networks=allowed_networks) for a in addresses):
+        raise FeedAddressRefused(REFUSED_ADDRESS)
+    return addresses[0]
+
+
+def fetch_feed(url: str) -> list:
+    """GET a feed, following at most MAX_REDIRECTS redirects, each hop's address checked.
+
+    The connection goes to the address that was checked (the Host header and TLS name stay
+    the URL's), so a DNS answer that changes between check and connect cannot redirect it.
+    Errors never name the host or port: they may be internal.
+    """
+    settings = get_settings()
+    allowed = [ipaddress.ip_network(n.strip(), strict=False)
+               for n in settings.feed_allow_networks.split(",") if n.strip()]
+    deadline = time.monotonic() + settings.feed_fetch_timeout
+    try:
+        target = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError) as exc:
+        raise FeedError("the feed URL is not a valid http:// or https:// address") from exc
+    with httpx.Client(trust_env=False, follow_redirects=False) as client:
+        for _hop in range(MAX_REDIRECTS + 1):
+            address = _checked_address(target, allowed)
+            body, location = _get(client, target, address, deadline, settings.feed_max_bytes)
+            if location is None:
+                return load_feed(body)
+            try:
+                target = target.join(location)
+            except (httpx.InvalidURL, TypeError, ValueError) as exc:
+                raise FeedError(f"{COULD_NOT_FETCH}: it redirects to an invalid address") from exc
+    raise FeedError(f"{COULD_NOT_FETCH}: more than {MAX_REDIRECTS} redirects")
+
+
+def _get(client: httpx.Client, url: httpx.URL, address: str, deadline: float, max_bytes: int):
+    """(body, None), or (None, Location) for a redirect: one request pinned to ``address``.
+
+    The size limit counts what is read, so the body is asked for uncompressed.
+    """
+    extensions = {"sni_hostname": url.raw_host.decode("ascii")} if url.scheme == "https" else {}
+    host = url.netloc.decode("ascii")
+    try:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise httpx.TimeoutException("deadline")
+        with client.stream("GET", url.copy_with(host=address), headers={"Host": host, "Accept-Encoding": "identity"},
+                           extensions=extensions,
+                           timeout=remaining) as response:
+            if response.is_redirect:
+                return None, response.headers["location"]
             if response.status_code != 200:
-                raise FeedError(f"fetching {url} answered HTTP {response.status_code}")
-            body = b""
+                raise FeedError(f"{COULD_NOT_FETCH}: the feed server answered HTTP {response.status_code}")
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > max_bytes:
+                raise FeedError(f"the feed is larger than {max_bytes} bytes")
+            body = bytearray()
             for chunk in response.iter_bytes():
                 body += chunk
-                if len(body) > settings.feed_max_bytes:
-                    raise FeedError(f"the feed at {url} is larger than {settings.feed_max_bytes} bytes")
+                if len(body) > max_bytes:
+                    raise FeedError(f"the feed is larger than {max_bytes} bytes")
+                if time.monotonic() > deadline:
+                    raise httpx.TimeoutException("deadline")
+            return bytes(body), None
+    except httpx.TimeoutException as exc:
+        raise FeedError(f"{COULD_NOT_FETCH}: it took longer than the time allowed") from exc
     except httpx.HTTPError as exc:
-        raise FeedError(f"could not fetch {url}: {type(exc).__name__}: {exc}") from exc
-    return load_feed(body)
+        raise FeedError(COULD_NOT_FETCH) from exc
 
 
 def read_feed(path_or_url: str) -> list:

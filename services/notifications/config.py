@@ -1,10 +1,10 @@
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from shared.settings import DEV_HASH_KEY, DEV_TRANSIT_KEY, ServiceSettings, common
+from shared.settings import DEV_HASH_KEY, DEV_TRANSIT_KEY, ServiceSettings, common, secret_problems
 
 DEV_CALLBACK_TOKEN = "dev-only-callback-token-change-me"
 
@@ -72,14 +72,19 @@ class Settings(ServiceSettings):
     # Bearer token GOV.UK Notify sends with its delivery and inbound callbacks.
     callback_token: str = DEV_CALLBACK_TOKEN
 
-    @model_validator(mode="after")
-    def check_secrets(self):
-        if self.environment == "production":
-            if self.callback_token == DEV_CALLBACK_TOKEN:
-                raise ValueError("production needs NOTIFICATIONS_CALLBACK_TOKEN")
-            if self.hash_key == DEV_HASH_KEY:
-                raise ValueError("production needs NOTIFICATIONS_HASH_KEY")
-        return self
+    def production_problems(self) -> list[str]:
+        problems = super().production_problems() + self.transit_key_problems(self.contact_transit_keys)
+        problems += secret_problems(self.env_name("callback_token"), self.callback_token,
+                                    dev_value=DEV_CALLBACK_TOKEN)
+        problems += secret_problems(self.env_name("hash_key"), self.hash_key)
+        for env, provider in (("NOTIFICATIONS_SMS_PROVIDER", self.sms_provider),
+                              ("NOTIFICATIONS_EMAIL_PROVIDER", self.email_provider)):
+            if provider == "dev":
+                problems.append(f"{env} is the development provider, which sends nothing; use notify"
+                                + (" or smtp" if "EMAIL" in env else ""))
+        if "notify" in (self.sms_provider, self.email_provider) and not self.notify_api_key:
+            problems.append("NOTIFICATIONS_NOTIFY_API_KEY is not set, and a provider is notify")
+        return problems
 
 
 @lru_cache

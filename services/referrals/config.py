@@ -18,6 +18,9 @@ class Settings(ServiceSettings):
     # How often the scheduler looks for contact details to erase.
     erasure_interval_seconds: float = 3600.0
 
+    def production_problems(self) -> list[str]:
+        return super().production_problems() + self.transit_key_problems(self.contact_transit_keys)
+
 
 @lru_cache
 def get_settings() -> Settings:

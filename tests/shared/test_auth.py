@@ -1,4 +1,5 @@
-"""Bearer tokens: 401 without or with a bad token, 403 for the wrong role or site."""
+"""Bearer tokens: 401 without or with a bad, expired or too long-lived token, 403 for the wrong role
+or site; the bodies say what to do, never what the decoder said."""
 
 from __future__ import annotations
 
@@ -11,7 +12,17 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from fama.cli import app as cli
-from shared.auth import CurrentPrincipal, Role, SiteStaff, decode_token, ensure_site, issue_token, require_roles
+from shared.auth import (
+    SIGN_IN_AGAIN,
+    CurrentPrincipal,
+    Role,
+    SiteStaff,
+    TokenTooLong,
+    decode_token,
+    ensure_site,
+    issue_token,
+    require_roles,
+)
 from shared.settings import ServiceSettings
 
 SETTINGS = ServiceSettings(jwt_secret="test-secret-that-is-long-enough-for-hs256")
@@ -69,13 +80,57 @@ def test_missing_token_is_401(client):
                algorithm="HS256"),
 ])
 def test_bad_expired_or_forged_token_is_401(client, token):
-    assert client.get("/me", headers=bearer(token)).status_code == 401
+    response = client.get("/me", headers=bearer(token))
+    assert response.status_code == 401
+    assert response.json() == {"detail": SIGN_IN_AGAIN}
 
 
-def test_unknown_role_is_401(client):
-    token = jwt.encode({"sub": "x", "role": "superuser", "exp": 9999999999, "aud": "fama", "iss": "fama"},
-                       SETTINGS.jwt_secret, algorithm="HS256")
-    assert client.get("/me", headers=bearer(token)).status_code == 401
+def signed(claims: dict, secret: str = SETTINGS.jwt_secret) -> str:
+    return jwt.encode({"sub": "x", "role": "admin", "aud": "fama", "iss": "fama", **claims}, secret, algorithm="HS256")
+
+
+def in_hours(hours: float) -> int:
+    return int((dt.datetime.now(dt.UTC) + dt.timedelta(hours=hours)).timestamp())
+
+
+def test_unknown_role_is_401_without_the_decoders_words(client):
+    response = client.get("/me", headers=bearer(signed({"role": "superuser", "exp": in_hours(1)})))
+    assert response.status_code == 401
+    assert response.json()["detail"] == SIGN_IN_AGAIN
+    assert "superuser" not in response.text and "Input should be" not in response.text
+    assert "sign in again" in client.get("/me").json()["detail"]  # no token at all
+
+
+def test_a_100_year_token_is_refused(client):
+    now = int(dt.datetime.now(dt.UTC).timestamp())
+    century = signed({"iat": now, "exp": in_hours(24 * 365 * 100)})
+    with pytest.raises(TokenTooLong):
+        decode_token(SETTINGS, century)
+    response = client.get("/me", headers=bearer(century))
+    assert response.status_code == 401 and response.json()["detail"] == SIGN_IN_AGAIN
+    # Without iat its lifetime is counted from now; a backdated iat counts from then.
+    assert client.get("/me", headers=bearer(signed({"exp": in_hours(13)}))).status_code == 401
+    assert client.get("/me", headers=bearer(signed({"iat": now - 3600 * 10, "exp": in_hours(3)}))).status_code == 401
+    assert client.get("/me", headers=bearer(signed({"exp": in_hours(11)}))).status_code == 200
+    assert client.get("/me", headers=bearer(signed({"iat": now, "exp": in_hours(12)}))).status_code == 200
+
+
+def test_the_maximum_lifetime_is_a_setting():
+    short = ServiceSettings(jwt_secret=SETTINGS.jwt_secret, jwt_max_lifetime_hours=1)
+    two_hours = signed({"exp": in_hours(2)})
+    assert decode_token(SETTINGS, two_hours).role == Role.admin
+    with pytest.raises(TokenTooLong):
+        decode_token(short, two_hours)
+    with pytest.raises(ValueError, match="JWT_MAX_LIFETIME_HOURS"):
+        issue_token(short, role="admin", ttl=dt.timedelta(hours=2))
+    claims = jwt.decode(issue_token(short, role="admin"), options={"verify_signature": False})
+    assert claims["exp"] - claims["iat"] == 3600
+
+
+@pytest.mark.parametrize("claims", [{}, {"exp": "soon"}, {"exp": in_hours(1), "iat": "earlier"}])
+def test_tokens_without_a_numeric_exp_are_refused(client, claims):
+    response = client.get("/me", headers=bearer(signed(claims)))
+    assert response.status_code == 401 and response.json()["detail"] == SIGN_IN_AGAIN
 
 
 def test_wrong_role_is_403(client):
@@ -83,6 +138,7 @@ def test_wrong_role_is_403(client):
     response = client.get("/commissioners", headers=bearer(token))
     assert response.status_code == 403
     assert "commissioner" in response.json()["detail"]
+    assert response.json()["detail"].startswith("your role (keyworker) may not do this")
     assert client.get("/commissioners", headers=bearer(issue_token(SETTINGS, role="commissioner",
                                                                     region="London"))).status_code == 200
 
@@ -90,7 +146,8 @@ def test_wrong_role_is_403(client):
 def test_keyworker_acts_only_for_own_site(client):
     token = issue_token(SETTINGS, role="keyworker", site="croydon")
     assert client.get("/sites/croydon/things", headers=bearer(token)).status_code == 200
-    assert client.get("/sites/sheffield/things", headers=bearer(token)).status_code == 403
+    other_site = client.get("/sites/sheffield/things", headers=bearer(token))
+    assert other_site.status_code == 403 and "your role may not act for another site" in other_site.json()["detail"]
     admin = issue_token(SETTINGS, role="admin")
     assert client.get("/sites/sheffield/things", headers=bearer(admin)).status_code == 200
     commissioner = issue_token(SETTINGS, role="commissioner", region="London")
@@ -142,3 +199,15 @@ def test_cli_issues_tokens_the_services_accept():
     assert principal.role == Role.site_lead and principal.site == "gateshead"
     refused = CliRunner().invoke(cli, ["token", "--role", "keyworker"])
     assert refused.exit_code != 0
+
+
+def test_cli_never_mints_a_token_longer_than_the_maximum(monkeypatch):
+    too_long = CliRunner().invoke(cli, ["token", "--role", "admin", "--hours", "876000"])
+    assert too_long.exit_code != 0 and "JWT_MAX_LIFETIME_HOURS" in too_long.output
+    assert CliRunner().invoke(cli, ["token", "--role", "admin", "--hours", "0"]).exit_code != 0
+    monkeypatch.setenv("JWT_MAX_LIFETIME_HOURS", "2")
+    assert CliRunner().invoke(cli, ["token", "--role", "admin", "--hours", "3"]).exit_code != 0
+    result = CliRunner().invoke(cli, ["token", "--role", "admin"])
+    assert result.exit_code == 0, result.output
+    claims = jwt.decode(result.output.strip(), options={"verify_signature": False})
+    assert claims["exp"] - claims["iat"] == 2 * 3600

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import threading
+import time
 from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
@@ -15,6 +18,7 @@ from typer.testing import CliRunner
 from services.directory import feeds
 from services.directory.api import app
 from services.directory.cli import app as cli
+from services.directory.config import get_settings
 from services.directory.models import Meeting
 from services.directory.reference import TYPE_NAMES
 from services.directory.runtime import runtime
@@ -153,7 +157,21 @@ def test_api_import_of_a_body_reports_counts():
     assert client.post("/feeds/import?source=x&timezone=Nowhere/Else", json=[], headers=ADMIN).status_code == 422
 
 
-def test_import_from_a_url_by_api_and_cli(tmp_path):
+@pytest.fixture
+def feed_settings(monkeypatch):
+    """Change the directory's feed settings for one test (e.g. let it reach a local feed server)."""
+
+    def change(**env: str) -> None:
+        for name, value in env.items():
+            monkeypatch.setenv(f"DIRECTORY_{name.upper()}", value)
+        get_settings.cache_clear()
+
+    yield change
+    get_settings.cache_clear()
+
+
+def test_import_from_a_url_by_api_and_cli(tmp_path, feed_settings):
+    feed_settings(feed_allow_networks="127.0.0.0/8")
     (tmp_path / "feed.json").write_text(json.dumps(load("atlanta")))
     server = ThreadingHTTPServer(("127.0.0.1", 0), partial(SimpleHTTPRequestHandler, directory=str(tmp_path)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -200,3 +218,154 @@ def test_export_is_a_spec_feed_that_round_trips():
     again = client.get("/feeds/meeting-guide.json").json()
     strip = [{k: v for k, v in e.items() if k != "updated"} for e in exported]
     assert [{k: v for k, v in e.items() if k != "updated"} for e in again] == strip
+
+
+class FeedServer:
+    """A real HTTP server on a loopback address: routes answer a body, a redirect or a slow drip."""
+
+    def __init__(self, host: str = "127.0.0.1"):
+        self.routes: dict[str, tuple] = {}
+        self.hits: list[str] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                owner.hits.append(self.path)
+                kind, value = owner.routes.get(self.path, ("status", 404))
+                if kind == "redirect":
+                    self.send_response(302)
+                    self.send_header("Location", value)
+                    self.end_headers()
+                elif kind == "body":
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(value)))
+                    self.end_headers()
+                    self.wfile.write(value)
+                elif kind == "drip":
+                    self.send_response(200)
+                    self.end_headers()
+                    try:
+                        for _ in range(value):
+                            self.wfile.write(b" ")
+                            self.wfile.flush()
+                            time.sleep(0.25)
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass  # the fetch gave up, as it should
+                else:
+                    self.send_response(value)
+                    self.end_headers()
+
+            def log_message(self, *args):
+                """Quiet: the test output is not the place for access logs."""
+
+        self.server = ThreadingHTTPServer((host, 0), Handler)
+        self.port = self.server.server_address[1]
+        self.base = f"http://{host}:{self.port}"
+
+    def __enter__(self):
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+ATLANTA = json.dumps([{"slug": "a-1", "name": "Morning group", "day": 1, "time": "07:00"}]).encode()
+
+
+def refused_import(url: str, *hidden: str) -> str:
+    response = client.post("/feeds/import?source=atl", json={"url": url}, headers=ADMIN)
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    for text in hidden:
+        assert text not in response.text, f"the error names {text!r}"
+    return detail
+
+
+@pytest.mark.parametrize("address", [
+    "127.0.0.1:{port}", "localhost:{port}", "[::1]:{port}", "[::ffff:127.0.0.1]:{port}", "0.0.0.0:{port}",
+    "127.1:{port}", "2130706433:{port}", "10.1.2.3:8080", "192.168.1.1", "172.16.0.1", "100.64.0.1",
+    "169.254.169.254", "[fd00:ec2::254]", "100.100.100.200", "224.0.0.1", "240.0.0.1", "[fe80::1]",
+])
+def test_by_default_feed_urls_may_not_reach_internal_addresses(address):
+    with FeedServer() as server:
+        server.routes["/feed.json"] = ("body", ATLANTA)
+        url = f"http://{address.format(port=server.port)}/feed.json"
+        host = httpx.URL(url).host
+        detail = refused_import(url, str(server.port), "127.0.0.1", "localhost", "8080", host)
+        assert detail == feeds.REFUSED_ADDRESS
+        with pytest.raises(feeds.FeedAddressRefused):
+            feeds.fetch_feed(url.replace("http://", "https://"))
+        assert server.hits == []  # nothing was even asked
+    assert live_count() == 0
+
+
+def test_a_redirect_from_an_allowed_server_to_an_internal_address_is_refused(feed_settings):
+    feed_settings(feed_allow_networks="127.0.0.2/32")  # the first server only, as if it were public
+    with FeedServer("127.0.0.2") as allowed, FeedServer("127.0.0.1") as internal:
+        internal.routes["/feed.json"] = ("body", ATLANTA)
+        allowed.routes["/to-internal"] = ("redirect", f"{internal.base}/feed.json")
+        allowed.routes["/to-localhost"] = ("redirect", f"http://localhost:{internal.port}/feed.json")
+        allowed.routes["/to-metadata"] = ("redirect", "http://169.254.169.254/latest/meta-data/")
+        allowed.routes["/to-file"] = ("redirect", "file:///etc/passwd")
+        allowed.routes["/feed.json"] = ("body", ATLANTA)
+        allowed.routes["/moved"] = ("redirect", "/feed.json")
+        for path in ("/to-internal", "/to-localhost", "/to-metadata"):
+            detail = refused_import(f"{allowed.base}{path}", str(internal.port), str(allowed.port), "127.0.0")
+            assert detail == feeds.REFUSED_ADDRESS
+        assert "http:// or https://" in refused_import(f"{allowed.base}/to-file")
+        assert internal.hits == []
+        # Redirects among allowed addresses are followed.
+        response = client.post("/feeds/import?source=atl", json={"url": f"{allowed.base}/moved"}, headers=ADMIN)
+        assert response.status_code == 200 and response.json()["created"] == 1
+
+
+def test_redirects_stop_after_five(feed_settings):
+    feed_settings(feed_allow_networks="127.0.0.0/8")
+    with FeedServer() as server:
+        for hop in range(7):
+            server.routes[f"/{hop}"] = ("redirect", f"/{hop + 1}")
+        server.routes["/7"] = ("body", ATLANTA)
+        detail = refused_import(f"{server.base}/0", str(server.port))
+        assert "more than 5 redirects" in detail
+        assert server.hits == ["/0", "/1", "/2", "/3", "/4", "/5"]
+        server.routes["/2"] = ("redirect", "/7")  # 0 -> 1 -> 2 -> 7: three hops are fine
+        assert client.post("/feeds/import?source=atl", json={"url": f"{server.base}/0"},
+                           headers=ADMIN).json()["created"] == 1
+
+
+def test_feeds_too_large_or_too_slow_are_refused(feed_settings):
+    feed_settings(feed_allow_networks="127.0.0.0/8", feed_max_bytes="1000", feed_fetch_timeout="1")
+    with FeedServer() as server:
+        server.routes["/big.json"] = ("body", b"[" + b"{}," * 2000 + b"{}]")
+        server.routes["/slow.json"] = ("drip", 40)
+        assert refused_import(f"{server.base}/big.json", str(server.port)) == "the feed is larger than 1000 bytes"
+        started = time.monotonic()
+        detail = refused_import(f"{server.base}/slow.json", str(server.port))
+        assert "took longer than the time allowed" in detail
+        assert time.monotonic() - started < 5  # the whole fetch is timed, not each read
+    assert live_count() == 0
+
+
+def test_unreachable_feeds_fail_without_naming_the_host(feed_settings):
+    feed_settings(feed_allow_networks="127.0.0.0/8")
+    with FeedServer() as server:
+        port = server.port
+    detail = refused_import(f"http://127.0.0.1:{port}/feed.json", str(port), "127.0.0.1", "Connect")
+    assert detail == feeds.COULD_NOT_FETCH
+    assert refused_import("http://no-such-host.invalid/feed.json", "no-such-host") == feeds.COULD_NOT_FETCH
+    for odd in ("http://xn--/feed.json", "http://example.org:99999/", "http://[v1.x]/", "http://u:p@/x"):
+        refused_import(odd)  # a clear 4xx, never a 5xx
+
+
+def test_metadata_addresses_are_refused_even_inside_allowed_networks():
+    everything = [ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")]
+    for address in ("169.254.169.254", "fd00:ec2::254", "::ffff:169.254.169.254", "64:ff9b::a9fe:a9fe"):
+        assert not feeds.may_fetch(address, allowed_networks=everything)
+    assert feeds.may_fetch("127.0.0.1", allowed_networks=everything)
+    assert feeds.may_fetch("93.184.216.34", allowed_networks=[])
+    assert feeds.may_fetch("2606:2800:220:1:248:1893:25c8:1946", allowed_networks=[])
+    for address in ("64:ff9b::7f00:1", "2002:7f00:1::", "::ffff:10.0.0.1"):  # IPv4 inside IPv6
+        assert not feeds.may_fetch(address, allowed_networks=[])
