@@ -26,8 +26,6 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from jinja2 import ChoiceLoader, FileSystemLoader, pass_context
 from markupsafe import Markup
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.auth import Principal, Role, decode_token
 from shared.settings import ServiceSettings
@@ -38,14 +36,6 @@ LOGIN_PATH = "/signin"
 LOGOUT_PATH = LOGIN_PATH + "/out"
 CSRF_FIELD = "csrf_token"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-
-
-class PageSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
-
-    # Key of the form tokens' HMAC; when unset it is derived from the service's secrets. Every process of a
-    # service needs the same one (a form rendered by one is posted to another).
-    csrf_secret: str | None = Field(None, validation_alias=AliasChoices("CSRF_SECRET", "csrf_secret"))
 
 
 class NeedsLogin(Exception):
@@ -71,7 +61,7 @@ def csrf_cookie_name(settings: ServiceSettings) -> str:
 
 def _csrf_key(settings: ServiceSettings) -> bytes:
     # Without CSRF_SECRET: the service's own secrets (production refuses development encryption keys).
-    secret = PageSettings().csrf_secret or f"{settings.jwt_secret}|{settings.encryption_keys}"
+    secret = settings.csrf_secret or f"{settings.jwt_secret}|{settings.encryption_keys}"
     return hashlib.sha256(b"fama-form-token:" + secret.encode()).digest()
 
 

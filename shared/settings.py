@@ -124,6 +124,14 @@ class ServiceSettings(BaseSettings):
     public_rate_limit_per_minute: int = common("PUBLIC_RATE_LIMIT_PER_MINUTE", 300)
     callback_rate_limit_per_minute: int = common("CALLBACK_RATE_LIMIT_PER_MINUTE", 6000)
 
+    # Addresses or networks (comma-separated, e.g. "10.0.0.0/8,127.0.0.1") of the reverse proxies whose
+    # X-Forwarded-For / X-Forwarded-Proto are believed; "*" trusts every peer (only when nothing but the
+    # proxy can reach the API). The same variable uvicorn's --proxy-headers reads.
+    forwarded_allow_ips: str = common("FORWARDED_ALLOW_IPS", "127.0.0.1")
+    # Key of the page forms' token HMAC; unset: derived from the service's secrets. Every process of a
+    # service needs the same one (a form rendered by one is posted to another).
+    csrf_secret: str | None = common("CSRF_SECRET", None)
+
     # Where people reach each service's pages, for links between them (never called server-side).
     directory_public_url: str = common("DIRECTORY_PUBLIC_URL", "http://127.0.0.1:8001")
     referrals_public_url: str = common("REFERRALS_PUBLIC_URL", "http://127.0.0.1:8002")
@@ -152,6 +160,8 @@ class ServiceSettings(BaseSettings):
             problems.append(f"JWT_MAX_LIFETIME_HOURS is above {JWT_MAX_LIFETIME_CEILING_HOURS:g} hours; "
                             "production tokens must be short-lived")
         problems += fernet_key_problems(self.env_name("encryption_keys"), self.encryption_keys)
+        if self.csrf_secret is not None:
+            problems += secret_problems("CSRF_SECRET", self.csrf_secret)
         return problems
 
     def transit_key_problems(self, transit_keys: str) -> list[str]:

@@ -20,8 +20,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
@@ -46,18 +44,6 @@ HSTS = "max-age=31536000; includeSubDomains"
 DOCS_CSP = ("default-src 'self'; img-src 'self' data: https://fastapi.tiangolo.com; style-src 'self' https://cdn.jsdelivr.net; "
             "script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; frame-ancestors 'none'")
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-
-
-class WebSettings(BaseSettings):
-    """Settings of the HTTP layer read by every API process."""
-
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
-
-    # Addresses or networks (comma-separated, e.g. "10.0.0.0/8,127.0.0.1") of the reverse proxies
-    # whose X-Forwarded-For and X-Forwarded-Proto are believed; "*" trusts every peer (only when
-    # nothing but the proxy can reach the API). The same variable uvicorn's --proxy-headers reads.
-    forwarded_allow_ips: str = Field("127.0.0.1", validation_alias=AliasChoices("FORWARDED_ALLOW_IPS",
-                                                                                "forwarded_allow_ips"))
 
 
 def is_cross_site(request: Request, *, own_origins: set[str]) -> bool:
@@ -200,7 +186,7 @@ def make_app(*, service: str, settings: ServiceSettings, engine: Callable[[], En
     docs_paths = {p for p in (app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url) if p}
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     # The client address behind a trusted proxy (for the rate limits); anyone else's X-Forwarded-For is ignored.
-    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=WebSettings().forwarded_allow_ips)
+    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)
     registry = CollectorRegistry()
     requests = Counter("http_requests_total", "HTTP requests", ["method", "route", "status"], registry=registry)
     latency = Histogram("http_request_duration_seconds", "HTTP request latency", ["method", "route"], registry=registry)
