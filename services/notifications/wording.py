@@ -179,19 +179,20 @@ def venues_of(meeting: MeetingSnapshot, *, full: bool) -> list[str | None]:
     return [v for i, v in enumerate(shorter) if v and v not in shorter[:i]] + [None]
 
 
-def joining_of(meeting: MeetingSnapshot, *, full: bool = True, notes: bool = True) -> str | None:
+def joining_of(meeting: MeetingSnapshot, *, full: bool = True, url_notes: bool = True,
+               phone_notes: bool = True) -> str | None:
     """How to join online or by phone; in discreet mode only the parts that give nothing away."""
     if meeting.attendance_option not in ("online", "hybrid"):
         return None
     parts = []
     if url := _shown(meeting.conference_url, full=full):
         parts.append(url)
-        if notes and (url_notes := _shown(meeting.conference_url_notes, full=full)):
-            parts.append(url_notes)
+        if url_notes and (notes := _shown(meeting.conference_url_notes, full=full)):
+            parts.append(notes)
     if phone := _shown(meeting.conference_phone, full=full):
         parts.append(f"{'or call' if parts else 'call'} {phone}")
-        if notes and (phone_notes := _shown(meeting.conference_phone_notes, full=full)):
-            parts.append(f"({phone_notes})")
+        if phone_notes and (notes := _shown(meeting.conference_phone_notes, full=full)):
+            parts.append(f"({notes})")
     return " ".join(parts) or None
 
 
@@ -227,8 +228,9 @@ def _message(*, channel: str, body: str, subject: str) -> Message:
 def _optional_parts(meeting: MeetingSnapshot, *, full: bool) -> Iterator[tuple[str | None, str | None]]:
     """(venue, joining) with less and less in them: joining notes go first, then joining, then venue detail."""
     venues = venues_of(meeting, full=full)
-    yield venues[0], joining_of(meeting, full=full, notes=True)
-    yield venues[0], joining_of(meeting, full=full, notes=False)
+    yield venues[0], joining_of(meeting, full=full)
+    yield venues[0], joining_of(meeting, full=full, url_notes=False)  # the link's notes are the long ones
+    yield venues[0], joining_of(meeting, full=full, url_notes=False, phone_notes=False)
     for venue in venues:
         yield venue, None
 
