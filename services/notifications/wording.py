@@ -62,8 +62,8 @@ INDISCREET_ANYWHERE = (
     "12step", "bigbook", "heroin", "opiate", "opioid", "methadone", "substance", "relapse", "crystalmeth",
     "livingsober", "soberliving",
 )
-# - at the start of a word ("Sober-living", "drugs", "SMART"), not inside one ("Drinkwater" is
-#   caught, "Methodist" must not be, so "meth" is in the last list);
+# - at the start of a word ("Sober-living", "drugs", "SMART"), not inside one (a "Drinkwater Road"
+#   is left out too, better safe; "Methodist" must pass, so "meth" is in the last list);
 INDISCREET_WORD_STARTS = ("sober", "drink", "drunk", "drug", "rehab", "detox", "smart", "booze", "crack")
 # - as a whole word only, also when its letters are spaced or dotted out ("A.A.", "A A", "n/a"):
 #   the fellowships' abbreviations ("CA1" is a Carlisle postcode, "1AA" ends many).
@@ -89,7 +89,8 @@ def _words(text: str) -> list[str]:
 def indiscreet_words(text: str) -> list[str]:
     """The fellowship and recovery words found in ``text`` (normalised), whatever their spelling."""
     words = _words(text)
-    found = [w for w in INDISCREET_ANYWHERE if w in "".join(words)]
+    run_together = "".join(words)
+    found = [w for w in INDISCREET_ANYWHERE if w in run_together]
     for i in range(len(words)):
         run = ""  # this word and the next ones run together: "A.A." -> "aa", "sob-er" -> "sober"
         for word in words[i:]:
