@@ -5,11 +5,13 @@ import uuid
 from typing import Annotated
 
 from fastapi import Depends, Header, HTTPException, Query, status
-from sqlalchemy import select
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from services.notifications import service
-from services.notifications.models import DevMessage, ReferralContact, Reminder
+from services.notifications.models import CREATED, TOO_LATE, DevMessage, ReferralContact, Reminder
 from services.notifications.runtime import runtime
 from services.notifications.schemas import (
     CallbackResult,
@@ -27,6 +29,34 @@ SessionDep = Annotated[Session, Depends(runtime.get_session)]
 app = make_app(service="notifications", settings=runtime.settings, engine=lambda: runtime.engine,
                title="FAMA notifications",
                description="Reminder plans and messages, opt-outs, GOV.UK Notify delivery and inbound callbacks.")
+
+
+class ReminderTimingMetrics:
+    """/metrics: reminders the send-time clock check ended or holds, counted from the database
+    (the send workers are other processes, other containers)."""
+
+    def describe(self):
+        return []  # registering must not touch the database
+
+    def collect(self):
+        try:
+            with runtime.sessions() as session:
+                too_late = session.execute(select(Reminder.kind, func.count()).where(Reminder.status == TOO_LATE)
+                                           .group_by(Reminder.kind)).all()
+                held = session.execute(select(Reminder.kind, func.count()).where(
+                    Reminder.status == CREATED, Reminder.reason.like("held:%")).group_by(Reminder.kind)).all()
+        except SQLAlchemyError:
+            return  # /readyz reports the database; the scrape still answers
+        ended = CounterMetricFamily("fama_reminders_too_late", "Reminders not sent: too late (by kind)", labels=["kind"])
+        waiting = GaugeMetricFamily("fama_reminders_held", "Reminders held now (quiet hours, meeting not over)",
+                                    labels=["kind"])
+        for family, rows in ((ended, too_late), (waiting, held)):
+            for kind, count in rows:
+                family.add_metric([kind], count)
+            yield family
+
+
+app.state.metrics_registry.register(ReminderTimingMetrics())
 
 
 def notify_caller(authorization: Annotated[str | None, Header()] = None) -> None:

@@ -26,6 +26,11 @@ class Settings(ServiceSettings):
     follow_up_time: str = "10:00"
     quiet_start: str = "21:00"
     quiet_end: str = "08:00"
+    # Checked again at send time: a reminder before a meeting (day-before, hours-before, a
+    # change notice) is not sent later than this many minutes before the start.
+    send_margin_minutes: float = Field(default=30.0, ge=0)
+    # How long a meeting is taken to last when its feed gives no end time (a follow-up waits).
+    meeting_minutes: int = Field(default=90, ge=1)
     # Planned reminders per contact per local day (change notices are always sent).
     daily_cap: int = 3
     # Messages per number (or address) per rolling hour, checked at send time.

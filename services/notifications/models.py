@@ -30,9 +30,11 @@ def at_rest_cipher() -> FieldCipher:
 CREATED, QUEUED, SENDING, SENT, DELIVERED = "created", "queued", "sending", "sent", "delivered"
 PERMANENT_FAILURE, TEMPORARY_FAILURE, TECHNICAL_FAILURE = "permanent-failure", "temporary-failure", "technical-failure"
 CANCELLED = "cancelled"
+# Not sent: by the time it could go, the meeting had started (or its last useful moment passed).
+TOO_LATE = "too-late"
 PENDING = (CREATED, QUEUED)
 FAILURES = (PERMANENT_FAILURE, TEMPORARY_FAILURE, TECHNICAL_FAILURE)
-FINAL = (DELIVERED, *FAILURES, CANCELLED)
+FINAL = (DELIVERED, *FAILURES, CANCELLED, TOO_LATE)
 
 
 class ReferralContact(Base):
@@ -78,6 +80,8 @@ class Reminder(Base):
     # The meeting start this reminder is about (for a move notice: the new start).
     meeting_start: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     previous_start: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # When that meeting ends (a follow-up waits for it); None on rows planned before it was kept.
+    meeting_end: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     due_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     status: Mapped[str] = mapped_column(String(24), default=CREATED)
     reason: Mapped[str | None] = mapped_column(String(200))

@@ -49,6 +49,7 @@ from services.notifications.models import (
     SENDING,
     SENT,
     TECHNICAL_FAILURE,
+    TOO_LATE,
     DevMessage,
     OptOut,
     ReferralContact,
@@ -63,7 +64,7 @@ from services.notifications.providers import (
     provider_for,
 )
 from services.notifications.runtime import runtime
-from services.notifications.service import aware, fact
+from services.notifications.service import HOLD, SEND, aware, fact, send_verdict
 from services.notifications.wording import Message, render
 from shared import queues
 from shared.db import is_sqlite, make_engine, make_sessionmaker, transaction
@@ -199,14 +200,17 @@ def publish_sends(ids: list[uuid.UUID], *, countdown: float | None = None) -> No
 
 
 def dispatch_due(*, now: dt.datetime | None = None, batch: int | None = None) -> int:
-    """Claim due reminders (created -> queued) and enqueue one immediate send task each."""
+    """Claim due reminders (created -> queued) and enqueue immediate send tasks for them.
+
+    A backlog drains what is still useful first: reminders before a meeting, soonest meeting
+    first, then follow-ups (the rate limit then decides how fast)."""
     batch = batch or runtime.settings.dispatch_batch
     total = 0
     while True:
         at = now or utcnow()
         with runtime.sessions() as session:
             query = (select(Reminder.id).where(Reminder.status == CREATED, Reminder.due_at <= at)
-                     .order_by(Reminder.due_at).limit(batch))
+                     .order_by(Reminder.kind == "follow_up", Reminder.meeting_start, Reminder.due_at).limit(batch))
             if not is_sqlite(session.get_bind()):
                 query = query.with_for_update(skip_locked=True)  # SQLite: BEGIN IMMEDIATE serialises
             ids = list(session.scalars(query))
@@ -298,8 +302,8 @@ def _build_claim(*, with_state: bool):
     compiled form and cache key. SQLite's RETURNING cannot name the outer table inside a
     subquery, so there the state is a second statement (``_STATE``)."""
     r = _reminders.c
-    returning = [*_FACT_COLUMNS, r.contact_hash, r.meeting_slug, r.meeting_start, r.previous_start, r.attempts,
-                 r.in_doubt]
+    returning = [*_FACT_COLUMNS, r.contact_hash, r.meeting_slug, r.meeting_start, r.meeting_end, r.previous_start,
+                 r.attempts, r.in_doubt]
     if with_state:
         returning += _state_columns(r.referral_id, r.contact_hash)
     return (
@@ -416,6 +420,10 @@ def _prepare(reminder_id: uuid.UUID, now: dt.datetime) -> tuple[Row, str, Messag
         with send_transaction() as session:
             _finish(session, reminder, status=PERMANENT_FAILURE, reason="meeting unknown", event="reminder.failed")
         return "failed: meeting unknown"
+    if not reminder.in_doubt:  # in doubt: the provider is asked first (send_reminder), then the clock
+        held_or_ended = _hold_or_end(reminder, meeting, now)
+        if held_or_ended is not None:
+            return held_or_ended
     message = render(kind=reminder.kind, channel=reminder.channel, meeting=meeting,
                      start=aware(reminder.meeting_start), previous_start=aware(reminder.previous_start),
                      detail=reminder.detail, now=now, templates_dir=runtime.settings.templates_dir)
@@ -430,6 +438,31 @@ def _reason_not_to_send(reminder: Row) -> tuple[str, str, str] | None:
             not reminder.active and reminder.kind != "meeting_cancelled"):
         return CANCELLED, "no longer wanted", "reminder.cancelled"
     return None
+
+
+def _hold_or_end(reminder: Row, meeting: MeetingSnapshot, now: dt.datetime) -> str | None:
+    """The clock checked again at send time (service.send_verdict): hold the claimed reminder
+    in the database until it may go (created, due then: the dispatcher sends it), or end it
+    "too late". Returns the outcome, or None when it may go now."""
+    verdict, until, reason = send_verdict(kind=reminder.kind, start=aware(reminder.meeting_start),
+                                          end=aware(reminder.meeting_end), timezone=meeting.timezone, now=now,
+                                          cfg=runtime.settings)
+    if verdict == SEND:
+        return None
+    with send_transaction() as session:
+        if verdict != HOLD:
+            _finish(session, reminder, status=TOO_LATE, reason=reason, event="reminder.failed")
+            log.info("reminder.too_late", reminder_id=str(reminder.id), kind=reminder.kind, reason=reason)
+            return f"not sent: {reason}"
+        # The claim's attempt is given back: waiting is not an attempt to send.
+        held = session.execute(update(_reminders).where(*_ours(reminder)).values(
+            status=CREATED, due_at=until, reason=reason, queued_at=None, in_doubt=False,
+            attempts=_reminders.c.attempts - 1, updated_at=now)).rowcount
+        if held:
+            runtime.outbox.record(session, "reminder.scheduled",
+                                  fact(reminder, reason).model_copy(update={"due_at": until}))
+    log.info("reminder.held", reminder_id=str(reminder.id), kind=reminder.kind, reason=reason, until=until.isoformat())
+    return f"{reason} until {until.isoformat()}"
 
 
 def _meeting(slug: str) -> MeetingSnapshot | None:
@@ -518,6 +551,9 @@ def send_reminder(*, reminder_id: uuid.UUID) -> str:
         if found:
             _mark_sent(reminder, found, only_our_claim=False)
             return "sent (found at the provider)"
+        held_or_ended = _hold_or_end(reminder, _meeting(reminder.meeting_slug), utcnow())
+        if held_or_ended is not None:
+            return held_or_ended
     try:
         return _send_and_mark(provider, reminder, to, message)
     except PermanentFailure as exc:
@@ -529,6 +565,14 @@ def send_reminder(*, reminder_id: uuid.UUID) -> str:
             return "failed: technical"
         # Exponential backoff, capped: a retry stays a few minutes away at most (no far-off ETA tasks).
         countdown = min(cfg.retry_base_seconds * 2 ** (reminder.attempts - 1), MAX_RETRY_SECONDS)
+        # Checked again before the retry: one that could only come too late ends now. (Quiet
+        # hours are checked when the retry claims it.)
+        verdict, _, reason = send_verdict(kind=reminder.kind, start=aware(reminder.meeting_start),
+                                          end=aware(reminder.meeting_end), timezone=_meeting(reminder.meeting_slug).timezone,
+                                          now=utcnow() + dt.timedelta(seconds=countdown), cfg=cfg)
+        if verdict == TOO_LATE:
+            _fail(reminder, status=TOO_LATE, reason=f"{reason} (provider: {exc})")
+            return f"not sent: {reason}"
         with send_transaction() as session:
             requeued = session.execute(update(_reminders).where(*_ours(reminder)).values(
                 status=QUEUED, in_doubt=False, reason=str(exc)[:200], updated_at=utcnow(),

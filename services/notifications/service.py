@@ -25,6 +25,7 @@ from services.notifications.models import (
     PENDING,
     SENDING,
     SENT,
+    TOO_LATE,
     OptOut,
     ReferralContact,
     Reminder,
@@ -90,6 +91,17 @@ def meeting_start(meeting: MeetingSnapshot, planned_date: dt.date) -> dt.datetim
     if not meeting.time:
         return None
     return local_start(planned_date, meeting.time, meeting.timezone).astimezone(dt.UTC)
+
+
+def meeting_end(meeting: MeetingSnapshot, start: dt.datetime, cfg: Settings) -> dt.datetime:
+    """When the occurrence starting at ``start`` ends (UTC): its end time, else ``meeting_minutes`` later."""
+    if not meeting.end_time:
+        return start + dt.timedelta(minutes=cfg.meeting_minutes)
+    local = start.astimezone(ZoneInfo(meeting.timezone))
+    end = local_start(local.date(), meeting.end_time, meeting.timezone)
+    if end <= local:  # ends after midnight
+        end = local_start(local.date() + dt.timedelta(days=1), meeting.end_time, meeting.timezone)
+    return end.astimezone(dt.UTC)
 
 
 def in_quiet_hours(local: dt.datetime, cfg: Settings) -> bool:
@@ -158,6 +170,35 @@ def plan_times(*, meeting: MeetingSnapshot, planned_date: dt.date, now: dt.datet
     return out
 
 
+SEND, HOLD = "send", "hold"  # send_verdict's answers, with TOO_LATE
+
+
+def send_verdict(*, kind: str, start: dt.datetime, end: dt.datetime | None, timezone: str, now: dt.datetime,
+                 cfg: Settings) -> tuple[str, dt.datetime | None, str | None]:
+    """The clock checked again at send time: (SEND, None, None), (HOLD, until, reason) or (TOO_LATE, None, reason).
+
+    The table in docs/REMINDER-TIMING.md, row by row. A reminder before its meeting goes no
+    later than ``send_margin_minutes`` before the start; a follow-up not before the end. Quiet
+    hours are the meeting's own wall clock; holding until they end is pointless for a reminder
+    whose last useful moment comes first."""
+    latest = start - dt.timedelta(minutes=cfg.send_margin_minutes)
+    if kind == "follow_up":
+        end = end or start + dt.timedelta(minutes=cfg.meeting_minutes)
+        if now < end:
+            return HOLD, end, "held: the meeting has not ended"
+    elif now >= start:
+        return TOO_LATE, None, "too late: the meeting had started"
+    elif now > latest:
+        return TOO_LATE, None, f"too late: less than {cfg.send_margin_minutes:g} minutes before the meeting"
+    local = now.astimezone(ZoneInfo(timezone))
+    if in_quiet_hours(local, cfg):
+        until = after_quiet_hours(local, cfg).astimezone(dt.UTC)
+        if kind != "follow_up" and until > latest:
+            return TOO_LATE, None, "too late: quiet hours end too close to the meeting"
+        return HOLD, until, "held: quiet hours"
+    return SEND, None, None
+
+
 def notice_time(now: dt.datetime, meeting: MeetingSnapshot, cfg: Settings) -> dt.datetime:
     """A change notice goes now, or when quiet hours end."""
     local = now.astimezone(ZoneInfo(meeting.timezone))
@@ -183,8 +224,8 @@ def _planned_that_day(session: Session, hash_: str, due: dt.datetime, tz: ZoneIn
         Reminder.due_at >= start, Reminder.due_at < end)) or 0
 
 
-def _put_reminder(session: Session, contact: ReferralContact, *, kind: str, start: dt.datetime, due: dt.datetime,
-                  previous_start: dt.datetime | None = None) -> Reminder | None:
+def _put_reminder(session: Session, contact: ReferralContact, *, kind: str, start: dt.datetime, end: dt.datetime,
+                  due: dt.datetime, previous_start: dt.datetime | None = None) -> Reminder | None:
     """Create the reminder, or revive a cancelled one for the same occurrence; None if it exists."""
     existing = session.scalar(select(Reminder).where(Reminder.referral_id == contact.referral_id,
                                                      Reminder.kind == kind, Reminder.meeting_start == start))
@@ -193,12 +234,14 @@ def _put_reminder(session: Session, contact: ReferralContact, *, kind: str, star
             return None
         existing.status, existing.due_at, existing.reason, existing.attempts = CREATED, due, None, 0
         existing.previous_start, existing.contact_hash, existing.channel = previous_start, contact.contact_hash, contact.channel
+        existing.meeting_end = end
         reminder = existing
     else:
         reminder = Reminder(id=uuid.uuid4(), referral_id=contact.referral_id, site_id=contact.site_id,
                             fellowship=contact.fellowship, meeting_slug=contact.meeting_slug, kind=kind,
                             channel=contact.channel, contact_hash=contact.contact_hash, meeting_start=start,
-                            previous_start=previous_start, due_at=due, status=CREATED, attempts=0, in_doubt=False)
+                            meeting_end=end, previous_start=previous_start, due_at=due, status=CREATED, attempts=0,
+                            in_doubt=False)
         session.add(reminder)
     session.flush()
     runtime.outbox.record(session, "reminder.scheduled", fact(reminder))
@@ -226,7 +269,8 @@ def plan_reminders(session: Session, *, contact: ReferralContact, meeting: Meeti
         if _planned_that_day(session, contact.contact_hash, due, tz) >= cfg.daily_cap:
             log.info("reminder.skipped_daily_cap", referral_id=str(contact.referral_id), kind=kind)
             continue
-        reminder = _put_reminder(session, contact, kind=kind, start=start, due=due)
+        reminder = _put_reminder(session, contact, kind=kind, start=start, end=meeting_end(meeting, start, cfg),
+                                 due=due)
         if reminder is not None:
             made.append(reminder)
     return made
@@ -351,6 +395,7 @@ def meeting_changed(session: Session, *, previous: MeetingSnapshot | None, curre
             new_start = nxt.astimezone(dt.UTC) if nxt else None
             new_date = nxt.date() if nxt else new_date
         if new_start == old_start:
+            _keep_end(session, contact, meeting=current, start=old_start, cfg=cfg)
             continue
         cancel_pending(session, _pending_of(session, referral_id=contact.referral_id), reason="meeting moved")
         if new_start is None:
@@ -359,7 +404,16 @@ def meeting_changed(session: Session, *, previous: MeetingSnapshot | None, curre
         plan_reminders(session, contact=contact, meeting=current, now=now)
         due = notice_time(now, current, cfg)
         if due < new_start:
-            _put_reminder(session, contact, kind="meeting_moved", start=new_start, due=due, previous_start=old_start)
+            _put_reminder(session, contact, kind="meeting_moved", start=new_start,
+                          end=meeting_end(current, new_start, cfg), due=due, previous_start=old_start)
+
+
+def _keep_end(session: Session, contact: ReferralContact, *, meeting: MeetingSnapshot, start: dt.datetime,
+              cfg: Settings) -> None:
+    """Same start, perhaps a new end time: pending reminders of that occurrence keep the right end."""
+    session.execute(update(Reminder).where(Reminder.referral_id == contact.referral_id, Reminder.meeting_start == start,
+                                           Reminder.status.in_(PENDING))
+                    .values(meeting_end=meeting_end(meeting, start, cfg)).execution_options(synchronize_session=False))
 
 
 def meeting_withdrawn(session: Session, *, meeting: MeetingSnapshot, now: dt.datetime | None = None) -> None:
@@ -375,7 +429,8 @@ def meeting_withdrawn(session: Session, *, meeting: MeetingSnapshot, now: dt.dat
             continue
         due = notice_time(now, meeting, cfg)
         if due < start:
-            _put_reminder(session, contact, kind="meeting_cancelled", start=start, due=due)
+            _put_reminder(session, contact, kind="meeting_cancelled", start=start, end=meeting_end(meeting, start, cfg),
+                          due=due)
 
 
 # --- opt-outs and callbacks ------------------------------------------------------------------

@@ -80,7 +80,7 @@ REMINDER_KINDS = {"day_before": "The day before", "hours_before": "A few hours b
                   "follow_up": "Follow-up after the meeting", "meeting_moved": "Meeting moved",
                   "meeting_cancelled": "Meeting cancelled"}
 REMINDER_STATUSES = {"scheduled": "Planned", "sent": "Sent", "delivered": "Delivered", "failed": "Not delivered",
-                     "cancelled": "Cancelled"}
+                     "cancelled": "Cancelled", "held": "Held", "too-late": "Not sent: too late"}
 CHANNELS = {"sms": "Text message", "email": "Email"}
 HISTORY_ACTIONS = {"created": "Referral recorded", "transition": "Stage changed", "consent_withdrawn": "Consent withdrawn",
                    "contact_unreachable": "Contact details not reachable", "contact_erased": "Contact details erased"}

@@ -356,7 +356,7 @@ def apply_opt_out(session: Session, *, event: Event) -> int:
 
 
 # Later statuses win whatever order the events arrive in; among final ones the newest event wins.
-REMINDER_RANK = {"scheduled": 0, "sent": 1, "delivered": 2, "failed": 2, "cancelled": 2}
+REMINDER_RANK = {"scheduled": 0, "held": 0, "sent": 1, "delivered": 2, "failed": 2, "too-late": 2, "cancelled": 2}
 
 
 def _aware(value: dt.datetime) -> dt.datetime:
@@ -367,6 +367,8 @@ def record_reminder_fact(session: Session, *, event: Event) -> None:
     """reminder.*: keep the referral's local view of its reminders (and reachability)."""
     fact: ReminderFact = event.parsed()
     status = event.type.removeprefix("reminder.")
+    if (fact.reason or "").startswith(("held:", "too late:")):  # notifications' send-time clock check
+        status = {"scheduled": "held", "failed": "too-late"}.get(status, status)
     at = event.occurred_at
     row = session.scalar(select(ReferralReminder).where(ReferralReminder.reminder_id == fact.reminder_id)
                          .with_for_update())

@@ -26,6 +26,7 @@ from shared.meeting_time import meeting_guide_weekday
 from shared.replica import get_meeting
 from tests.chaos import harness
 from tests.chaos.harness import ChaosStack, PhoneScanner, PrivateRedis, Stream, TimeMachine
+from tests.services.notifications.support import ANY_HOUR
 from tests.support.auth import auth
 from tests.support.broker import event_bodies, queued_messages
 from tests.support.processes import wait_for
@@ -102,7 +103,8 @@ def test_nothing_lost_or_doubled_under_faults(redis_prefix, capsys):
     private_redis = PrivateRedis()
     env = {"REDIS_URL": private_redis.url, "NOTIFICATIONS_SENDING_STALE_SECONDS": "10",
            "NOTIFICATIONS_SWEEP_SECONDS": "2", "NOTIFICATIONS_QUEUED_STALE_SECONDS": "30",
-           "NOTIFICATIONS_DISPATCH_SECONDS": "1", "NOTIFICATIONS_RATE_LIMIT_PER_MINUTE": "0"}
+           "NOTIFICATIONS_DISPATCH_SECONDS": "1", "NOTIFICATIONS_RATE_LIMIT_PER_MINUTE": "0",
+           **ANY_HOUR}  # see TimeMachine
     stack = ChaosStack(env)
     engines = {"directory": directory.engine, "referrals": referrals.engine, "notifications": notifications.engine}
     machine = TimeMachine(notifications.engine)

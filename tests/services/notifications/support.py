@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
+import pytest
 from sqlalchemy import select, update
 
 from services.notifications.handlers import HANDLERS
@@ -15,6 +16,18 @@ from shared.events import ContactDetails, Event, MeetingSnapshot, MeetingWithdra
 from shared.meeting_time import meeting_guide_weekday, next_occurrence
 
 MOBILE = "+447700900123"
+# Quiet hours from 00:00 to 00:00: none. For tests about something other than the clock, which
+# must pass at any hour (the send-time check holds a reminder claimed in quiet hours).
+ANY_HOUR = {"NOTIFICATIONS_QUIET_START": "00:00", "NOTIFICATIONS_QUIET_END": "00:00"}
+
+
+@pytest.fixture
+def any_hour(monkeypatch):
+    """No quiet hours, in this process and in the workers the test starts."""
+    for name, value in ANY_HOUR.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(runtime.settings, "quiet_start", "00:00")
+    monkeypatch.setattr(runtime.settings, "quiet_end", "00:00")
 
 
 def meeting(slug: str = "croydon-tuesday", *, day: int | None = None, time: str = "19:30", **kw) -> MeetingSnapshot:
@@ -71,6 +84,13 @@ def make_due(ids) -> None:
     with runtime.transaction() as session:
         session.execute(update(Reminder).where(Reminder.id.in_(list(ids)))
                         .values(due_at=utcnow() - dt.timedelta(seconds=1)))
+
+
+def meeting_over(ids) -> None:
+    """These reminders' meeting has happened: moved into the past, as the chaos suite's time machine does."""
+    with runtime.transaction() as session:
+        session.execute(update(Reminder).where(Reminder.id.in_(list(ids))).values(
+            meeting_start=utcnow() - dt.timedelta(hours=3), meeting_end=utcnow() - dt.timedelta(hours=2)))
 
 
 def reminder(reminder_id: uuid.UUID) -> Reminder:

@@ -11,7 +11,8 @@ from services.notifications.api import app
 from services.notifications.models import OptOut, Reminder
 from services.notifications.runtime import runtime
 from shared.events import utcnow
-from tests.services.notifications.support import (
+from tests.services.notifications.support import (  # noqa: F401 (any_hour: a fixture)
+    any_hour,
     by_kind,
     dev_messages,
     handle,
@@ -24,7 +25,7 @@ from tests.services.notifications.support import (
     reminders,
 )
 
-pytestmark = pytest.mark.usefixtures("clean_state")
+pytestmark = pytest.mark.usefixtures("clean_state", "any_hour")
 client = TestClient(app)
 NOTIFY = {"Authorization": f"Bearer {runtime.settings.callback_token}"}
 

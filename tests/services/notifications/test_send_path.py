@@ -16,7 +16,16 @@ from services.notifications.config import get_settings
 from services.notifications.models import Reminder
 from services.notifications.runtime import runtime
 from shared.events import utcnow
-from tests.services.notifications.support import MOBILE, by_kind, dev_messages, make_due, outbox_events, reminder
+from tests.services.notifications.support import (  # noqa: F401 (any_hour: a fixture)
+    MOBILE,
+    any_hour,
+    by_kind,
+    dev_messages,
+    make_due,
+    meeting_over,
+    outbox_events,
+    reminder,
+)
 from tests.services.notifications.test_sending import planned_in_process, set_queued
 
 
@@ -40,6 +49,9 @@ def database(request, tmp_path):
         os.environ[key] = before
         get_settings.cache_clear()
         runtime.reset_caches()
+
+
+pytestmark = pytest.mark.usefixtures("any_hour")
 
 
 def due_reminder():
@@ -145,6 +157,7 @@ def test_the_hourly_cap_counts_messages_sent_to_the_number(monkeypatch):
         conn.execute(update(Reminder).where(Reminder.id == deferred.id).values(
             due_at=sent_at + dt.timedelta(hours=1, seconds=2)))
     runtime.settings.hourly_cap = 2
+    meeting_over([deferred.id])  # a follow-up goes once its meeting has ended
     set_queued(deferred.id)
     assert sending.send_reminder(reminder_id=deferred.id) == "sent"
     follow_up_sent = [p for p in outbox_events("reminder.sent") if p["kind"] == "follow_up"]

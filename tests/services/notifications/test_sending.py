@@ -19,8 +19,9 @@ from shared import queues
 from shared.events import Event, utcnow
 from shared.masking import mask_mobile
 from tests.services.notifications.notify_server import API_KEY, NotifyServer
-from tests.services.notifications.support import (
+from tests.services.notifications.support import (  # noqa: F401 (any_hour: a fixture)
     MOBILE,
+    any_hour,
     by_kind,
     dev_messages,
     handle,
@@ -35,7 +36,7 @@ from tests.support.auth import auth
 from tests.support.broker import queued_messages
 from tests.support.processes import wait_for
 
-pytestmark = pytest.mark.usefixtures("clean_state")
+pytestmark = pytest.mark.usefixtures("clean_state", "any_hour")
 FAST = {"NOTIFICATIONS_DISPATCH_SECONDS": "0.3", "NOTIFICATIONS_SWEEP_SECONDS": "1"}
 
 

@@ -146,3 +146,22 @@ def test_failure_older_than_a_delivery_does_not_flag(referral):
         assert session.scalar(select(func.count()).select_from(ReferralHistory)
                               .where(ReferralHistory.action == "contact_unreachable")) == 0
         assert session.get(Referral, uuid.UUID(referral["id"])).contact_unreachable_at is None
+
+
+def test_held_then_too_late_reminder_is_shown_and_does_not_flag_the_contact(referral):
+    rid, t0 = uuid.uuid4(), utcnow()
+    morning = t0 + dt.timedelta(hours=5)
+    deliver(reminder_event("scheduled", referral["id"], reminder_id=rid, due_at=t0, at=t0))
+    deliver(reminder_event("scheduled", referral["id"], reminder_id=rid, due_at=morning, reason="held: quiet hours",
+                           at=t0 + dt.timedelta(seconds=1)))
+    [shown] = detail(referral["id"])["reminders"]
+    assert (shown["status"], shown["reason"]) == ("held", "held: quiet hours")
+    assert dt.datetime.fromisoformat(shown["due_at"]) == morning
+    deliver(reminder_event("failed", referral["id"], reminder_id=rid, reason="too late: the meeting had started",
+                           at=t0 + dt.timedelta(seconds=2)))
+    body = detail(referral["id"])
+    assert (body["reminders"][0]["status"], body["reminders"][0]["reason"]) == (
+        "too-late", "too late: the meeting had started")
+    assert body["contact"]["unreachable"] is False  # the client was not unreachable: we were late
+    page = TestClient(app).get(f"/desk/referrals/{referral['id']}", headers=KEYWORKER)
+    assert "Not sent: too late" in page.text
