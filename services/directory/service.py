@@ -5,24 +5,20 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
-from collections import defaultdict
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import and_, func, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from services.directory.geocode import Geocoder, default_geocoder, normalise_postcode
-from services.directory.models import EngagementCount, EngagementFact, Meeting, Site
+from services.directory.models import Meeting, Site
 from services.directory.runtime import runtime
 from services.directory.schemas import MeetingIn, SearchIn, SiteIn
-from shared.events import MeetingSnapshot, MeetingWithdrawn, Stage, utcnow
+from shared.events import MeetingSnapshot, MeetingWithdrawn, utcnow
 from shared.meeting_time import next_occurrence
 
 EARTH_RADIUS_KM = 6371.0088
 KM_PER_DEGREE = math.pi * EARTH_RADIUS_KM / 180
 CELLS_PER_DEGREE = 10  # grid cells of 0.1 degree: about 11 km north-south, 7 km east-west in Britain
-LONDON = ZoneInfo("Europe/London")
 
 
 class InvalidInput(ValueError):
@@ -317,104 +313,3 @@ def get_site(session: Session, site_id: str) -> Site:
 
 def site_in_of(site: Site) -> dict:
     return {name: getattr(site, name) for name in SiteIn.model_fields}
-
-
-# --- engagement counters --------------------------------------------------------------------
-
-METRICS = (
-    "referrals_made", "contact_arranged", "first_meeting_attended", "accompanied", "followed_up",
-    "did_not_engage", "declined", "consent_withdrawn", "reminders_sent", "reminders_delivered",
-    "reminders_failed", "opted_out",
-)
-STAGE_METRICS = {
-    Stage.contact_arranged: "contact_arranged",
-    Stage.first_meeting_attended: "first_meeting_attended",
-    Stage.followed_up: "followed_up",
-    Stage.did_not_engage: "did_not_engage",
-    Stage.declined: "declined",
-}
-# When an event carries no business status, the FHIR status says as much.
-STATUS_METRICS = {"accepted": "contact_arranged", "completed": "followed_up", "failed": "did_not_engage",
-                  "cancelled": "declined"}
-
-
-def week_start(moment: dt.datetime) -> dt.date:
-    """Monday of the ISO week (in UK local time) of ``moment``."""
-    local = moment.astimezone(LONDON).date() if moment.tzinfo else moment.date()
-    return local - dt.timedelta(days=local.weekday())
-
-
-def iso_week(monday: dt.date) -> str:
-    year, week, _ = monday.isocalendar()
-    return f"{year}-W{week:02d}"
-
-
-def stage_metrics(*, business_status: str | None, to_status: str | None, accompanied: bool | None) -> list[str]:
-    metrics = []
-    if business_status in STAGE_METRICS:
-        metrics.append(STAGE_METRICS[Stage(business_status)])
-    elif business_status is None and to_status in STATUS_METRICS:
-        metrics.append(STATUS_METRICS[to_status])
-    if accompanied:
-        metrics.append("accompanied")
-    return metrics
-
-
-def _insert(session: Session, model):
-    dialect = session.get_bind().dialect.name
-    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(model)
-
-
-def count_fact(session: Session, *, subject: str, metric: str, site_id: str, fellowship: str,
-               occurred_at: dt.datetime) -> bool:
-    """Count ``metric`` for ``subject`` once ever; True if it was new."""
-    monday = week_start(occurred_at)
-    inserted = session.execute(
-        _insert(session, EngagementFact).values(subject=subject, metric=metric, site_id=site_id, fellowship=fellowship,
-                                               week_start=monday, occurred_at=occurred_at)
-        .on_conflict_do_nothing(index_elements=["subject", "metric"]).returning(EngagementFact.subject)
-    ).first()
-    if inserted is None:
-        return False
-    stmt = _insert(session, EngagementCount).values(site_id=site_id, fellowship=fellowship, week_start=monday,
-                                                    metric=metric, count=1)
-    session.execute(stmt.on_conflict_do_update(index_elements=["site_id", "fellowship", "week_start", "metric"],
-                                               set_={"count": EngagementCount.count + 1}))
-    return True
-
-
-def engagement(session: Session, *, site_ids: list[str] | None, date_from: dt.date | None = None,
-               date_to: dt.date | None = None, fellowship: str | None = None) -> dict:
-    """Totals, weekly series and per-site totals of the counters (``site_ids`` None = all sites)."""
-    query = select(EngagementCount)
-    if site_ids is not None:
-        query = query.where(EngagementCount.site_id.in_(site_ids))
-    if date_from is not None:
-        query = query.where(EngagementCount.week_start >= date_from - dt.timedelta(days=date_from.weekday()))
-    if date_to is not None:
-        query = query.where(EngagementCount.week_start <= date_to)
-    if fellowship:
-        query = query.where(EngagementCount.fellowship == fellowship)
-    totals = dict.fromkeys(METRICS, 0)
-    weeks: dict[dt.date, dict[str, int]] = defaultdict(lambda: dict.fromkeys(METRICS, 0))
-    sites: dict[str, dict[str, int]] = {s: dict.fromkeys(METRICS, 0) for s in site_ids or []}
-    rows: dict[tuple, dict[str, int]] = defaultdict(lambda: dict.fromkeys(METRICS, 0))
-    for row in session.scalars(query):
-        if row.metric not in totals:
-            continue
-        totals[row.metric] += row.count
-        weeks[row.week_start][row.metric] += row.count
-        sites.setdefault(row.site_id, dict.fromkeys(METRICS, 0))[row.metric] += row.count
-        rows[(row.week_start, row.site_id, row.fellowship)][row.metric] += row.count
-    return {
-        "totals": totals,
-        "weeks": [{"week": iso_week(w), "week_start": w, "counts": weeks[w]} for w in sorted(weeks)],
-        "sites": [{"site_id": s, "counts": sites[s]} for s in sorted(sites)],
-        "rows": [{"week": iso_week(w), "week_start": w, "site_id": s, "fellowship": f, "counts": c}
-                 for (w, s, f), c in sorted(rows.items())],
-    }
-
-
-def suppress(count: int) -> int | str:
-    """Small numbers (1-4) could identify people: commissioners see "<5"."""
-    return "<5" if 1 <= count <= 4 else count
