@@ -6,14 +6,14 @@ which sites (``scope_of``), disclosure control for commissioners (``rounded``) a
 both downloads share (``csv_text``). The API and the dashboard only present what this
 module returns.
 
-Disclosure control (docs/DISCLOSURE.md): commissioners never see an exact count. Each
+Disclosure control (docs/DISCLOSURE.md): commissioners see rounded figures only. Each
 counter - one metric for one site, fellowship and week, the finest cell anyone can ask
 for - is randomly rounded to a multiple of 5, up with probability (count mod 5)/5, using a
 draw kept with the counter. Every other figure (a site's total, a region's, a week's, a
 fellowship's, any filter, the CSV) is the *sum of those rounded counters*, never a rounding
 of an exact total. So everything a commissioner can see is a function of the rounded
-counters alone, and each rounded counter is consistent with at least four true counts:
-no subtraction, filter or combination of figures can recover a count from 1 to 4.
+counters alone, and each non-zero rounded counter is consistent with at least four true
+counts: no subtraction, filter or combination of figures can recover a count from 1 to 4.
 Rounding exact totals instead (the usual "round every figure to 5") does not survive
 arithmetic: see the worked example in docs/DISCLOSURE.md and tests/services/directory/
 test_disclosure.py. A non-zero figure that rounds to 0 is shown as "<5"; zero is zero.

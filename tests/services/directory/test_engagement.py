@@ -212,3 +212,33 @@ def test_counters_through_a_real_directory_worker(sites, processes):
     fix_rounding(4)
     commissioner = client.get("/engagement", headers=auth("commissioner", region="London")).json()
     assert commissioner["totals"]["referrals_made"] == "<5"
+
+
+@pytest.mark.parametrize("text,cell", [("=HYPERLINK(\"http://x\")", "'=HYPERLINK(\"http://x\")"), ("+1", "'+1"),
+                                       ("-2+3", "'-2+3"), ("@SUM(A1)", "'@SUM(A1)"), ("\tx", "'\tx"), ("\rx", "'\rx"),
+                                       ("Croydon", "Croydon"), ("a=b", "a=b")])
+def test_spreadsheet_safe_cells(text, cell):
+    assert engagement.spreadsheet_safe(text) == cell
+
+
+def test_every_csv_download_escapes_formula_cells():
+    """A site's name and region are typed by an admin, a site id arrives in events: none runs as a formula."""
+    with runtime.transaction() as session:
+        service.create_site(session, site_in=SiteIn(id="evil", name="=HYPERLINK(\"http://x.example\",\"click\")",
+                                                    host_agency="CGL", region="@London"))
+    handle(created(uuid.uuid4(), site="evil"))
+    handle(created(uuid.uuid4(), site="-1+cmd|' /C calc'!A0"))  # a site id no admin registered
+    downloads = [client.get("/engagement.csv", headers=auth("admin")),
+                 client.get("/engagement", params={"format": "csv"}, headers=auth("commissioner", region="@London")),
+                 client.get("/sites/evil/engagement", params={"format": "csv"}, headers=auth("site_lead", site="evil")),
+                 client.get("/dashboard/engagement.csv", headers=auth("admin"))]
+    for response in downloads:
+        assert response.status_code == 200, response.text
+        rows = list(csv.DictReader(io.StringIO(response.text)))
+        assert rows and all(not value.startswith(("=", "+", "-", "@", "\t", "\r"))
+                            for row in rows for value in row.values()), response.text
+        evil = next(r for r in rows if r["site_id"] == "evil")
+        assert evil["site"] == "'=HYPERLINK(\"http://x.example\",\"click\")" and evil["region"] == "'@London"
+    assert "'-1+cmd|' /C calc'!A0" in downloads[0].text
+    # Both downloads have the same columns.
+    assert downloads[0].text.splitlines()[0] == downloads[3].text.splitlines()[0] == ",".join(engagement.CSV_COLUMNS)
