@@ -26,29 +26,29 @@ def referral_created(session: Session, event: Event) -> None:
     where = {"site_id": payload.site_id, "fellowship": payload.fellowship, "occurred_at": event.occurred_at}
     engagement.count_fact(session, subject=str(payload.referral_id), metric="referrals_made", **where)
     for metric in engagement.stage_metrics(business_status=payload.business_status, to_status=payload.status,
-                                        accompanied=None):
+                                           accompanied=None):
         engagement.count_fact(session, subject=str(payload.referral_id), metric=metric, **where)
 
 
 def referral_status_changed(session: Session, event: Event) -> None:
     payload: ReferralStatusChanged = event.parsed()
     for metric in engagement.stage_metrics(business_status=payload.business_status, to_status=payload.to_status,
-                                        accompanied=payload.accompanied):
+                                           accompanied=payload.accompanied):
         engagement.count_fact(session, subject=str(payload.referral_id), metric=metric, site_id=payload.site_id,
-                           fellowship=payload.fellowship, occurred_at=event.occurred_at)
+                              fellowship=payload.fellowship, occurred_at=event.occurred_at)
 
 
 def referral_consent_withdrawn(session: Session, event: Event) -> None:
     payload: ReferralConsentWithdrawn = event.parsed()
-    engagement.count_fact(session, subject=str(payload.referral_id), metric="consent_withdrawn", site_id=payload.site_id,
-                       fellowship=payload.fellowship, occurred_at=event.occurred_at)
+    engagement.count_fact(session, subject=str(payload.referral_id), metric="consent_withdrawn",
+                          site_id=payload.site_id, fellowship=payload.fellowship, occurred_at=event.occurred_at)
 
 
 def reminder_fact(metric: str) -> Handler:
     def handle(session: Session, event: Event) -> None:
         payload: ReminderFact = event.parsed()
         engagement.count_fact(session, subject=str(payload.reminder_id), metric=metric, site_id=payload.site_id,
-                           fellowship=payload.fellowship, occurred_at=event.occurred_at)
+                              fellowship=payload.fellowship, occurred_at=event.occurred_at)
 
     return handle
 
@@ -57,7 +57,7 @@ def contact_opted_out(session: Session, event: Event) -> None:
     payload: ContactOptedOut = event.parsed()
     for referral in payload.referrals:
         engagement.count_fact(session, subject=str(referral.referral_id), metric="opted_out", site_id=referral.site_id,
-                           fellowship=referral.fellowship, occurred_at=event.occurred_at)
+                              fellowship=referral.fellowship, occurred_at=event.occurred_at)
 
 
 HANDLERS: dict[str, Handler] = {
