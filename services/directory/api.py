@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from services.directory import engagement, feeds, service
+from services.directory import engagement, feeds, search, service
 from services.directory.pages import router as pages_router
 from services.directory.pages import templates as page_templates
 from services.directory.reference import FELLOWSHIPS, TYPE_NAMES
@@ -33,6 +33,7 @@ from services.directory.schemas import (
     WithdrawIn,
 )
 from shared.auth import AdminOnly, CurrentPrincipal, Role
+from shared.events import utcnow
 from shared.pages import setup_pages
 from shared.types import InputDate
 from shared.web import PublicRateLimit, make_app
@@ -110,8 +111,8 @@ def search_meetings(
         offset = (page - 1) * limit if page else 0
     search_in = SearchIn(near=near, radius_km=radius_km, day=day, starts_after=starts_after, starts_before=starts_before,
                          fellowship=fellowship, types=codes, attendance=attendance, q=q, limit=limit, offset=offset)
-    found = service.search_meetings(session, search_in=search_in)
-    now = service.utcnow()
+    found = search.search_meetings(session, search_in=search_in)
+    now = utcnow()
     results = []
     for meeting, distance in found["results"]:
         results.append(MeetingResult.model_validate({
@@ -133,7 +134,7 @@ def get_meeting(slug: str, session: SessionDep):
 
 
 def _next_start(meeting, now: dt.datetime | None = None) -> dict:
-    start = service.next_start(meeting, now)
+    start = search.next_start(meeting, now)
     if start is None:
         return {}
     return {"next_start_local": start.isoformat(), "next_start_utc": start.astimezone(dt.UTC).isoformat()}

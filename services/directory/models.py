@@ -77,7 +77,7 @@ class Meeting(Base):
     latitude: Mapped[float | None] = mapped_column(Float)
     longitude: Mapped[float | None] = mapped_column(Float)
     approximate: Mapped[bool] = mapped_column(Boolean, default=False)
-    # Spatial index: a 0.1 degree grid cell (see service.grid_cell), None without coordinates
+    # Spatial index: a 0.1 degree grid cell (see search.grid_cell), None without coordinates
     # and for online-only meetings, which are not "near" anything.
     cell: Mapped[int | None] = mapped_column(Integer)
     conference_url: Mapped[str | None] = mapped_column(Text)

@@ -20,7 +20,7 @@ from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.directory import charts, engagement, service
+from services.directory import charts, engagement, search, service
 from services.directory.geocode import normalise_postcode
 from services.directory.models import Meeting, Site
 from services.directory.reference import FELLOWSHIPS, TYPE_NAMES
@@ -117,7 +117,7 @@ def address_of(meeting: Meeting) -> str | None:
 
 def meeting_view(meeting: Meeting, distance_km: float | None = None, now: dt.datetime | None = None) -> dict:
     """What a person needs to know about a meeting, in plain English."""
-    start = service.next_start(meeting, now) if meeting.active else None
+    start = search.next_start(meeting, now) if meeting.active else None
     online = meeting.attendance_option in ("online", "hybrid")
     return {
         "slug": meeting.slug,
@@ -152,7 +152,7 @@ def read_search(params) -> tuple[dict[str, str], dict[str, str], dict]:
     values["distance"] = values["distance"] or DEFAULT_DISTANCE
     errors: dict[str, str] = {}
     near = values["near"]
-    if near and normalise_postcode(near) is None and not service.LATLNG.match(near):
+    if near and normalise_postcode(near) is None and not search.LATLNG.match(near):
         errors["near"] = "Enter a UK postcode, like CR0 1AA, or the first part of one, like CR0"
     elif near and normalise_postcode(near):
         values["near"] = normalise_postcode(near)
@@ -255,7 +255,7 @@ def find_meeting(request: Request, session: SessionDep, principal: OptionalPageP
 
 def _search(session: Session, filters: dict, page: int) -> dict:
     search_in = SearchIn(**filters, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
-    return service.search_meetings(session, search_in=search_in)
+    return search.search_meetings(session, search_in=search_in)
 
 
 def service_message(exc: service.InvalidInput) -> str:
@@ -266,7 +266,7 @@ def service_message(exc: service.InvalidInput) -> str:
 # --- one meeting -------------------------------------------------------------------------
 
 def upcoming(meeting: Meeting, count: int = 4, now: dt.datetime | None = None) -> list[str]:
-    start = service.next_start(meeting, now)
+    start = search.next_start(meeting, now)
     out = []
     while start is not None and len(out) < count:
         out.append(when_next(start))
