@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import io
 import json
 from typing import Annotated, Any, Literal
 
 from fastapi import Body, Depends, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from services.directory import feeds, service
-from services.directory.models import Site
+from services.directory import engagement, feeds, search, service
 from services.directory.pages import router as pages_router
 from services.directory.pages import templates as page_templates
 from services.directory.reference import FELLOWSHIPS, TYPE_NAMES
@@ -36,7 +32,8 @@ from services.directory.schemas import (
     SiteOut,
     WithdrawIn,
 )
-from shared.auth import AdminOnly, CurrentPrincipal, Principal, Role, ensure_site
+from shared.auth import AdminOnly, CurrentPrincipal, Role
+from shared.events import utcnow
 from shared.pages import setup_pages
 from shared.types import InputDate
 from shared.web import PublicRateLimit, make_app
@@ -74,6 +71,11 @@ async def conflict(_request: Request, exc: Exception):
     return JSONResponse({"detail": str(exc)}, status_code=409)
 
 
+@app.exception_handler(engagement.NotVisible)
+async def not_visible(_request: Request, exc: engagement.NotVisible):
+    return JSONResponse({"detail": str(exc)}, status_code=403)
+
+
 @app.exception_handler(feeds.FeedError)
 async def bad_feed(_request: Request, exc: feeds.FeedError):
     return JSONResponse({"detail": str(exc), "errors": [{"field": "feed", "message": str(exc), "type": "feed"}]},
@@ -109,8 +111,8 @@ def search_meetings(
         offset = (page - 1) * limit if page else 0
     search_in = SearchIn(near=near, radius_km=radius_km, day=day, starts_after=starts_after, starts_before=starts_before,
                          fellowship=fellowship, types=codes, attendance=attendance, q=q, limit=limit, offset=offset)
-    found = service.search_meetings(session, search_in=search_in)
-    now = service.utcnow()
+    found = search.search_meetings(session, search_in=search_in)
+    now = utcnow()
     results = []
     for meeting, distance in found["results"]:
         results.append(MeetingResult.model_validate({
@@ -132,7 +134,7 @@ def get_meeting(slug: str, session: SessionDep):
 
 
 def _next_start(meeting, now: dt.datetime | None = None) -> dict:
-    start = service.next_start(meeting, now)
+    start = search.next_start(meeting, now)
     if start is None:
         return {}
     return {"next_start_local": start.isoformat(), "next_start_utc": start.astimezone(dt.UTC).isoformat()}
@@ -233,17 +235,12 @@ def create_site(site_in: SiteIn, session: SessionDep, _admin: AdminOnly):
 
 @app.get("/sites", response_model=list[SiteOut], tags=["sites"], summary="Pilot sites you may see")
 def list_sites(session: SessionDep, principal: CurrentPrincipal):
-    query = select(Site).order_by(Site.id)
-    if principal.role == Role.commissioner:
-        query = query.where(Site.region == (principal.region or ""))
-    elif principal.role != Role.admin:
-        query = query.where(Site.id == (principal.site or ""))
-    return session.scalars(query).all()
+    return session.scalars(engagement.visible_sites(principal)).all()
 
 
 @app.get("/sites/{site_id}", response_model=SiteOut, tags=["sites"])
 def get_site(site_id: str, session: SessionDep, principal: CurrentPrincipal):
-    return _visible_site(session, principal, site_id)
+    return engagement.visible_site(session, principal, site_id)
 
 
 @app.put("/sites/{site_id}", response_model=SiteOut, tags=["sites"])
@@ -261,16 +258,6 @@ def patch_site(site_id: str, session: SessionDep, _admin: AdminOnly, changes: An
     return site
 
 
-def _visible_site(session: Session, principal: Principal, site_id: str) -> Site:
-    """The site if the principal may see it: admins all, commissioners their region, staff their own."""
-    if principal.role in (Role.keyworker, Role.site_lead):
-        ensure_site(principal, site_id)
-    site = service.get_site(session, site_id)
-    if principal.role == Role.commissioner and (not principal.region or site.region != principal.region):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="commissioners see the sites of their own region only")
-    return site
-
-
 # --- engagement -----------------------------------------------------------------------------
 
 EngagementFormat = Annotated[Literal["json", "csv"], Query(description="json, or csv for a spreadsheet")]
@@ -283,63 +270,46 @@ CSV_OR_JSON = {200: {"content": {"application/json": {}, "text/csv": {}}}}
 
 
 @app.get("/engagement", tags=["engagement"], responses=CSV_OR_JSON,
-         summary="Engagement counters: commissioners their region, admins all")
-def engagement(session: SessionDep, principal: CurrentPrincipal, date_from: DateFrom = None, date_to: DateTo = None,
-               fellowship: FellowshipFilter = None, format: EngagementFormat = "json"):
-    if principal.role == Role.admin:
-        site_ids = None
-    elif principal.role == Role.commissioner:
-        if not principal.region:
-            raise HTTPException(status.HTTP_403_FORBIDDEN, detail="your token names no region")
-        site_ids = list(session.scalars(select(Site.id).where(Site.region == principal.region)))
-    else:
+         summary="Engagement counters: commissioners their region (rounded, see docs/DISCLOSURE.md), admins all")
+def engagement_figures(session: SessionDep, principal: CurrentPrincipal, date_from: DateFrom = None,
+                       date_to: DateTo = None, fellowship: FellowshipFilter = None, format: EngagementFormat = "json"):
+    if principal.role not in (Role.admin, Role.commissioner):
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail="this needs one of the roles: commissioner, admin")
-    return _engagement_response(session, principal, site_ids, date_from, date_to, fellowship, format,
-                                scope={"region": principal.region if site_ids is not None else None})
+    scope = engagement.scope_of(session, principal)
+    return _engagement_response(session, scope, date_from, date_to, fellowship, format,
+                                where={"region": scope.region})
 
 
 @app.get("/engagement.csv", tags=["engagement"], response_class=Response,
          responses={200: {"content": {"text/csv": {}}}}, summary="The same counters as CSV")
 def engagement_csv(session: SessionDep, principal: CurrentPrincipal, date_from: DateFrom = None, date_to: DateTo = None,
                    fellowship: FellowshipFilter = None):
-    return engagement(session, principal, date_from, date_to, fellowship, "csv")
+    return engagement_figures(session, principal, date_from, date_to, fellowship, "csv")
 
 
 @app.get("/sites/{site_id}/engagement", tags=["engagement"], responses=CSV_OR_JSON,
          summary="One site's engagement counters")
 def site_engagement(site_id: str, session: SessionDep, principal: CurrentPrincipal, date_from: DateFrom = None,
                     date_to: DateTo = None, fellowship: FellowshipFilter = None, format: EngagementFormat = "json"):
-    _visible_site(session, principal, site_id)
-    return _engagement_response(session, principal, [site_id], date_from, date_to, fellowship, format,
-                                scope={"site_id": site_id})
+    scope = engagement.scope_of(session, principal, site_id=site_id)
+    return _engagement_response(session, scope, date_from, date_to, fellowship, format, where={"site_id": site_id})
 
 
-def _engagement_response(session, principal, site_ids, date_from, date_to, fellowship, fmt, scope):
+def _engagement_response(session, scope, date_from, date_to, fellowship, fmt, where):
     if date_from and date_to and date_from > date_to:
         raise service.InvalidInput("to", "the end date is before the start date")
-    data = service.engagement(session, site_ids=site_ids, date_from=date_from, date_to=date_to, fellowship=fellowship)
-    show = service.suppress if principal.role == Role.commissioner else (lambda n: n)
-
-    def shown(counts: dict[str, int]) -> dict:
-        return {k: show(v) for k, v in counts.items()}
-
+    data = engagement.read(session, scope=scope, date_from=date_from, date_to=date_to, fellowship=fellowship)
     if fmt == "csv":
-        out = io.StringIO()
-        writer = csv.writer(out)
-        writer.writerow(["week", "week_start", "site_id", "fellowship", *service.METRICS])
-        for row in data["rows"]:
-            counts = shown(row["counts"])
-            writer.writerow([row["week"], row["week_start"].isoformat(), row["site_id"], row["fellowship"],
-                             *(counts[m] for m in service.METRICS)])
-        return Response(out.getvalue(), media_type="text/csv; charset=utf-8",
-                        headers={"Content-Disposition": 'attachment; filename="engagement.csv"'})
+        return Response(engagement.csv_text(data), media_type="text/csv; charset=utf-8",
+                        headers={"Content-Disposition": 'attachment; filename="engagement.csv"',
+                                 "Cache-Control": "no-store"})
     return {
-        **scope,
+        **where,
         "from": date_from, "to": date_to, "fellowship": fellowship,
-        "suppressed": principal.role == Role.commissioner,
-        "totals": shown(data["totals"]),
-        "weeks": [{"week": w["week"], "week_start": w["week_start"], "counts": shown(w["counts"])} for w in data["weeks"]],
-        "sites": [{"site_id": s["site_id"], "counts": shown(s["counts"])} for s in data["sites"]],
+        "suppressed": data["protected"],
+        "totals": data["totals"],
+        "weeks": [{"week": w["week"], "week_start": w["week_start"], "counts": w["counts"]} for w in data["weeks"]],
+        "sites": [{"site_id": s["site_id"], "counts": s["counts"]} for s in data["sites"]],
     }
 
 

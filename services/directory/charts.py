@@ -1,7 +1,7 @@
 """Dashboard charts as inline SVG drawn on the server: no script, no network, text alternatives built in.
 
 Each chart is an ``<svg role="img">`` named by its ``<title>`` and described by its ``<desc>``;
-the page shows the same numbers in a table next to it. A suppressed count ("<5") is drawn
+the page shows the same numbers in a table next to it. A figure shown as "<5" (not zero, rounds to 0) is drawn
 as a hatched bar up to 4 and labelled "<5", so a chart never tells more than the table.
 Every piece is a ``Markup`` template, so labels and numbers are escaped as they go in.
 """

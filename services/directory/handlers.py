@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from services.directory import service
+from services.directory import engagement
 from shared.events import (
     ContactOptedOut,
     Event,
@@ -24,31 +24,31 @@ from shared.inbox import Handler
 def referral_created(session: Session, event: Event) -> None:
     payload: ReferralCreated = event.parsed()
     where = {"site_id": payload.site_id, "fellowship": payload.fellowship, "occurred_at": event.occurred_at}
-    service.count_fact(session, subject=str(payload.referral_id), metric="referrals_made", **where)
-    for metric in service.stage_metrics(business_status=payload.business_status, to_status=payload.status,
-                                        accompanied=None):
-        service.count_fact(session, subject=str(payload.referral_id), metric=metric, **where)
+    engagement.count_fact(session, subject=str(payload.referral_id), metric="referrals_made", **where)
+    for metric in engagement.stage_metrics(business_status=payload.business_status, to_status=payload.status,
+                                           accompanied=None):
+        engagement.count_fact(session, subject=str(payload.referral_id), metric=metric, **where)
 
 
 def referral_status_changed(session: Session, event: Event) -> None:
     payload: ReferralStatusChanged = event.parsed()
-    for metric in service.stage_metrics(business_status=payload.business_status, to_status=payload.to_status,
-                                        accompanied=payload.accompanied):
-        service.count_fact(session, subject=str(payload.referral_id), metric=metric, site_id=payload.site_id,
-                           fellowship=payload.fellowship, occurred_at=event.occurred_at)
+    for metric in engagement.stage_metrics(business_status=payload.business_status, to_status=payload.to_status,
+                                           accompanied=payload.accompanied):
+        engagement.count_fact(session, subject=str(payload.referral_id), metric=metric, site_id=payload.site_id,
+                              fellowship=payload.fellowship, occurred_at=event.occurred_at)
 
 
 def referral_consent_withdrawn(session: Session, event: Event) -> None:
     payload: ReferralConsentWithdrawn = event.parsed()
-    service.count_fact(session, subject=str(payload.referral_id), metric="consent_withdrawn", site_id=payload.site_id,
-                       fellowship=payload.fellowship, occurred_at=event.occurred_at)
+    engagement.count_fact(session, subject=str(payload.referral_id), metric="consent_withdrawn",
+                          site_id=payload.site_id, fellowship=payload.fellowship, occurred_at=event.occurred_at)
 
 
 def reminder_fact(metric: str) -> Handler:
     def handle(session: Session, event: Event) -> None:
         payload: ReminderFact = event.parsed()
-        service.count_fact(session, subject=str(payload.reminder_id), metric=metric, site_id=payload.site_id,
-                           fellowship=payload.fellowship, occurred_at=event.occurred_at)
+        engagement.count_fact(session, subject=str(payload.reminder_id), metric=metric, site_id=payload.site_id,
+                              fellowship=payload.fellowship, occurred_at=event.occurred_at)
 
     return handle
 
@@ -56,8 +56,8 @@ def reminder_fact(metric: str) -> Handler:
 def contact_opted_out(session: Session, event: Event) -> None:
     payload: ContactOptedOut = event.parsed()
     for referral in payload.referrals:
-        service.count_fact(session, subject=str(referral.referral_id), metric="opted_out", site_id=referral.site_id,
-                           fellowship=referral.fellowship, occurred_at=event.occurred_at)
+        engagement.count_fact(session, subject=str(referral.referral_id), metric="opted_out", site_id=referral.site_id,
+                              fellowship=referral.fellowship, occurred_at=event.occurred_at)
 
 
 HANDLERS: dict[str, Handler] = {

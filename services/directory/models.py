@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import JSON, Boolean, Date, Float, Index, Integer, String, Text
+from sqlalchemy import JSON, Boolean, Date, Float, Index, Integer, SmallInteger, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.directory.config import get_settings
@@ -77,7 +77,7 @@ class Meeting(Base):
     latitude: Mapped[float | None] = mapped_column(Float)
     longitude: Mapped[float | None] = mapped_column(Float)
     approximate: Mapped[bool] = mapped_column(Boolean, default=False)
-    # Spatial index: a 0.1 degree grid cell (see service.grid_cell), None without coordinates
+    # Spatial index: a 0.1 degree grid cell (see search.grid_cell), None without coordinates
     # and for online-only meetings, which are not "near" anything.
     cell: Mapped[int | None] = mapped_column(Integer)
     conference_url: Mapped[str | None] = mapped_column(Text)
@@ -127,7 +127,11 @@ class EngagementFact(Base):
 
 
 class EngagementCount(Base):
-    """Aggregate counter per site, fellowship, ISO week (its Monday) and metric."""
+    """Aggregate counter per site, fellowship, ISO week (its Monday) and metric.
+
+    ``rounding_point`` (0-4, drawn at random when the row is made and never shown) decides
+    which way the count is rounded for commissioners: see ``engagement.rounded``.
+    """
 
     __tablename__ = "engagement_counts"
 
@@ -136,3 +140,4 @@ class EngagementCount(Base):
     week_start: Mapped[dt.date] = mapped_column(Date, primary_key=True)
     metric: Mapped[str] = mapped_column(String(40), primary_key=True)
     count: Mapped[int] = mapped_column(Integer, default=0)
+    rounding_point: Mapped[int] = mapped_column(SmallInteger)

@@ -3,16 +3,14 @@
 Server-rendered, no JavaScript needed. The search form is a GET form, so the query string is
 the whole state and a results page can be shared or bookmarked. Bad values are explained in an
 error summary and next to their field (status 422, the page still rendered). The dashboard
-reads the same counters as the engagement API, with the same small-number suppression.
+reads the same figures as the engagement API, from the same module (engagement.py), with the
+same disclosure control for commissioners.
 """
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import io
 import re
-from collections import defaultdict
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import parse_qsl, urlencode
@@ -22,7 +20,7 @@ from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.directory import charts, service
+from services.directory import charts, engagement, search, service
 from services.directory.geocode import normalise_postcode
 from services.directory.models import Meeting, Site
 from services.directory.reference import FELLOWSHIPS, TYPE_NAMES
@@ -119,7 +117,7 @@ def address_of(meeting: Meeting) -> str | None:
 
 def meeting_view(meeting: Meeting, distance_km: float | None = None, now: dt.datetime | None = None) -> dict:
     """What a person needs to know about a meeting, in plain English."""
-    start = service.next_start(meeting, now) if meeting.active else None
+    start = search.next_start(meeting, now) if meeting.active else None
     online = meeting.attendance_option in ("online", "hybrid")
     return {
         "slug": meeting.slug,
@@ -154,7 +152,7 @@ def read_search(params) -> tuple[dict[str, str], dict[str, str], dict]:
     values["distance"] = values["distance"] or DEFAULT_DISTANCE
     errors: dict[str, str] = {}
     near = values["near"]
-    if near and normalise_postcode(near) is None and not service.LATLNG.match(near):
+    if near and normalise_postcode(near) is None and not search.LATLNG.match(near):
         errors["near"] = "Enter a UK postcode, like CR0 1AA, or the first part of one, like CR0"
     elif near and normalise_postcode(near):
         values["near"] = normalise_postcode(near)
@@ -257,7 +255,7 @@ def find_meeting(request: Request, session: SessionDep, principal: OptionalPageP
 
 def _search(session: Session, filters: dict, page: int) -> dict:
     search_in = SearchIn(**filters, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
-    return service.search_meetings(session, search_in=search_in)
+    return search.search_meetings(session, search_in=search_in)
 
 
 def service_message(exc: service.InvalidInput) -> str:
@@ -268,7 +266,7 @@ def service_message(exc: service.InvalidInput) -> str:
 # --- one meeting -------------------------------------------------------------------------
 
 def upcoming(meeting: Meeting, count: int = 4, now: dt.datetime | None = None) -> list[str]:
-    start = service.next_start(meeting, now)
+    start = search.next_start(meeting, now)
     out = []
     while start is not None and len(out) < count:
         out.append(when_next(start))
@@ -336,24 +334,6 @@ def parse_date(value: str) -> dt.date | None:
     return None
 
 
-def dashboard_scope(session: Session, principal: Principal, region: str) -> tuple[str, list[Site], list[str] | None]:
-    """What the principal may see: (heading, sites shown, site ids to count or None for all)."""
-    if principal.role == Role.commissioner:
-        if not principal.region:
-            raise PageForbidden("Your sign-in does not name a region, so there is nothing to show.")
-        sites = list(session.scalars(select(Site).where(Site.region == principal.region).order_by(Site.name)))
-        return f"{principal.region} region", sites, [s.id for s in sites]
-    if principal.role == Role.admin:
-        if region:
-            sites = list(session.scalars(select(Site).where(Site.region == region).order_by(Site.name)))
-            return f"{region} region", sites, [s.id for s in sites]
-        return "All regions", list(session.scalars(select(Site).order_by(Site.region, Site.name))), None
-    if not principal.site:
-        raise PageForbidden("Your sign-in does not name a site, so there is nothing to show.")
-    site = session.get(Site, principal.site)
-    return (site.name if site else principal.site), [site] if site else [], [principal.site]
-
-
 def read_dashboard_filters(params) -> tuple[dict[str, str], dict[str, str], dict]:
     values = {name: params.get(name, "").strip()[:40] for name in DASHBOARD_FIELDS}
     errors: dict[str, str] = {}
@@ -374,59 +354,48 @@ def read_dashboard_filters(params) -> tuple[dict[str, str], dict[str, str], dict
 def weekly_points(weeks: list[dict], date_from: dt.date | None, date_to: dt.date | None) -> list[dict]:
     """Every week of the period (empty weeks too), at most the last MOST_WEEKS."""
     by_week = {w["week_start"]: w["counts"] for w in weeks}
-    this_week = service.week_start(utcnow())
-    first = service.week_start(dt.datetime.combine(date_from, dt.time(12))) if date_from else min(by_week, default=None)
-    last = service.week_start(dt.datetime.combine(date_to, dt.time(12))) if date_to else max(by_week, default=None)
+    this_week = engagement.week_start(utcnow())
+    first = engagement.week_start(dt.datetime.combine(date_from, dt.time(12))) if date_from else min(by_week, default=None)
+    last = engagement.week_start(dt.datetime.combine(date_to, dt.time(12))) if date_to else max(by_week, default=None)
     if first is None or last is None:
         return []
     last = min(last, max(this_week, max(by_week, default=this_week)))
     first = max(first, last - dt.timedelta(weeks=MOST_WEEKS - 1))
     out, monday = [], first
     while monday <= last:
-        out.append({"week_start": monday, "counts": by_week.get(monday, dict.fromkeys(service.METRICS, 0))})
+        out.append({"week_start": monday, "counts": by_week.get(monday, dict.fromkeys(engagement.METRICS, 0))})
         monday += dt.timedelta(weeks=1)
     return out
 
 
-def dashboard_data(session: Session, principal: Principal, sites: list[Site], site_ids: list[str] | None,
-                   filters: dict) -> dict:
-    data = service.engagement(session, site_ids=site_ids, **filters)
-    suppressed = principal.role == Role.commissioner
-    show = service.suppress if suppressed else (lambda n: n)
-    known = {s.id: s for s in sites}
-    raw_sites = {s["site_id"]: s["counts"] for s in data["sites"]}
-    for site in sites:
-        raw_sites.setdefault(site.id, dict.fromkeys(service.METRICS, 0))
-    if site_ids is not None:
-        raw_sites = {k: v for k, v in raw_sites.items() if k in site_ids}
-    regions: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(service.METRICS, 0))
-    site_rows = []
-    for site_id, counts in sorted(raw_sites.items(), key=lambda kv: (known[kv[0]].name if kv[0] in known else kv[0])):
-        site = known.get(site_id)
-        region = site.region if site else "Region not known"
-        for metric, n in counts.items():
-            regions[region][metric] += n
-        site_rows.append({"id": site_id, "name": site.name if site else site_id, "region": region,
-                          "counts": {m: show(n) for m, n in counts.items()}})
-    fellowship_counts: dict[str, int] = defaultdict(int)
-    for row in data["rows"]:
-        fellowship_counts[row["fellowship"]] += row["counts"]["referrals_made"]
-    fellowship_rows = [{"name": FELLOWSHIPS.get(f, f), "count": show(n)}
-                       for f, n in sorted(fellowship_counts.items(), key=lambda kv: (-kv[1], kv[0])) if n]
+def _largest_first(value: int | str) -> float:
+    """Sort key on the figure as shown ("<5" between 0 and 5), so the order tells no more than the figures."""
+    return -(0.5 if value == engagement.SMALL else value)
+
+
+def dashboard_data(session: Session, scope: engagement.Scope, filters: dict) -> dict:
+    data = engagement.read(session, scope=scope, **filters)
+    sites = [{"id": s["site_id"], "name": s["name"] or s["site_id"], "region": s["region"] or "Region not known",
+              "counts": s["counts"]} for s in data["sites"]]
+    sites.sort(key=lambda s: s["name"])
+    fellowships = [{"name": FELLOWSHIPS.get(f["fellowship"], f["fellowship"]), "count": f["counts"]["referrals_made"]}
+                   for f in data["fellowships"] if f["counts"]["referrals_made"] != 0]
+    fellowships.sort(key=lambda f: (_largest_first(f["count"]), f["name"]))
     weeks = [{"label": f"{w['week_start'].day} {w['week_start']:%b}", "long": f"{w['week_start'].day} {w['week_start']:%B %Y}",
-              "counts": {m: show(n) for m, n in w["counts"].items()}}
+              "counts": w["counts"]}
              for w in weekly_points(data["weeks"], filters["date_from"], filters["date_to"])]
+    regions = [{"name": r["region"] or "Region not known", "counts": r["counts"]} for r in data["regions"]]
     return {
-        "suppressed": suppressed,
-        "totals": {m: show(n) for m, n in data["totals"].items()},
-        "regions": [{"name": r, "slug": re.sub(r"[^a-z0-9]+", "-", r.lower()).strip("-"),
-                     "counts": {m: show(n) for m, n in c.items()}} for r, c in sorted(regions.items())],
-        "sites": site_rows, "fellowships": fellowship_rows, "weeks": weeks,
+        "suppressed": data["protected"],
+        "totals": data["totals"],
+        "regions": [{**r, "slug": re.sub(r"[^a-z0-9]+", "-", r["name"].lower()).strip("-")} for r in regions],
+        "sites": sites, "fellowships": fellowships, "weeks": weeks,
     }
 
 
 def dashboard_charts(data: dict) -> dict:
-    note = " Hatched bars are small numbers (1 to 4), shown as fewer than 5." if data["suppressed"] else ""
+    note = (" Figures are rounded to a multiple of 5; hatched bars are figures that are not zero but round to 0,"
+            " shown as fewer than 5.") if data["suppressed"] else ""
     out = {}
     if data["weeks"]:
         out["trend"] = charts.column_chart(
@@ -449,6 +418,13 @@ def dashboard_charts(data: dict) -> dict:
     return out
 
 
+def _scope(session: Session, principal: Principal, region: str) -> engagement.Scope:
+    try:
+        return engagement.scope_of(session, principal, region=region if principal.role == Role.admin else "")
+    except engagement.NotVisible as exc:
+        raise PageForbidden(str(exc)) from exc
+
+
 @router.get("/dashboard", response_class=HTMLResponse)
 def dashboard(request: Request, session: SessionDep, principal: DashboardPrincipal):
     values, errors, filters = read_dashboard_filters(request.query_params)
@@ -458,16 +434,16 @@ def dashboard(request: Request, session: SessionDep, principal: DashboardPrincip
     if region and region not in regions:
         errors["region"] = "Choose a region from the list"
         region = ""
-    scope, sites, site_ids = dashboard_scope(session, principal, region)
+    scope = _scope(session, principal, region)
     state = {k: v for k, v in values.items() if v and (k != "region" or region)}
     context = {"title": "Error: Engagement dashboard" if errors else "Engagement dashboard", "principal": principal,
-               "values": values, "errors": errors, "scope": scope, "fellowships": FELLOWSHIPS, "regions": regions,
+               "values": values, "errors": errors, "scope": scope.title, "fellowships": FELLOWSHIPS, "regions": regions,
                "metric_names": METRIC_NAMES, "stage_columns": STAGE_COLUMNS, "reminder_columns": REMINDER_COLUMNS,
                "headlines": HEADLINES, "funnel": FUNNEL, "data": None, "charts": {},
                "csv_url": "/dashboard/engagement.csv" + (f"?{urlencode(state)}" if state else ""),
                "filtered": bool(state), "is_admin": principal.role == Role.admin}
     if not errors:
-        data = dashboard_data(session, principal, sites, site_ids, filters)
+        data = dashboard_data(session, scope, filters)
         context.update(data=data, charts=dashboard_charts(data))
     return render(request, "dashboard.html", context, status_code=422 if errors else 200)
 
@@ -476,20 +452,10 @@ def dashboard(request: Request, session: SessionDep, principal: DashboardPrincip
 def dashboard_csv(request: Request, session: SessionDep, principal: DashboardPrincipal):
     """The dashboard's counters by week, site and fellowship, for a spreadsheet (signed in by the cookie)."""
     values, errors, filters = read_dashboard_filters(request.query_params)
-    region = values["region"] if principal.role == Role.admin else ""
     if errors:
         return Response("; ".join(f"{k}: {v}" for k, v in errors.items()), status_code=422, media_type="text/plain")
-    _scope, sites, site_ids = dashboard_scope(session, principal, region)
-    data = service.engagement(session, site_ids=site_ids, **filters)
-    show = service.suppress if principal.role == Role.commissioner else (lambda n: n)
-    known = {s.id: s for s in sites} if site_ids is not None else {s.id: s for s in session.scalars(select(Site))}
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(["week", "week_start", "region", "site_id", "site", "fellowship", *service.METRICS])
-    for row in data["rows"]:
-        site = known.get(row["site_id"])
-        writer.writerow([row["week"], row["week_start"].isoformat(), site.region if site else "", row["site_id"],
-                         site.name if site else "", row["fellowship"], *(show(row["counts"][m]) for m in service.METRICS)])
+    scope = _scope(session, principal, values["region"])
+    data = engagement.read(session, scope=scope, **filters)
     name = "fama-engagement" + (f"-{values['from']}" if values["from"] else "") + (f"-to-{values['to']}" if values["to"] else "")
-    return Response(out.getvalue(), media_type="text/csv; charset=utf-8",
+    return Response(engagement.csv_text(data), media_type="text/csv; charset=utf-8",
                     headers={"Content-Disposition": f'attachment; filename="{name}.csv"', "Cache-Control": "no-store"})

@@ -1,37 +1,19 @@
-"""Directory domain logic: plain functions the API, CLI, tasks and tests call."""
+"""Directory domain logic for meetings and pilot sites: plain functions the API, CLI, tasks and tests call.
+
+Search and geometry live in search.py, engagement counters in engagement.py.
+"""
 
 from __future__ import annotations
 
-import datetime as dt
-import math
-import re
-from collections import defaultdict
-from zoneinfo import ZoneInfo
-
-from sqlalchemy import and_, func, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.directory.geocode import Geocoder, default_geocoder, normalise_postcode
-from services.directory.models import EngagementCount, EngagementFact, Meeting, Site
+from services.directory.geocode import Geocoder, default_geocoder
+from services.directory.models import Meeting, Site
 from services.directory.runtime import runtime
-from services.directory.schemas import MeetingIn, SearchIn, SiteIn
-from shared.events import MeetingSnapshot, MeetingWithdrawn, Stage, utcnow
-from shared.meeting_time import next_occurrence
-
-EARTH_RADIUS_KM = 6371.0088
-KM_PER_DEGREE = math.pi * EARTH_RADIUS_KM / 180
-CELLS_PER_DEGREE = 10  # grid cells of 0.1 degree: about 11 km north-south, 7 km east-west in Britain
-LONDON = ZoneInfo("Europe/London")
-
-
-class InvalidInput(ValueError):
-    """Bad input the caller must correct: the API answers 422 naming ``field``."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
+from services.directory.schemas import InvalidInput, MeetingIn, SiteIn
+from services.directory.search import grid_cell, haversine_km, resolve_near, search_meetings  # noqa: F401 (bench/)
+from shared.events import MeetingSnapshot, MeetingWithdrawn, utcnow
 
 
 class NotFound(LookupError):
@@ -44,59 +26,6 @@ class MeetingExists(ValueError):
 
 class Conflict(ValueError):
     pass
-
-
-# --- geometry -----------------------------------------------------------------------------
-
-def haversine_km(lat1: float, lng1: float, lat2: float, lng2: float) -> float:
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp, dl = p2 - p1, math.radians(lng2 - lng1)
-    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(a)))
-
-
-def _row(lat: float) -> int:
-    return math.floor(lat * CELLS_PER_DEGREE) + 90 * CELLS_PER_DEGREE
-
-
-def _col(lng: float) -> int:
-    return math.floor(lng * CELLS_PER_DEGREE) + 180 * CELLS_PER_DEGREE
-
-
-def grid_cell(lat: float, lng: float) -> int:
-    """The indexed grid cell of a point: row-major, so one grid row is one range of ids."""
-    return _row(lat) * 10_000 + _col(lng)
-
-
-def cell_ranges(lat: float, lng: float, radius_km: float) -> tuple[list[tuple[int, int]], tuple[float, float, float, float]]:
-    """The id ranges (one per grid row) and bounding box covering a circle."""
-    dlat = radius_km / KM_PER_DEGREE
-    lat0, lat1 = max(lat - dlat, -89.999), min(lat + dlat, 89.999)
-    widest = max(abs(lat0), abs(lat1))
-    dlng = min(180.0, radius_km / (KM_PER_DEGREE * max(math.cos(math.radians(widest)), 1e-6)))
-    lng0, lng1 = max(lng - dlng, -180.0), min(lng + dlng, 179.999)
-    ranges = [(r * 10_000 + _col(lng0), r * 10_000 + _col(lng1)) for r in range(_row(lat0), _row(lat1) + 1)]
-    return ranges, (lat0, lat1, lng0, lng1)
-
-
-LATLNG = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*$")
-
-
-def resolve_near(near: str, geocoder: Geocoder | None = None) -> tuple[float, float, str]:
-    """'lat,lng' or a UK postcode (full or outward code) -> (lat, lng, what was understood)."""
-    match = LATLNG.match(near)
-    if match:
-        lat, lng = float(match.group(1)), float(match.group(2))
-        if not -90 <= lat <= 90 or not -180 <= lng <= 180:
-            raise InvalidInput("near", f"{near!r}: latitude must be within -90..90 and longitude within -180..180")
-        return lat, lng, f"{lat},{lng}"
-    postcode = normalise_postcode(near)
-    if postcode is None:
-        raise InvalidInput("near", f"{near!r} is neither a UK postcode nor 'latitude,longitude'")
-    point = (geocoder or default_geocoder()).locate(postcode)
-    if point is None:
-        raise InvalidInput("near", f"unknown postcode {postcode!r}")
-    return point[0], point[1], postcode
 
 
 # --- meetings -------------------------------------------------------------------------------
@@ -217,76 +146,6 @@ def replay_meetings(*, batch: int = 200, progress=None) -> int:
             progress(len(meetings))
 
 
-# --- search ---------------------------------------------------------------------------------
-
-def _filters(search_in: SearchIn) -> list:
-    conditions = [Meeting.active.is_(True), Meeting.attendance_option != "inactive"]
-    if search_in.day is not None:
-        conditions.append(Meeting.day == search_in.day)
-    if search_in.starts_after:
-        conditions.append(Meeting.time >= search_in.starts_after)
-    if search_in.starts_before:
-        conditions.append(Meeting.time <= search_in.starts_before)
-    if search_in.fellowship:
-        conditions.append(Meeting.fellowship == search_in.fellowship)
-    for code in search_in.types:
-        conditions.append(Meeting.types_key.contains(f"|{code}|", autoescape=True))
-    if search_in.attendance == "in_person":  # people can walk into hybrid meetings too
-        conditions.append(Meeting.attendance_option.in_(("in_person", "hybrid")))
-    elif search_in.attendance == "online":  # and join them online
-        conditions.append(Meeting.attendance_option.in_(("online", "hybrid")))
-    elif search_in.attendance == "hybrid":
-        conditions.append(Meeting.attendance_option == "hybrid")
-    if search_in.q:
-        q = search_in.q.strip().lower()
-        conditions.append(or_(*(func.lower(col).contains(q, autoescape=True) for col in (
-            Meeting.name, Meeting.location, Meeting.formatted_address, Meeting.group, Meeting.notes,
-            Meeting.postcode, Meeting.city))))
-    return conditions
-
-
-def search_meetings(session: Session, *, search_in: SearchIn, geocoder: Geocoder | None = None) -> dict:
-    """Live meetings matching the filters; by distance when ``near`` is given.
-
-    With ``near`` only the grid rows covering the circle are read (an index range per
-    row), then exact great-circle distances decide, so the work follows the area searched.
-    Returns {"total", "near", "results": [(meeting, distance_km | None)]}.
-    """
-    conditions = _filters(search_in)
-    if search_in.near:
-        lat, lng, label = resolve_near(search_in.near, geocoder)
-        ranges, (lat0, lat1, lng0, lng1) = cell_ranges(lat, lng, search_in.radius_km)
-        conditions += [or_(*(Meeting.cell.between(a, b) for a, b in ranges)),
-                       Meeting.latitude.between(lat0, lat1), Meeting.longitude.between(lng0, lng1)]
-        # Rank on a few columns, then load whole meetings for the page only: a dense area
-        # holds thousands of candidates, and building each as an ORM object costs most.
-        found = []
-        candidates = select(Meeting.id, Meeting.latitude, Meeting.longitude, Meeting.day, Meeting.time, Meeting.slug)
-        for row in session.execute(candidates.where(and_(*conditions))):
-            distance = haversine_km(lat, lng, row.latitude, row.longitude)
-            if distance <= search_in.radius_km:
-                found.append((row, distance))
-        found.sort(key=lambda rd: (rd[1], rd[0].day if rd[0].day is not None else 7, rd[0].time or "", rd[0].slug))
-        page = found[search_in.offset:search_in.offset + search_in.limit]
-        loaded = {m.id: m for m in session.scalars(select(Meeting).where(Meeting.id.in_([r.id for r, _ in page])))} \
-            if page else {}
-        return {"total": len(found), "near": {"query": search_in.near, "resolved": label, "latitude": lat,
-                                              "longitude": lng, "radius_km": search_in.radius_km},
-                "results": [(loaded[r.id], d) for r, d in page]}
-    total = session.scalar(select(func.count()).select_from(Meeting).where(*conditions)) or 0
-    rows = session.scalars(select(Meeting).where(*conditions)
-                           .order_by(Meeting.day.is_(None), Meeting.day, Meeting.time, Meeting.name, Meeting.id)
-                           .offset(search_in.offset).limit(search_in.limit)).all()
-    return {"total": total, "near": None, "results": [(m, None) for m in rows]}
-
-
-def next_start(meeting: Meeting, now: dt.datetime | None = None) -> dt.datetime | None:
-    """The meeting's next start in its own timezone (None for appointment-only meetings)."""
-    if meeting.day is None or meeting.time is None:
-        return None
-    return next_occurrence(meeting.day, meeting.time, meeting.timezone, now or utcnow())
-
-
 # --- sites ----------------------------------------------------------------------------------
 
 def create_site(session: Session, *, site_in: SiteIn) -> Site:
@@ -317,104 +176,3 @@ def get_site(session: Session, site_id: str) -> Site:
 
 def site_in_of(site: Site) -> dict:
     return {name: getattr(site, name) for name in SiteIn.model_fields}
-
-
-# --- engagement counters --------------------------------------------------------------------
-
-METRICS = (
-    "referrals_made", "contact_arranged", "first_meeting_attended", "accompanied", "followed_up",
-    "did_not_engage", "declined", "consent_withdrawn", "reminders_sent", "reminders_delivered",
-    "reminders_failed", "opted_out",
-)
-STAGE_METRICS = {
-    Stage.contact_arranged: "contact_arranged",
-    Stage.first_meeting_attended: "first_meeting_attended",
-    Stage.followed_up: "followed_up",
-    Stage.did_not_engage: "did_not_engage",
-    Stage.declined: "declined",
-}
-# When an event carries no business status, the FHIR status says as much.
-STATUS_METRICS = {"accepted": "contact_arranged", "completed": "followed_up", "failed": "did_not_engage",
-                  "cancelled": "declined"}
-
-
-def week_start(moment: dt.datetime) -> dt.date:
-    """Monday of the ISO week (in UK local time) of ``moment``."""
-    local = moment.astimezone(LONDON).date() if moment.tzinfo else moment.date()
-    return local - dt.timedelta(days=local.weekday())
-
-
-def iso_week(monday: dt.date) -> str:
-    year, week, _ = monday.isocalendar()
-    return f"{year}-W{week:02d}"
-
-
-def stage_metrics(*, business_status: str | None, to_status: str | None, accompanied: bool | None) -> list[str]:
-    metrics = []
-    if business_status in STAGE_METRICS:
-        metrics.append(STAGE_METRICS[Stage(business_status)])
-    elif business_status is None and to_status in STATUS_METRICS:
-        metrics.append(STATUS_METRICS[to_status])
-    if accompanied:
-        metrics.append("accompanied")
-    return metrics
-
-
-def _insert(session: Session, model):
-    dialect = session.get_bind().dialect.name
-    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(model)
-
-
-def count_fact(session: Session, *, subject: str, metric: str, site_id: str, fellowship: str,
-               occurred_at: dt.datetime) -> bool:
-    """Count ``metric`` for ``subject`` once ever; True if it was new."""
-    monday = week_start(occurred_at)
-    inserted = session.execute(
-        _insert(session, EngagementFact).values(subject=subject, metric=metric, site_id=site_id, fellowship=fellowship,
-                                               week_start=monday, occurred_at=occurred_at)
-        .on_conflict_do_nothing(index_elements=["subject", "metric"]).returning(EngagementFact.subject)
-    ).first()
-    if inserted is None:
-        return False
-    stmt = _insert(session, EngagementCount).values(site_id=site_id, fellowship=fellowship, week_start=monday,
-                                                    metric=metric, count=1)
-    session.execute(stmt.on_conflict_do_update(index_elements=["site_id", "fellowship", "week_start", "metric"],
-                                               set_={"count": EngagementCount.count + 1}))
-    return True
-
-
-def engagement(session: Session, *, site_ids: list[str] | None, date_from: dt.date | None = None,
-               date_to: dt.date | None = None, fellowship: str | None = None) -> dict:
-    """Totals, weekly series and per-site totals of the counters (``site_ids`` None = all sites)."""
-    query = select(EngagementCount)
-    if site_ids is not None:
-        query = query.where(EngagementCount.site_id.in_(site_ids))
-    if date_from is not None:
-        query = query.where(EngagementCount.week_start >= date_from - dt.timedelta(days=date_from.weekday()))
-    if date_to is not None:
-        query = query.where(EngagementCount.week_start <= date_to)
-    if fellowship:
-        query = query.where(EngagementCount.fellowship == fellowship)
-    totals = dict.fromkeys(METRICS, 0)
-    weeks: dict[dt.date, dict[str, int]] = defaultdict(lambda: dict.fromkeys(METRICS, 0))
-    sites: dict[str, dict[str, int]] = {s: dict.fromkeys(METRICS, 0) for s in site_ids or []}
-    rows: dict[tuple, dict[str, int]] = defaultdict(lambda: dict.fromkeys(METRICS, 0))
-    for row in session.scalars(query):
-        if row.metric not in totals:
-            continue
-        totals[row.metric] += row.count
-        weeks[row.week_start][row.metric] += row.count
-        sites.setdefault(row.site_id, dict.fromkeys(METRICS, 0))[row.metric] += row.count
-        rows[(row.week_start, row.site_id, row.fellowship)][row.metric] += row.count
-    return {
-        "totals": totals,
-        "weeks": [{"week": iso_week(w), "week_start": w, "counts": weeks[w]} for w in sorted(weeks)],
-        "sites": [{"site_id": s, "counts": sites[s]} for s in sorted(sites)],
-        "rows": [{"week": iso_week(w), "week_start": w, "site_id": s, "fellowship": f, "counts": c}
-                 for (w, s, f), c in sorted(rows.items())],
-    }
-
-
-def suppress(count: int) -> int | str:
-    """Small numbers (1-4) could identify people: commissioners see "<5"."""
-    return "<5" if 1 <= count <= 4 else count

@@ -32,3 +32,14 @@ def outbox_events() -> list[tuple[str, dict]]:
             seen.add(row.event_id)
             out.append((row.event_type, row.body["payload"]))
     return out
+
+
+def fix_rounding(point: int) -> None:
+    """Make every counter's secret rounding draw ``point`` (0-4), so a test knows which way it rounds.
+
+    4 never rounds up (1-4 show as "<5", 6 as 5); 2 rounds to the nearest 5 (3 -> 5, 7 -> 5, 8 -> 10).
+    """
+    from sqlalchemy import text
+
+    with runtime.engine.begin() as conn:
+        conn.execute(text("UPDATE engagement_counts SET rounding_point = :point"), {"point": point})

@@ -10,7 +10,7 @@ import uuid
 import pytest
 from fastapi.testclient import TestClient
 
-from services.directory import service
+from services.directory import engagement, service
 from services.directory.api import app
 from services.directory.handlers import HANDLERS
 from services.directory.runtime import runtime
@@ -24,6 +24,7 @@ from shared.events import (
     ReminderFact,
     Stage,
 )
+from tests.services.directory.helpers import fix_rounding
 from tests.support.auth import auth
 from tests.support.processes import wait_for
 
@@ -64,9 +65,14 @@ def handle(event: Event) -> bool:
     return runtime.handle(event.model_dump(mode="json"), HANDLERS)
 
 
-def totals(site_ids=None, **kw) -> dict:
+def figures(**kw) -> dict:
+    """Every site's exact figures, as an admin reads them."""
     with runtime.sessions() as session:
-        return service.engagement(session, site_ids=site_ids, **kw)["totals"]
+        return engagement.read(session, scope=engagement.Scope("All regions"), **kw)
+
+
+def totals(**kw) -> dict:
+    return figures(**kw)["totals"]
 
 
 def test_each_fact_counts_once_whatever_the_order_or_repetition(sites):
@@ -102,8 +108,7 @@ def test_weeks_fellowships_and_date_filters(sites):
     handle(created(uuid.uuid4(), at=MONDAY + dt.timedelta(days=6, hours=12)))  # Sunday, same ISO week
     handle(created(uuid.uuid4(), at=MONDAY + dt.timedelta(days=7)))
     handle(created(uuid.uuid4(), fellowship="smart", at=MONDAY + dt.timedelta(days=7)))
-    with runtime.sessions() as session:
-        data = service.engagement(session, site_ids=None)
+    data = figures()
     assert [(w["week"], w["counts"]["referrals_made"]) for w in data["weeks"]] == [("2026-W47", 2), ("2026-W48", 2)]
     assert totals(fellowship="smart")["referrals_made"] == 1
     assert totals(date_from=dt.date(2026, 11, 23))["referrals_made"] == 2
@@ -116,12 +121,14 @@ def test_who_may_read_engagement_and_what_commissioners_see(sites):
     for _ in range(6):
         handle(created(uuid.uuid4(), site="lambeth"))
     handle(created(uuid.uuid4(), site="sheffield"))
+    fix_rounding(4)  # 3 rounds down to "<5", 6 down to 5
     commissioner = auth("commissioner", region="London")
     got = client.get("/engagement", headers=commissioner)
     assert got.status_code == 200, got.text
     body = got.json()
-    assert body["suppressed"] is True and body["totals"]["referrals_made"] == 9
-    assert {s["site_id"]: s["counts"]["referrals_made"] for s in body["sites"]} == {"croydon": "<5", "lambeth": 6}
+    # Commissioners see rounded figures; the total is the sum of the rounded sites, never 9.
+    assert body["suppressed"] is True and body["totals"]["referrals_made"] == 5
+    assert {s["site_id"]: s["counts"]["referrals_made"] for s in body["sites"]} == {"croydon": "<5", "lambeth": 5}
     assert body["totals"]["declined"] == 0
     admin = client.get("/engagement", headers=auth("admin")).json()
     assert admin["suppressed"] is False and admin["totals"]["referrals_made"] == 10
@@ -150,6 +157,7 @@ def test_csv_export_suppresses_for_commissioners(sites):
         handle(created(uuid.uuid4(), site="croydon"))
     for _ in range(5):
         handle(created(uuid.uuid4(), site="lambeth", fellowship="na"))
+    fix_rounding(4)
     response = client.get("/engagement.csv", headers=auth("commissioner", region="London"))
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/csv")
     rows = list(csv.DictReader(io.StringIO(response.text)))
@@ -201,5 +209,36 @@ def test_counters_through_a_real_directory_worker(sites, processes):
 
     t = wait_for(counted, timeout=30, what="the directory worker to count the events")
     assert (t["referrals_made"], t["contact_arranged"], t["declined"]) == (1, 1, 1)
+    fix_rounding(4)
     commissioner = client.get("/engagement", headers=auth("commissioner", region="London")).json()
     assert commissioner["totals"]["referrals_made"] == "<5"
+
+
+@pytest.mark.parametrize("text,cell", [("=HYPERLINK(\"http://x\")", "'=HYPERLINK(\"http://x\")"), ("+1", "'+1"),
+                                       ("-2+3", "'-2+3"), ("@SUM(A1)", "'@SUM(A1)"), ("\tx", "'\tx"), ("\rx", "'\rx"),
+                                       ("Croydon", "Croydon"), ("a=b", "a=b")])
+def test_spreadsheet_safe_cells(text, cell):
+    assert engagement.spreadsheet_safe(text) == cell
+
+
+def test_every_csv_download_escapes_formula_cells():
+    """A site's name and region are typed by an admin, a site id arrives in events: none runs as a formula."""
+    with runtime.transaction() as session:
+        service.create_site(session, site_in=SiteIn(id="evil", name="=HYPERLINK(\"http://x.example\",\"click\")",
+                                                    host_agency="CGL", region="@London"))
+    handle(created(uuid.uuid4(), site="evil"))
+    handle(created(uuid.uuid4(), site="-1+cmd|' /C calc'!A0"))  # a site id no admin registered
+    downloads = [client.get("/engagement.csv", headers=auth("admin")),
+                 client.get("/engagement", params={"format": "csv"}, headers=auth("commissioner", region="@London")),
+                 client.get("/sites/evil/engagement", params={"format": "csv"}, headers=auth("site_lead", site="evil")),
+                 client.get("/dashboard/engagement.csv", headers=auth("admin"))]
+    for response in downloads:
+        assert response.status_code == 200, response.text
+        rows = list(csv.DictReader(io.StringIO(response.text)))
+        assert rows and all(not value.startswith(("=", "+", "-", "@", "\t", "\r"))
+                            for row in rows for value in row.values()), response.text
+        evil = next(r for r in rows if r["site_id"] == "evil")
+        assert evil["site"] == "'=HYPERLINK(\"http://x.example\",\"click\")" and evil["region"] == "'@London"
+    assert "'-1+cmd|' /C calc'!A0" in downloads[0].text
+    # Both downloads have the same columns.
+    assert downloads[0].text.splitlines()[0] == downloads[3].text.splitlines()[0] == ",".join(engagement.CSV_COLUMNS)

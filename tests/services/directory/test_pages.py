@@ -17,11 +17,11 @@ from zoneinfo import ZoneInfo
 import pytest
 from fastapi.testclient import TestClient
 
-from services.directory import service
+from services.directory import engagement, service
 from services.directory.api import app
 from services.directory.runtime import runtime
 from services.directory.schemas import MeetingIn, SiteIn
-from tests.services.directory.helpers import meeting
+from tests.services.directory.helpers import fix_rounding, meeting
 from tests.support.auth import auth, token_for
 
 pytestmark = pytest.mark.usefixtures("clean_state")
@@ -262,7 +262,7 @@ def count(metric: str, n: int, *, site: str = "croydon", fellowship: str = "aa",
     """n facts of one metric, as the event handlers count them."""
     with runtime.transaction() as session:
         for i in range(n):
-            service.count_fact(session, subject=f"{site}-{metric}-{fellowship}-{at.date()}-{i}", metric=metric,
+            engagement.count_fact(session, subject=f"{site}-{metric}-{fellowship}-{at.date()}-{i}", metric=metric,
                                site_id=site, fellowship=fellowship, occurred_at=at)
 
 
@@ -286,13 +286,14 @@ def test_each_role_sees_its_own_scope(sites):
     count("referrals_made", 6, site="croydon")
     count("referrals_made", 7, site="lambeth")
     count("referrals_made", 8, site="sheffield")
+    fix_rounding(2)  # to the nearest 5
     london = dashboard("commissioner", region="London")
     assert london.status_code == 200
     assert "London region" in text(london.text)
-    assert by_id(london.text, "sites-croydon-referrals_made") == "6"
-    assert by_id(london.text, "sites-lambeth-referrals_made") == "7"
-    assert by_id(london.text, "regions-london-referrals_made") == "13"
-    assert by_id(london.text, "total-referrals_made") == "13"
+    assert by_id(london.text, "sites-croydon-referrals_made") == "5"
+    assert by_id(london.text, "sites-lambeth-referrals_made") == "5"
+    assert by_id(london.text, "regions-london-referrals_made") == "10"
+    assert by_id(london.text, "total-referrals_made") == "10"
     assert "Sheffield" not in text(london.text)
     keyworker = dashboard("keyworker", site="croydon")
     assert keyworker.status_code == 200
@@ -305,7 +306,7 @@ def test_each_role_sees_its_own_scope(sites):
     assert by_id(only_yorkshire.text, "total-referrals_made") == "8" and "sites-croydon" not in only_yorkshire.text
     # A commissioner cannot widen their scope with the admin's region filter.
     widened = dashboard("commissioner", region="London", query="?region=Yorkshire+and+the+Humber")
-    assert by_id(widened.text, "total-referrals_made") == "13" and "Sheffield" not in text(widened.text)
+    assert by_id(widened.text, "total-referrals_made") == "10" and "Sheffield" not in text(widened.text)
 
 
 def test_small_numbers_are_suppressed_for_commissioners_everywhere_on_the_page(sites):
@@ -313,14 +314,17 @@ def test_small_numbers_are_suppressed_for_commissioners_everywhere_on_the_page(s
     count("first_meeting_attended", 2, site="croydon", fellowship="smart")
     count("referrals_made", 9, site="lambeth", fellowship="aa")
     count("opted_out", 1, site="lambeth", fellowship="aa")
+    fix_rounding(4)  # never up: 1-4 show as "<5", 9 as 5
     page = dashboard("commissioner", region="London").text
-    assert "numbers from 1 to 4 are shown as &lt;5" in page
+    assert "every figure is rounded to a multiple of 5" in text(page)
+    assert "a figure that is not zero but rounds to 0 is shown as <5" in text(page)
     assert by_id(page, "sites-croydon-referrals_made") == "<5"
     assert by_id(page, "sites-croydon-first_meeting_attended") == "<5"
-    assert by_id(page, "sites-lambeth-referrals_made") == "9"
+    assert by_id(page, "sites-lambeth-referrals_made") == "5"
     assert by_id(page, "sites-lambeth-opted_out") == "<5"
     assert by_id(page, "sites-croydon-followed_up") == "0"  # zero is not identifying
-    assert by_id(page, "total-referrals_made") == "12"
+    # The total is the sum of the rounded figures: 12 - 9 would give Croydon away.
+    assert by_id(page, "total-referrals_made") == "5"
     # The charts tell no more than the tables: no 3 or 2 drawn for Croydon or SMART.
     mix = page[page.index('id="chart-mix"'):page.index("</svg>", page.index('id="chart-mix"'))]
     assert "SMART Recovery, Referrals: &lt;5" in mix and ">3<" not in mix
@@ -335,6 +339,7 @@ def test_small_numbers_are_suppressed_for_commissioners_everywhere_on_the_page(s
 def test_charts_have_text_alternatives_and_the_data_as_tables(sites):
     count("referrals_made", 6, site="croydon", fellowship="smart")
     count("referrals_made", 5, site="croydon", fellowship="aa", at=MONDAY + dt.timedelta(weeks=2))
+    fix_rounding(4)  # 6 shows as 5
     page = dashboard("commissioner", region="London", query="?from=2026-11-09&to=2026-12-06").text
     for chart_id, title in (("chart-trend", "Referrals each week"), ("chart-funnel", "From referral to engagement, by site"),
                             ("chart-mix", "Referrals by fellowship")):
@@ -345,26 +350,28 @@ def test_charts_have_text_alternatives_and_the_data_as_tables(sites):
         assert by_id(page, f"{chart_id}-desc")
     # Four weeks in the period, empty ones included, with their numbers in a table.
     words = text(page)
-    for week, n in (("9 November 2026", 0), ("16 November 2026", 6), ("23 November 2026", 0), ("30 November 2026", 5)):
+    for week, n in (("9 November 2026", 0), ("16 November 2026", 5), ("23 November 2026", 0), ("30 November 2026", 5)):
         assert f"{week} {n} " in words
-    assert "Week starting 16 Nov: 6" in page
-    assert '<th scope="row">SMART Recovery</th><td class="num">6</td>' in page
+    assert "Week starting 16 Nov: 5" in page
+    assert '<th scope="row">SMART Recovery</th><td class="num">5</td>' in page
     assert '<th scope="row">Alcoholics Anonymous</th><td class="num">5</td>' in page
-    assert by_id(page, "total-referrals_made") == "11"
+    assert by_id(page, "total-referrals_made") == "10"
 
 
 def test_date_range_and_fellowship_filters(sites):
     count("referrals_made", 6, site="croydon", fellowship="smart")
     count("referrals_made", 7, site="croydon", fellowship="aa")
     count("referrals_made", 8, site="croydon", fellowship="aa", at=MONDAY + dt.timedelta(weeks=3))
+    fix_rounding(2)  # to the nearest 5: 6 and 7 show as 5, 8 as 10
 
     def total(query: str) -> str:
         return by_id(dashboard("commissioner", region="London", query=query).text, "total-referrals_made")
-    assert total("") == "21"
+    assert total("") == "20"
     assert total("?fellowship=aa") == "15"
-    assert total("?to=2026-11-22") == "13"
-    assert total("?from=2026-11-30&fellowship=aa") == "8"
-    assert total("?from=16/11/2026&to=22/11/2026&fellowship=smart") == "6"
+    assert total("?to=2026-11-22") == "10"
+    assert total("?from=2026-11-30&fellowship=aa") == "10"
+    assert total("?from=16/11/2026&to=22/11/2026&fellowship=smart") == "5"
+    assert by_id(dashboard("admin", query="?fellowship=aa").text, "total-referrals_made") == "15"  # exact: 7 + 8
     bad = dashboard("commissioner", region="London", query="?from=2026-13-45&to=2026-11-01")
     assert bad.status_code == 422
     assert "Enter the start date as a real date, like 16/11/2026" in by_id(bad.text, "from-error") + text(bad.text)
@@ -380,6 +387,7 @@ def test_csv_download_from_the_dashboard_link_with_the_sign_in_cookie(sites):
     count("referrals_made", 3, site="croydon", fellowship="smart")
     count("referrals_made", 6, site="lambeth", fellowship="aa")
     count("referrals_made", 5, site="sheffield", fellowship="aa")
+    fix_rounding(4)
     browser = TestClient(app)
     form_token = re.search(r'name="csrf_token" value="([0-9a-f]+)"', browser.get("/signin").text).group(1)
     signed_in = browser.post("/signin", data={"token": token_for("commissioner", region="London"), "csrf_token": form_token,
@@ -395,7 +403,7 @@ def test_csv_download_from_the_dashboard_link_with_the_sign_in_cookie(sites):
     assert 'attachment; filename="fama-engagement-2026-11-01.csv"' == download.headers["content-disposition"]
     rows = list(csv.DictReader(io.StringIO(download.text)))
     assert {(r["site"], r["region"], r["fellowship"], r["referrals_made"]) for r in rows} == {
-        ("Croydon", "London", "smart", "<5"), ("Lambeth", "London", "aa", "6")}
+        ("Croydon", "London", "smart", "<5"), ("Lambeth", "London", "aa", "5")}
     assert all(r["week"] == "2026-W47" and r["week_start"] == "2026-11-16" for r in rows)
     # Filters a commissioner cannot use do not widen the download; a stranger gets nothing.
     assert "sheffield" not in browser.get("/dashboard/engagement.csv?region=Yorkshire+and+the+Humber").text

@@ -8,7 +8,7 @@ import random
 import pytest
 from fastapi.testclient import TestClient
 
-from services.directory import service
+from services.directory import search, service
 from services.directory.api import app
 from services.directory.geocode import OutcodeGeocoder, normalise_postcode
 from services.directory.runtime import runtime
@@ -130,9 +130,9 @@ def test_next_occurrence_crosses_the_october_change(clean_state):
     with runtime.sessions() as session:
         m = service.get_meeting(session, "sunday-morning")
         saturday = dt.datetime(2026, 10, 24, 12, 0, tzinfo=dt.UTC)  # still BST
-        start = service.next_start(m, saturday)
+        start = search.next_start(m, saturday)
         assert start.isoformat() == "2026-10-25T10:00:00+00:00"  # GMT: 10:00 UTC, not 09:00
-        week_before = service.next_start(m, saturday - dt.timedelta(days=7))
+        week_before = search.next_start(m, saturday - dt.timedelta(days=7))
         assert week_before.isoformat() == "2026-10-18T10:00:00+01:00"
         assert week_before.astimezone(dt.UTC).hour == 9
 
@@ -141,10 +141,10 @@ def test_next_occurrence_crosses_the_march_change(clean_state):
     add(slug="sunday-night", day=0, time="19:00")  # Sunday 28 March 2027: clocks go forward at 01:00
     with runtime.sessions() as session:
         m = service.get_meeting(session, "sunday-night")
-        start = service.next_start(m, dt.datetime(2027, 3, 27, 23, 30, tzinfo=dt.UTC))
+        start = search.next_start(m, dt.datetime(2027, 3, 27, 23, 30, tzinfo=dt.UTC))
         assert start.isoformat() == "2027-03-28T19:00:00+01:00"
         assert start.astimezone(dt.UTC).strftime("%H:%M") == "18:00"
-        found = service.search_meetings(session, search_in=SearchIn(near="CR0", day=0))
+        found = search.search_meetings(session, search_in=SearchIn(near="CR0", day=0))
         assert [mm.slug for mm, _ in found["results"]] == ["sunday-night"]
 
 
@@ -155,11 +155,11 @@ def test_grid_ranges_find_exactly_what_a_full_scan_finds():
     for _ in range(30):
         lat, lng = rng.uniform(50.5, 58), rng.uniform(-5, 1.5)
         radius = rng.choice([1, 5, 10, 25, 60])
-        ranges, (lat0, lat1, lng0, lng1) = service.cell_ranges(lat, lng, radius)
+        ranges, (lat0, lat1, lng0, lng1) = search.cell_ranges(lat, lng, radius)
         indexed = {p for p in points
-                   if any(a <= service.grid_cell(*p) <= b for a, b in ranges) and lat0 <= p[0] <= lat1 and lng0 <= p[1] <= lng1
-                   and service.haversine_km(lat, lng, *p) <= radius}
-        scanned = {p for p in points if service.haversine_km(lat, lng, *p) <= radius}
+                   if any(a <= search.grid_cell(*p) <= b for a, b in ranges) and lat0 <= p[0] <= lat1 and lng0 <= p[1] <= lng1
+                   and search.haversine_km(lat, lng, *p) <= radius}
+        scanned = {p for p in points if search.haversine_km(lat, lng, *p) <= radius}
         assert indexed == scanned
 
 
@@ -171,4 +171,4 @@ def test_postcodes_normalise_and_resolve_offline():
     assert normalise_postcode("12345") is None
     assert geocoder.locate("B1 1AA") == geocoder.locate("b1") == (52.47872, -1.90723)
     assert geocoder.locate("ZZ9 9ZZ") is None
-    assert service.haversine_km(51.5074, -0.1278, 53.4808, -2.2426) == pytest.approx(262, abs=2)  # London-Manchester
+    assert search.haversine_km(51.5074, -0.1278, 53.4808, -2.2426) == pytest.approx(262, abs=2)  # London-Manchester
