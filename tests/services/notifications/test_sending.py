@@ -32,6 +32,7 @@ from tests.services.notifications.support import (
 )
 from tests.support.auth import auth
 from tests.support.broker import queued_messages
+from tests.support.events import signed
 from tests.support.processes import wait_for
 
 pytestmark = pytest.mark.usefixtures("clean_state")
@@ -39,7 +40,7 @@ FAST = {"NOTIFICATIONS_DISPATCH_SECONDS": "0.3", "NOTIFICATIONS_SWEEP_SECONDS": 
 
 
 def publish(event: Event) -> None:
-    runtime.celery.send_task(queues.event_task("notifications"), args=[event.model_dump(mode="json")],
+    runtime.celery.send_task(queues.event_task("notifications"), args=[signed(event)],
                              queue=queues.NOTIFICATIONS_EVENTS)
 
 

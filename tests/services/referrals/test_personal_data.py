@@ -17,6 +17,7 @@ from shared.events import ContactDetails, ContactOptedOut, Event, OptedOutReferr
 from tests.services.referrals.conftest import EMAIL, MOBILE, MOBILE_E164, PLAINTEXTS, raw_rows, referral_body
 from tests.support.auth import auth
 from tests.support.broker import queued_messages
+from tests.support.events import signed
 from tests.support.processes import api_server, wait_for
 
 KEYWORKER = auth("keyworker", "croydon")
@@ -88,7 +89,7 @@ def test_api_and_worker_logs_hold_no_contact_details(meeting, processes):
             OptedOutReferral(referral_id=referral_id, site_id="croydon", fellowship="smart")]), producer="notifications"),
     ]
     for event in events:
-        runtime.outbox.send("referrals", event.model_dump(mode="json"))
+        runtime.outbox.send("referrals", signed(event))
     client = TestClient(app)
 
     def handled():
