@@ -82,8 +82,9 @@ class ServiceSettings(BaseSettings):
         """Each producer's event key list."""
         return {producer: getattr(self, f"{producer}_event_keys") for producer in DEV_EVENT_KEYS}
 
-    @model_validator(mode="after")
-    def check_event_keys(self):
+    def refuse_development_event_keys(self):
+        """Each service's last check (its config's ``check_event_keys``): production must not sign
+        or verify events with a development key."""
         if self.environment == "production":
             for producer, keys in self.event_keys().items():
                 if DEV_EVENT_KEYS[producer] in [k.strip() for k in keys.split(",")]:

@@ -1,5 +1,6 @@
 from functools import lru_cache
 
+from pydantic import model_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings
@@ -14,6 +15,10 @@ class Settings(ServiceSettings):
     feed_fetch_timeout: float = 20.0
     # Feeds fetched from a URL larger than this are refused.
     feed_max_bytes: int = 20_000_000
+
+    @model_validator(mode="after")
+    def check_event_keys(self):
+        return self.refuse_development_event_keys()
 
 
 @lru_cache

@@ -81,6 +81,10 @@ class Settings(ServiceSettings):
                 raise ValueError("production needs NOTIFICATIONS_HASH_KEY")
         return self
 
+    @model_validator(mode="after")
+    def check_event_keys(self):
+        return self.refuse_development_event_keys()
+
 
 @lru_cache
 def get_settings() -> Settings:

@@ -1,6 +1,6 @@
 from functools import lru_cache
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import DEV_TRANSIT_KEY, ServiceSettings, common
@@ -17,6 +17,10 @@ class Settings(ServiceSettings):
     retention_days: int = Field(30, ge=0)
     # How often the scheduler looks for contact details to erase.
     erasure_interval_seconds: float = 3600.0
+
+    @model_validator(mode="after")
+    def check_event_keys(self):
+        return self.refuse_development_event_keys()
 
 
 @lru_cache

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import json
 import uuid
 from pathlib import Path
@@ -16,13 +17,14 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, func, select
 from sqlalchemy.exc import OperationalError
 
 from shared.celery_app import make_celery
+from shared.crypto import generate_key
 from shared.db import make_engine, make_sessionmaker, transaction
 from shared.events import Event, MeetingSnapshot, ReferralCreated, refusal, sign
 from shared.inbox import consume, inbox_table
 from shared.inbox import prune as prune_inbox
 from shared.outbox import Outbox, leave_receipt, outbox_table, receipt_key
 from shared.runtime import ServiceRuntime
-from shared.settings import ServiceSettings
+from shared.settings import DEV_EVENT_KEYS, ServiceSettings
 from tests.support.broker import queued_messages
 from tests.support.events import signed
 from tests.support.servers import create_database, drop_database
@@ -566,10 +568,18 @@ def test_an_event_signed_with_the_previous_key_is_accepted_while_that_key_is_lis
     assert refusal(old_signed, consumer="referrals", keys_of={"directory": new_key}) == "bad_signature"
 
 
-def test_production_refuses_the_development_event_keys(monkeypatch):
-    monkeypatch.setenv("FAMA_ENV", "production")
-    monkeypatch.setenv("JWT_SECRET", "x" * 64)
+@pytest.mark.parametrize("service", ["directory", "referrals", "notifications"])
+def test_production_refuses_the_development_event_keys(monkeypatch, service):
+    settings_class = importlib.import_module(f"services.{service}.config").Settings
+    production = {"environment": "production", "jwt_secret": "x" * 64, "encryption_keys": generate_key(),
+                  "callback_token": "t" * 40, "hash_key": "h" * 40}
     monkeypatch.setenv("DIRECTORY_EVENT_KEYS", "a-real-directory-key-of-enough-length-000")
     monkeypatch.setenv("REFERRALS_EVENT_KEYS", "a-real-referrals-key-of-enough-length-000")
     with pytest.raises(ValueError, match="NOTIFICATIONS_EVENT_KEYS"):
-        ServiceSettings(encryption_keys="a-real-field-key")
+        settings_class(**production)
+    # Still listed second (a rotation half done) is refused too; with its own keys it starts.
+    monkeypatch.setenv("NOTIFICATIONS_EVENT_KEYS", f"a-real-notifications-key-000000000,{DEV_EVENT_KEYS['notifications']}")
+    with pytest.raises(ValueError, match="NOTIFICATIONS_EVENT_KEYS"):
+        settings_class(**production)
+    monkeypatch.setenv("NOTIFICATIONS_EVENT_KEYS", "a-real-notifications-key-000000000")
+    assert settings_class(**production).environment == "production"

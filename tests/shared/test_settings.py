@@ -9,13 +9,17 @@ from services.notifications.config import Settings as NotificationsSettings
 from services.referrals.config import Settings as ReferralsSettings
 from shared.crypto import generate_key
 
+# Production's own event signing keys (the development ones are refused: test_outbox_inbox).
+EVENT_KEYS = {f"{name}_event_keys": f"{name}-event-key-for-production-000000000" for name in
+              ("directory", "referrals", "notifications")}
+
 
 def test_production_refuses_development_keys():
     with pytest.raises(ValidationError, match="JWT_JWKS_URL or a JWT_SECRET"):
         ReferralsSettings(environment="production", encryption_keys=generate_key())
     with pytest.raises(ValidationError, match="encryption keys"):
         ReferralsSettings(environment="production", jwt_secret="x" * 40)
-    ok = ReferralsSettings(environment="production", jwt_secret="x" * 40, encryption_keys=generate_key())
+    ok = ReferralsSettings(environment="production", jwt_secret="x" * 40, encryption_keys=generate_key(), **EVENT_KEYS)
     assert ok.environment == "production"
 
 
@@ -25,7 +29,8 @@ def test_production_notifications_needs_its_own_callback_token_and_hash_key():
         NotificationsSettings(**base, hash_key="h" * 32)
     with pytest.raises(ValidationError, match="HASH_KEY"):
         NotificationsSettings(**base, callback_token="t" * 32)
-    assert NotificationsSettings(**base, callback_token="t" * 32, hash_key="h" * 32).callback_token == "t" * 32
+    assert NotificationsSettings(**base, callback_token="t" * 32, hash_key="h" * 32,
+                                 **EVENT_KEYS).callback_token == "t" * 32
 
 
 def test_each_service_reads_its_own_prefixed_settings(monkeypatch):
