@@ -1,13 +1,22 @@
 """The event envelope and the catalogue of event types, payloads and subscribers.
 
 Events are past-tense facts. Every event travels in one envelope; its payload is validated
-against the pydantic model registered for its type. ``SUBSCRIBERS`` is the one place that
-says which services receive which events.
+against the pydantic model registered for its type. ``CATALOGUE`` is the one place that
+says which service produces each event, which services receive it, which payload fields
+are personal and which subscribers may receive those.
+
+Every envelope is signed by its producer (``sign``: HMAC-SHA256 over the canonical JSON of
+the envelope, with the producer's newest key); ``refusal`` says why a consumer must refuse
+a message (unknown type, a producer other than the catalogue's, not a subscriber, a
+signature no key of that producer makes), so writing to Redis is not enough to change data.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
+import json
 import uuid
 from enum import StrEnum
 from typing import Any, Literal
@@ -160,27 +169,102 @@ ContactOptedOut.model_rebuild()
 
 class EventSpec(BaseModel):
     payload: type[Payload]
+    producer: str
     subscribers: tuple[str, ...]
+    # Payload fields holding personal data (sealed), and the subscribers that may receive them:
+    # every other subscriber gets them as None, and the outbox clears them once delivered.
+    personal: tuple[str, ...] = ()
+    personal_to: tuple[str, ...] = ()
 
+
+_MEETING = {"producer": "directory", "subscribers": ("referrals", "notifications")}
+_REFERRAL = {"producer": "referrals", "subscribers": ("notifications", "directory")}
+_REMINDER = {"producer": "notifications"}
 
 CATALOGUE: dict[str, EventSpec] = {
-    "meeting.published": EventSpec(payload=MeetingSnapshot, subscribers=("referrals", "notifications")),
-    "meeting.updated": EventSpec(payload=MeetingSnapshot, subscribers=("referrals", "notifications")),
-    "meeting.withdrawn": EventSpec(payload=MeetingWithdrawn, subscribers=("referrals", "notifications")),
-    "referral.created": EventSpec(payload=ReferralCreated, subscribers=("notifications", "directory")),
-    "referral.status_changed": EventSpec(payload=ReferralStatusChanged, subscribers=("notifications", "directory")),
-    "referral.consent_withdrawn": EventSpec(payload=ReferralConsentWithdrawn, subscribers=("notifications", "directory")),
-    "reminder.scheduled": EventSpec(payload=ReminderFact, subscribers=("referrals",)),
-    "reminder.cancelled": EventSpec(payload=ReminderFact, subscribers=("referrals",)),
-    "reminder.sent": EventSpec(payload=ReminderFact, subscribers=("referrals", "directory")),
-    "reminder.delivered": EventSpec(payload=ReminderFact, subscribers=("referrals", "directory")),
-    "reminder.failed": EventSpec(payload=ReminderFact, subscribers=("referrals", "directory")),
-    "contact.opted_out": EventSpec(payload=ContactOptedOut, subscribers=("referrals", "directory")),
+    "meeting.published": EventSpec(payload=MeetingSnapshot, **_MEETING),
+    "meeting.updated": EventSpec(payload=MeetingSnapshot, **_MEETING),
+    "meeting.withdrawn": EventSpec(payload=MeetingWithdrawn, **_MEETING),
+    # The sealed contact goes to notifications (which sends the reminders), never to directory.
+    "referral.created": EventSpec(payload=ReferralCreated, **_REFERRAL, personal=("contact_ciphertext",),
+                                  personal_to=("notifications",)),
+    "referral.status_changed": EventSpec(payload=ReferralStatusChanged, **_REFERRAL),
+    "referral.consent_withdrawn": EventSpec(payload=ReferralConsentWithdrawn, **_REFERRAL),
+    "reminder.scheduled": EventSpec(payload=ReminderFact, **_REMINDER, subscribers=("referrals",)),
+    "reminder.cancelled": EventSpec(payload=ReminderFact, **_REMINDER, subscribers=("referrals",)),
+    "reminder.sent": EventSpec(payload=ReminderFact, **_REMINDER, subscribers=("referrals", "directory")),
+    "reminder.delivered": EventSpec(payload=ReminderFact, **_REMINDER, subscribers=("referrals", "directory")),
+    "reminder.failed": EventSpec(payload=ReminderFact, **_REMINDER, subscribers=("referrals", "directory")),
+    "contact.opted_out": EventSpec(payload=ContactOptedOut, **_REMINDER, subscribers=("referrals", "directory")),
 }
+# Event types whose payload can carry personal data.
+PERSONAL_TYPES = tuple(name for name, spec in CATALOGUE.items() if spec.personal)
 
 
 def subscribers(event_type: str) -> tuple[str, ...]:
     return CATALOGUE[event_type].subscribers
+
+
+def for_subscriber(body: dict, subscriber: str) -> dict:
+    """The envelope ``body`` as ``subscriber`` may see it: personal fields it may not receive are None."""
+    spec = CATALOGUE[body["type"]]
+    if not spec.personal or subscriber in spec.personal_to:
+        return body
+    return without_personal(body)
+
+
+def without_personal(body: dict) -> dict:
+    """``body`` with every personal payload field cleared (None)."""
+    spec = CATALOGUE[body["type"]]
+    payload = {**body["payload"], **{name: None for name in spec.personal if name in body["payload"]}}
+    return {**body, "payload": payload}
+
+
+def has_personal(body: dict) -> bool:
+    spec = CATALOGUE.get(body.get("type"))
+    return spec is not None and any(body["payload"].get(name) is not None for name in spec.personal)
+
+
+# --- signatures ---------------------------------------------------------------------------
+
+def split_keys(keys: str) -> list[str]:
+    """A comma-separated key list (newest first) as a list."""
+    return [k.strip() for k in keys.split(",") if k.strip()]
+
+
+def canonical(body: dict) -> bytes:
+    """The bytes a signature covers: the envelope without its signature, as sorted compact JSON."""
+    unsigned = {k: v for k, v in body.items() if k != "signature"}
+    return json.dumps(unsigned, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def _mac(body: dict, key: str) -> str:
+    return hmac.new(key.encode(), canonical(body), hashlib.sha256).hexdigest()
+
+
+def sign(body: dict, keys: str) -> dict:
+    """``body`` signed with the first of ``keys`` (the producer's signing keys, newest first)."""
+    return {**body, "signature": _mac(body, split_keys(keys)[0])}
+
+
+def refusal(body: object, *, consumer: str, keys_of: dict[str, str]) -> str | None:
+    """Why ``consumer`` must refuse this message, or None if it is authentic.
+
+    ``keys_of`` maps each producer to its key list (any key may have signed: rotation)."""
+    if not isinstance(body, dict) or not isinstance(body.get("type"), str) or not isinstance(body.get("payload"), dict):
+        return "malformed"
+    spec = CATALOGUE.get(body["type"])
+    if spec is None:
+        return "unknown_type"
+    if consumer not in spec.subscribers:
+        return "not_subscriber"
+    if body.get("producer") != spec.producer:
+        return "wrong_producer"
+    signature = body.get("signature")
+    keys = split_keys(keys_of.get(spec.producer) or "")
+    if not isinstance(signature, str) or not any(hmac.compare_digest(signature, _mac(body, k)) for k in keys):
+        return "bad_signature"
+    return None
 
 
 def utcnow() -> dt.datetime:
@@ -198,6 +282,8 @@ class Event(BaseModel):
     occurred_at: dt.datetime = Field(default_factory=utcnow)
     producer: str
     payload: dict[str, Any]
+    # HMAC-SHA256 by the producer (see ``sign``); None only before the outbox signs it.
+    signature: str | None = None
 
     @classmethod
     def new(cls, event_type: str, payload: Payload, *, producer: str, occurred_at: dt.datetime | None = None) -> Event:

@@ -16,6 +16,12 @@ The relay groups a subscriber's events: up to ``RELAY_BATCH`` of them go in one 
 message (task ``<subscriber>.handle_events``), because publishing a message costs far more
 than the event in it. Each event keeps its own envelope, inbox row and receipt; a batch of
 one is sent as a plain ``<subscriber>.handle_event`` message.
+
+Each row holds the envelope as its subscriber may see it (``events.for_subscriber``: the
+sealed contact of ``referral.created`` goes to notifications only), signed with the
+producer's key. Once a subscriber has confirmed a row, its personal fields are cleared;
+``erase_personal`` clears them at once from every row about a referral whose contact is
+erased; ``prune`` deletes rows confirmed longer ago than the retention.
 """
 
 from __future__ import annotations
@@ -34,7 +40,9 @@ from sqlalchemy import (
     String,
     Table,
     Uuid,
+    delete,
     event,
+    or_,
     select,
     update,
 )
@@ -42,7 +50,18 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared import queues
 from shared.db import UTCDateTime, transaction
-from shared.events import Event, Payload, subscribers, utcnow
+from shared.events import (
+    CATALOGUE,
+    PERSONAL_TYPES,
+    Event,
+    Payload,
+    for_subscriber,
+    has_personal,
+    sign,
+    subscribers,
+    utcnow,
+    without_personal,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -102,22 +121,34 @@ def batches(rows: Sequence) -> list[tuple[str, list]]:
 
 
 class Outbox:
-    def __init__(self, table: Table, celery: Celery, *, producer: str):
+    def __init__(self, table: Table, celery: Celery, *, producer: str, signing_keys: str):
         self.table = table
         self.celery = celery
         self.producer = producer
+        self.signing_keys = signing_keys  # this producer's keys, newest (the one that signs) first
+
+    def body_for(self, evt: Event, subscriber: str) -> dict:
+        """The signed envelope ``subscriber`` receives (without personal fields it may not see)."""
+        return sign(for_subscriber(evt.model_dump(mode="json"), subscriber), self.signing_keys)
+
+    def signed(self, evt: Event) -> dict:
+        """The signed envelope of an event without personal fields (every subscriber sees the same)."""
+        if CATALOGUE[evt.type].personal:
+            raise ValueError(f"{evt.type} carries personal fields: use body_for(event, subscriber)")
+        return sign(evt.model_dump(mode="json"), self.signing_keys)
 
     def record(self, session: Session, event_type: str, payload: Payload, *, occurred_at: dt.datetime | None = None) -> Event:
         """Write the event in the session's transaction; it is sent only if that commits."""
+        if event_type in CATALOGUE and CATALOGUE[event_type].producer != self.producer:
+            raise ValueError(f"{event_type} is produced by {CATALOGUE[event_type].producer}, not {self.producer}")
         evt = Event.new(event_type, payload, producer=self.producer, occurred_at=occurred_at)
-        body = evt.model_dump(mode="json")
         now = utcnow()
         rows = [
             {
                 "event_id": evt.event_id,
                 "event_type": event_type,
                 "subscriber": sub,
-                "body": body,
+                "body": self.body_for(evt, sub),
                 "created_at": now,
                 "attempts": 0,
             }
@@ -238,9 +269,11 @@ class Outbox:
                 query = query.with_for_update(skip_locked=True)
             rows = session.execute(query).all()
             receipts = client.mget([receipt_key(prefix, r.subscriber, r.event_id) for r in rows]) if rows else []
-            done = [r.id for r, receipt in zip(rows, receipts, strict=True) if receipt is not None]
+            done = [r for r, receipt in zip(rows, receipts, strict=True) if receipt is not None]
             if done:
-                session.execute(update(t).where(t.c.id.in_(done)).values(confirmed_at=now))
+                session.execute(update(t).where(t.c.id.in_([r.id for r in done])).values(confirmed_at=now))
+                # Delivered: the sealed personal data has no reason to stay here.
+                self._clear_personal(session, [r for r in done if has_personal(r.body)])
                 confirmed = len(done)
             due = [row for row, receipt in zip(rows, receipts, strict=True)
                    if receipt is None and row.relayed_at <= now - resend_after * 2 ** min(max(row.attempts - 1, 0), 6)]
@@ -256,6 +289,35 @@ class Outbox:
         if resent:
             log.warning("outbox.resent_unconfirmed", count=resent, producer=self.producer)
         return {"confirmed": confirmed, "resent": resent}
+
+    def _clear_personal(self, session: Session, rows: Sequence) -> int:
+        """Rewrite each row's body without its personal fields (signed again: it may still be resent)."""
+        t = self.table
+        for row in rows:
+            session.execute(update(t).where(t.c.id == row.id)
+                            .values(body=sign(without_personal(row.body), self.signing_keys)))
+        return len(rows)
+
+    def erase_personal(self, session: Session, *, referral_ids: Iterable) -> int:
+        """Clear the personal fields of every row about these referrals, in the caller's
+        transaction (the contact is being erased). Returns the number of rows changed."""
+        ids = [str(i) for i in referral_ids]
+        if not ids:
+            return 0
+        t = self.table
+        query = select(t.c.id, t.c.body).where(t.c.event_type.in_(PERSONAL_TYPES),
+                                              t.c.body[("payload", "referral_id")].as_string().in_(ids))
+        return self._clear_personal(session, [r for r in session.execute(query).all() if has_personal(r.body)])
+
+    def prune(self, factory: sessionmaker[Session], *, retention: dt.timedelta) -> int:
+        """Delete rows confirmed more than ``retention`` ago, and relayed rows never confirmed
+        that are older than both the retention and the confirm window (no longer chased)."""
+        t = self.table
+        now = utcnow()
+        cutoff = now - retention
+        with transaction(factory) as session:
+            return session.execute(delete(t).where(t.c.relayed_at.is_not(None), or_(
+                t.c.confirmed_at <= cutoff, t.c.created_at <= min(cutoff, now - CONFIRM_WINDOW)))).rowcount
 
     def unrelayed(self, session: Session) -> int:
         from sqlalchemy import func

@@ -25,7 +25,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared import db, queues
 from shared.celery_app import make_celery
 from shared.events import Event
-from shared.inbox import Handler, consume, inbox_table
+from shared.inbox import Handler, consume, inbox_table, refused
+from shared.inbox import prune as prune_inbox
 from shared.logs import configure_logging
 from shared.outbox import Outbox, leave_receipt, outbox_table
 from shared.settings import ServiceSettings
@@ -75,7 +76,8 @@ class ServiceRuntime:
 
     @cached_property
     def outbox(self) -> Outbox:
-        return Outbox(self.outbox_table, self.celery, producer=self.name)
+        return Outbox(self.outbox_table, self.celery, producer=self.name,
+                      signing_keys=self.settings.event_keys()[self.name])
 
     @cached_property
     def sessions(self) -> sessionmaker[Session]:
@@ -118,6 +120,8 @@ class ServiceRuntime:
 
         @self.celery.task(name=queues.event_task(self.name), **options)
         def handle_event(task, body: dict) -> bool:
+            if runtime.refuses(body):
+                return False  # acknowledged: a forgery must not come back
             event = Event.model_validate(body)
             with _event_log_context(event):
                 return runtime.handle(body, handlers, event=event)
@@ -129,8 +133,12 @@ class ServiceRuntime:
         self.batch_event_task = handle_events
         return handle_event
 
+    def refuses(self, body: object) -> str | None:
+        """Why this message from the broker is not an authentic event for this service, or None."""
+        return refused(body, consumer=self.name, keys_of=self.settings.event_keys())
+
     def handle(self, body: dict, handlers: dict[str, Handler], *, event: Event | None = None) -> bool:
-        """Process one event message and leave its receipt (what the worker task does)."""
+        """Process one (authentic: see ``refuses``) event and leave its receipt."""
         event = event or Event.model_validate(body)
         with self.sessions() as session:
             processed = consume(session, self.inbox_table, event, handlers)
@@ -146,6 +154,8 @@ class ServiceRuntime:
         processed = 0
         errors: list[Exception] = []
         for body in bodies:
+            if self.refuses(body):
+                continue  # logged and counted; the rest of the batch goes on
             try:
                 event = Event.model_validate(body)
             except Exception as exc:
@@ -170,6 +180,20 @@ class ServiceRuntime:
         if sent or checked["resent"]:
             return {"sent": sent, **checked}
         return None
+
+
+    def prune_events(self) -> dict[str, int] | None:
+        """The scheduler's job: delete confirmed outbox rows and old inbox rows past their retention."""
+        settings = self.settings
+        outbox = self.outbox.prune(self.sessions, retention=dt.timedelta(days=settings.outbox_retention_days))
+        inbox = prune_inbox(self.sessions, self.inbox_table, retention=dt.timedelta(days=settings.inbox_retention_days))
+        return {"outbox": outbox, "inbox": inbox} if outbox or inbox else None
+
+    def periodic_jobs(self) -> list[tuple[str, float, Callable[[], object]]]:
+        """Every service scheduler's shared jobs: the outbox sweep and the event pruning."""
+        settings = self.settings
+        return [("outbox_sweep", settings.outbox_sweep_seconds, self.sweep_outbox),
+                ("event_prune", settings.event_prune_seconds, self.prune_events)]
 
 
 def run_periodic(jobs: list[tuple[str, float, Callable[[], object]]], *, stop_after: float | None = None) -> None:

@@ -19,7 +19,13 @@ DEV_JWT_SECRET = "dev-only-jwt-secret-change-me-in-production-000000"
 DEV_FIELD_KEY = "ZGV2LW9ubHktZmllbGQta2V5LWNoYW5nZS1tZS0wMDA="
 DEV_TRANSIT_KEY = "ZGV2LW9ubHktdHJhbnNpdC1rZXktY2hhbmdlLW1lLTA="
 DEV_HASH_KEY = "dev-only-hash-key-change-me"
-DEV_KEYS = (DEV_JWT_SECRET, DEV_FIELD_KEY, DEV_TRANSIT_KEY, DEV_HASH_KEY)
+# Keys each producer signs its events with (HMAC-SHA256); development only, like the others.
+DEV_EVENT_KEYS = {
+    "directory": "dev-only-directory-event-key-change-me-0000000",
+    "referrals": "dev-only-referrals-event-key-change-me-0000000",
+    "notifications": "dev-only-notifications-event-key-change-me-00",
+}
+DEV_KEYS = (DEV_JWT_SECRET, DEV_FIELD_KEY, DEV_TRANSIT_KEY, DEV_HASH_KEY, *DEV_EVENT_KEYS.values())
 
 # A production secret (JWT and callback secrets, the hash key) is at least this long, has
 # at least MIN_SECRET_DISTINCT different characters and is not a repeated pattern. 32 random
@@ -141,6 +147,23 @@ class ServiceSettings(BaseSettings):
     # Fernet keys (comma-separated, newest first) for the personal data this service keeps at rest.
     encryption_keys: str = DEV_FIELD_KEY
 
+    # Event signing keys per producer (comma-separated, newest first: the first signs, any
+    # verifies). A service signs with its own and verifies those of the producers it hears.
+    directory_event_keys: str = common("DIRECTORY_EVENT_KEYS", DEV_EVENT_KEYS["directory"])
+    referrals_event_keys: str = common("REFERRALS_EVENT_KEYS", DEV_EVENT_KEYS["referrals"])
+    notifications_event_keys: str = common("NOTIFICATIONS_EVENT_KEYS", DEV_EVENT_KEYS["notifications"])
+    # Outbox rows confirmed by their subscriber are deleted after this many days.
+    outbox_retention_days: float = common("OUTBOX_RETENTION_DAYS", 7.0, ge=0)
+    # Inbox rows (event ids) are deleted after this many days: far longer than any redelivery
+    # (the outbox resends for 6 days at most), so a late copy is still recognised.
+    inbox_retention_days: float = common("INBOX_RETENTION_DAYS", 14.0, ge=7)
+    # How often the scheduler prunes the outbox and inbox.
+    event_prune_seconds: float = common("EVENT_PRUNE_SECONDS", 3600.0, gt=0)
+
+    def event_keys(self) -> dict[str, str]:
+        """Each producer's event key list."""
+        return {producer: getattr(self, f"{producer}_event_keys") for producer in DEV_EVENT_KEYS}
+
     @classmethod
     def env_name(cls, field_name: str) -> str:
         """The environment variable a field is read from (``JWT_SECRET``, ``REFERRALS_ENCRYPTION_KEYS``)."""
@@ -162,6 +185,10 @@ class ServiceSettings(BaseSettings):
         problems += fernet_key_problems(self.env_name("encryption_keys"), self.encryption_keys)
         if self.csrf_secret is not None:
             problems += secret_problems("CSRF_SECRET", self.csrf_secret)
+        for producer, keys in self.event_keys().items():
+            env = self.env_name(f"{producer}_event_keys")
+            for number, key in enumerate(key_list(keys) or [""], start=1):
+                problems += secret_problems(env if number == 1 else f"{env} (key {number})", key)
         return problems
 
     def transit_key_problems(self, transit_keys: str) -> list[str]:

@@ -26,8 +26,8 @@ def migrate() -> None:
 
 @app.command()
 def scheduler(stop_after: float = typer.Option(None, help="Stop after this many seconds (tests).")) -> None:
-    """Run the periodic jobs: the outbox sweep."""
-    run_periodic([("outbox_sweep", runtime.settings.outbox_sweep_seconds, runtime.sweep_outbox)], stop_after=stop_after)
+    """Run the periodic jobs: the outbox sweep and the pruning of delivered events."""
+    run_periodic(runtime.periodic_jobs(), stop_after=stop_after)
 
 
 def _progress() -> Progress:

@@ -20,14 +20,15 @@ def migrate() -> None:
 
 @app.command()
 def scheduler(stop_after: float = typer.Option(None, help="Stop after this many seconds (tests).")) -> None:
-    """Run the periodic jobs: the reminder dispatcher, the stuck-send sweeper, the outbox sweep."""
+    """Run the periodic jobs: the reminder dispatcher, the stuck-send sweeper, the outbox sweep, the
+    pruning of delivered events."""
     from services.notifications import sending
 
     cfg = runtime.settings
     run_periodic([
         ("dispatch_due", cfg.dispatch_seconds, sending.dispatch_due),
         ("requeue_stuck", cfg.sweep_seconds, sending.requeue_stuck),
-        ("outbox_sweep", cfg.outbox_sweep_seconds, runtime.sweep_outbox),
+        *runtime.periodic_jobs(),
     ], stop_after=stop_after)
 
 

@@ -487,7 +487,7 @@ def _mark_sent(reminder: Row, provider_ref: str, *, only_our_claim: bool, messag
     engine = _send_engine(runtime.settings.database_url)
     if not is_sqlite(engine):
         event = Event.new("reminder.sent", _sent_fact(reminder), producer=runtime.name, occurred_at=at)
-        params.update(event_id=event.event_id, event_body=event.model_dump(mode="json"))
+        params.update(event_id=event.event_id, event_body=runtime.outbox.signed(event))  # signed like record()
         if message is not None:
             params.update({f"message_{name}": value for name, value in message.items()})
         statement = _MARK_SENT_STATEMENT[only_our_claim, message is not None]

@@ -26,6 +26,7 @@ from services.notifications.models import (
     SENDING,
     SENT,
     TOO_LATE,
+    DevMessage,
     OptOut,
     ReferralContact,
     Reminder,
@@ -336,6 +337,23 @@ def _pending_of(session: Session, **where) -> list[Reminder]:
     return list(session.scalars(query.order_by(Reminder.due_at)))
 
 
+ERASED_RECIPIENT = "(erased)"
+
+
+def erase_contacts(session: Session, contacts: list[ReferralContact]) -> None:
+    """Erase these referrals' number or address, and the dev provider's record of it; the keyed
+    hash stays (it is how an opt-out is honoured without the number)."""
+    for contact in contacts:
+        contact.contact = None
+    referral_ids = [c.referral_id for c in contacts]
+    if not referral_ids:
+        return
+    references = [str(i) for i in session.scalars(select(Reminder.id).where(Reminder.referral_id.in_(referral_ids)))]
+    if references:
+        session.execute(update(DevMessage).where(DevMessage.reference.in_(references))
+                        .values(recipient=ERASED_RECIPIENT).execution_options(synchronize_session=False))
+
+
 def stop_referral(session: Session, *, referral_id: uuid.UUID, site_id: str, fellowship: str, reason: str,
                   erase_contact: bool) -> list[Reminder]:
     """Referral ended or consent withdrawn: cancel what is pending and plan nothing more."""
@@ -349,7 +367,7 @@ def stop_referral(session: Session, *, referral_id: uuid.UUID, site_id: str, fel
         return []
     contact.active, contact.stopped_reason = False, contact.stopped_reason or reason
     if erase_contact:
-        contact.contact = None
+        erase_contacts(session, [contact])
     session.flush()
     return cancel_pending(session, _pending_of(session, referral_id=referral_id), reason=reason)
 
@@ -446,6 +464,7 @@ def opt_out(session: Session, *, hash_: str, channel: str) -> tuple[bool, list[R
         if contact.active:
             affected.append(contact)
         contact.active, contact.stopped_reason = False, "opted out"
+    erase_contacts(session, contacts)  # only the hash is needed to honour the opt-out
     session.flush()
     cancelled = cancel_pending(session, _pending_of(session, contact_hash=hash_), reason="opted out")
     if new:

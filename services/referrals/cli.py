@@ -17,12 +17,12 @@ def migrate() -> None:
 
 @app.command()
 def scheduler(stop_after: float = typer.Option(None, help="Stop after this many seconds (tests).")) -> None:
-    """Run the periodic jobs: the outbox sweep and the erasure of ended referrals' contact details."""
+    """Run the periodic jobs: the outbox sweep, the pruning of delivered events and the erasure of
+    ended referrals' contact details."""
     from services.referrals.service import run_erasure
 
-    settings = runtime.settings
-    run_periodic([("outbox_sweep", settings.outbox_sweep_seconds, runtime.sweep_outbox),
-                  ("contact_erasure", settings.erasure_interval_seconds, run_erasure)], stop_after=stop_after)
+    run_periodic([*runtime.periodic_jobs(), ("contact_erasure", runtime.settings.erasure_interval_seconds, run_erasure)],
+                 stop_after=stop_after)
 
 
 @app.command("erase-contacts")

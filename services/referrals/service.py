@@ -31,7 +31,9 @@ final except for correcting a mistake (entered-in-error). A reason is required f
 did-not-engage (failed) and declined (cancelled); ``accompanied`` is required on attending.
 
 Withdrawing consent (or the client replying STOP) stops reminders and erases the contact
-details at once, but does not end the referral.
+details at once, but does not end the referral. A referral entered in error loses its contact
+details at once; one that ended otherwise, after the retention period. Every erasure also
+clears the sealed contact from the referral's outbox events in the same transaction.
 """
 
 from __future__ import annotations
@@ -266,6 +268,14 @@ def transition_referral(session: Session, *, referral: Referral, transition_in: 
         referral.ended_at = now
     _history(session, referral, by=by, action="transition", from_status=from_status, from_stage=from_stage.value,
              reason=reason, accompanied=transition_in.accompanied, at=now)
+    if to_stage == Stage.entered_in_error and referral.contact_erased_at is None:
+        # Recorded by mistake: the contact details go at once, not after the retention period.
+        _erase_contact(session, referral, now)
+        _history(session, referral, by=by, action="contact_erased", from_status=referral.status,
+                 from_stage=referral.business_status, reason="entered in error", at=now)
+    elif referral.status in ENDED_STATUSES:
+        # Notifications erases its copy on this event: nothing may send the sealed contact again.
+        runtime.outbox.erase_personal(session, referral_ids=[referral.id])
     # The free-text reason stays here: it may name people, and the broker gets no free text.
     runtime.outbox.record(session, "referral.status_changed", ReferralStatusChanged(
         referral_id=referral.id, site_id=referral.site_id, meeting_slug=referral.meeting_slug,
@@ -277,10 +287,12 @@ def transition_referral(session: Session, *, referral: Referral, transition_in: 
     return referral
 
 
-def _erase_contact(referral: Referral, now: dt.datetime) -> None:
+def _erase_contact(session: Session, referral: Referral, now: dt.datetime) -> None:
+    """Erase the referral's contact details here and the sealed copies in its outbox events."""
     referral.mobile = None
     referral.email = None
     referral.contact_erased_at = now
+    runtime.outbox.erase_personal(session, referral_ids=[referral.id])
 
 
 def withdraw_consent(session: Session, *, referral: Referral, by: str, publish: bool = True,
@@ -297,7 +309,7 @@ def withdraw_consent(session: Session, *, referral: Referral, by: str, publish: 
     referral.consent_withdrawn_at = now
     referral.consent_withdrawn_by = by
     referral.updated_at = now
-    _erase_contact(referral, now)
+    _erase_contact(session, referral, now)
     _history(session, referral, by=by, action="consent_withdrawn", from_status=referral.status,
              from_stage=referral.business_status, at=now)
     if publish:
@@ -320,7 +332,7 @@ def erase_ended_contacts(session: Session, *, retention_days: int, now: dt.datet
         query = query.with_for_update(skip_locked=True)
     referrals = session.scalars(query).all()
     for referral in referrals:
-        _erase_contact(referral, now)
+        _erase_contact(session, referral, now)
         _history(session, referral, by="system:retention", action="contact_erased", from_status=referral.status,
                  from_stage=referral.business_status, reason=f"ended more than {retention_days} days ago", at=now)
     return len(referrals)

@@ -140,3 +140,31 @@ def test_bad_meeting_is_refused_and_nothing_is_published():
 
     with directory.sessions() as session:
         assert session.scalar(select(func.count()).select_from(directory.outbox_table)) == 0
+
+
+def test_schedulers_prune_delivered_outbox_rows_and_old_inbox_rows(processes):
+    """The directory scheduler deletes its outbox rows once confirmed and past the retention (0 days
+    here); the referrals scheduler deletes inbox rows past theirs, never the recent ones."""
+    from services.directory.runtime import runtime as directory
+
+    processes.worker("referrals")
+    processes.worker("notifications")
+    client = TestClient(directory_app)
+    assert client.post("/meetings", json=MEETING, headers=auth("admin")).status_code == 201
+    wait_for(lambda: _inbox_count(referrals) == 1 and _inbox_count(notifications) == 1, timeout=60,
+             what="the event in both inboxes")
+    with referrals.transaction() as session:  # processed longer ago than the inbox retention
+        session.execute(referrals.inbox_table.update().values(
+            processed_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=referrals.settings.inbox_retention_days + 1)))
+    fast = {"OUTBOX_RETENTION_DAYS": "0", "EVENT_PRUNE_SECONDS": "0.5", "OUTBOX_RESEND_SECONDS": "2"}
+    scheduler = processes.scheduler("directory", env=fast)
+    referrals_scheduler = processes.scheduler("referrals", env=fast)
+
+    def outbox_rows() -> int:
+        with directory.sessions() as session:
+            return session.scalar(select(func.count()).select_from(directory.outbox_table))
+
+    wait_for(lambda: outbox_rows() == 0, timeout=60, what="the confirmed outbox rows pruned")
+    wait_for(lambda: _inbox_count(referrals) == 0, timeout=60, what="the old inbox row pruned")
+    assert _inbox_count(notifications) == 1  # recent: kept, so a late redelivery is still recognised
+    assert "event_prune" in scheduler.log() and "event_prune" in referrals_scheduler.log()

@@ -10,17 +10,21 @@ from types import SimpleNamespace
 
 import pytest
 import structlog
+import structlog.testing
+from prometheus_client import REGISTRY
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, select
 from sqlalchemy.exc import OperationalError
 
 from shared.celery_app import make_celery
 from shared.db import make_engine, make_sessionmaker, transaction
-from shared.events import Event, MeetingSnapshot
+from shared.events import Event, MeetingSnapshot, ReferralCreated, refusal, sign
 from shared.inbox import consume, inbox_table
+from shared.inbox import prune as prune_inbox
 from shared.outbox import Outbox, leave_receipt, outbox_table, receipt_key
 from shared.runtime import ServiceRuntime
 from shared.settings import ServiceSettings
 from tests.support.broker import queued_messages
+from tests.support.events import signed
 from tests.support.servers import create_database, drop_database
 
 
@@ -45,7 +49,8 @@ def store(request, tmp_path, postgres_admin_url, redis_client, redis_prefix):
     # A private queue space per test so counts are exact.
     prefix = f"{redis_prefix}{uuid.uuid4().hex[:6]}:"
     settings = ServiceSettings(redis_key_prefix=prefix)
-    outbox = Outbox(outbox_t, make_celery("directory", settings), producer="directory")
+    outbox = Outbox(outbox_t, make_celery("directory", settings), producer="directory",
+                    signing_keys=settings.directory_event_keys)
     factory = make_sessionmaker(engine)
     outbox.relay_after_commit(factory)
 
@@ -317,7 +322,7 @@ def consumer(store):
 
 
 def bodies_of(*slugs: str) -> list[dict]:
-    return [Event.new("meeting.published", meeting(slug), producer="directory").model_dump(mode="json") for slug in slugs]
+    return [signed(Event.new("meeting.published", meeting(slug), producer="directory")) for slug in slugs]
 
 
 def things_and_inbox(store) -> tuple[list[str], set[str]]:
@@ -397,3 +402,165 @@ def test_a_single_event_message_is_still_handled(store, consumer):
     assert consumer.handle_event.run(body) is False
     assert things_and_inbox(store)[0] == ["solo"]
     assert receipts(store, "referrals", [body]) == [True]
+
+
+# --- Personal data in the outbox: only to the subscriber that needs it, and not for long. ---
+
+SEALED = "gAAAAA-sealed-contact-stand-in"
+
+
+def referral_created(referral_id: uuid.UUID | None = None) -> ReferralCreated:
+    return ReferralCreated(referral_id=referral_id or uuid.uuid4(), site_id="croydon", meeting_slug="m", fellowship="aa",
+                           planned_date=dt.date(2030, 1, 1), support="peer", status="requested",
+                           business_status="information-given", consent_to_reminders=True, contact_ciphertext=SEALED)
+
+
+@pytest.fixture
+def referrals_outbox(store):
+    """The referrals service's outbox on the store's database (it produces referral.created)."""
+    settings = ServiceSettings(redis_key_prefix=store.prefix)
+    outbox = Outbox(store.outbox.table, make_celery("referrals", settings), producer="referrals",
+                    signing_keys=settings.referrals_event_keys)
+    outbox.relay_after_commit(store.factory)
+    return outbox
+
+
+def sealed_by_subscriber(store) -> dict[str, str | None]:
+    t = store.outbox.table
+    with store.factory() as session:
+        return {r.subscriber: r.body["payload"]["contact_ciphertext"]
+                for r in session.execute(select(t.c.subscriber, t.c.body))}
+
+
+def test_the_sealed_contact_goes_to_notifications_only(store, referrals_outbox):
+    with transaction(store.factory) as session:
+        referrals_outbox.record(session, "referral.created", referral_created())
+    assert sealed_by_subscriber(store) == {"notifications": SEALED, "directory": None}
+    [to_notifications] = store.queued("notifications.events")
+    [to_directory] = store.queued("directory.events")
+    assert to_notifications["args"][0]["payload"]["contact_ciphertext"] == SEALED
+    assert to_directory["args"][0]["payload"]["contact_ciphertext"] is None
+    assert SEALED not in to_directory["raw"]
+    # Each copy is signed for what it carries.
+    keys = ServiceSettings().event_keys()
+    for message, consumer in ((to_notifications, "notifications"), (to_directory, "directory")):
+        assert refusal(message["args"][0], consumer=consumer, keys_of=keys) is None
+
+
+def test_a_confirmed_event_loses_its_sealed_contact(store, referrals_outbox):
+    with transaction(store.factory) as session:
+        evt = referrals_outbox.record(session, "referral.created", referral_created())
+    _age_relayed_rows(store, dt.timedelta(minutes=2))
+    confirm = lambda: referrals_outbox.confirm(store.factory, store.redis, prefix=store.prefix,  # noqa: E731
+                                               resend_after=dt.timedelta(minutes=4))
+    assert confirm() == {"confirmed": 0, "resent": 0}
+    assert sealed_by_subscriber(store)["notifications"] == SEALED  # not yet delivered: kept for a resend
+    leave_receipt(store.redis, store.prefix, "notifications", evt.event_id)
+    assert confirm() == {"confirmed": 1, "resent": 0}
+    assert sealed_by_subscriber(store) == {"notifications": None, "directory": None}
+
+
+def test_erasing_a_referral_clears_its_sealed_contact_at_once_and_a_resend_stays_authentic(store, referrals_outbox):
+    erased, other = uuid.uuid4(), uuid.uuid4()
+    with transaction(store.factory) as session:
+        referrals_outbox.record(session, "referral.created", referral_created(erased))
+        referrals_outbox.record(session, "referral.created", referral_created(other))
+    with pytest.raises(RuntimeError):  # rolled back with the change that erased: nothing cleared
+        with transaction(store.factory) as session:
+            referrals_outbox.erase_personal(session, referral_ids=[erased])
+            raise RuntimeError("the erasure failed")
+    with transaction(store.factory) as session:
+        assert referrals_outbox.erase_personal(session, referral_ids=[erased]) == 1
+    t = store.outbox.table
+    with store.factory() as session:
+        rows = {(r.body["payload"]["referral_id"], r.subscriber): r.body
+                for r in session.execute(select(t.c.body, t.c.subscriber))}
+    assert rows[(str(erased), "notifications")]["payload"]["contact_ciphertext"] is None
+    assert rows[(str(other), "notifications")]["payload"]["contact_ciphertext"] == SEALED
+    keys = ServiceSettings().event_keys()
+    assert refusal(rows[(str(erased), "notifications")], consumer="notifications", keys_of=keys) is None
+
+
+def test_delivered_rows_and_old_inbox_rows_are_pruned_after_their_retention(store):
+    with transaction(store.factory) as session:
+        store.outbox.record(session, "meeting.published", meeting())
+    t = store.outbox.table
+    now = dt.datetime.now(dt.UTC)
+    with transaction(store.factory) as session:  # referrals confirmed 8 days ago, notifications never
+        session.execute(t.update().where(t.c.subscriber == "referrals").values(confirmed_at=now - dt.timedelta(days=8)))
+    assert store.outbox.prune(store.factory, retention=dt.timedelta(days=9)) == 0
+    assert store.outbox.prune(store.factory, retention=dt.timedelta(days=7)) == 1
+    with store.factory() as session:
+        assert [r.subscriber for r in session.execute(select(t.c.subscriber))] == ["notifications"]
+    # An unconfirmed row is kept while it may still be resent (the confirm window), then goes.
+    with transaction(store.factory) as session:
+        session.execute(t.update().values(created_at=now - dt.timedelta(days=5)))
+    assert store.outbox.prune(store.factory, retention=dt.timedelta(days=1)) == 0
+    with transaction(store.factory) as session:
+        session.execute(t.update().values(created_at=now - dt.timedelta(days=8)))
+    assert store.outbox.prune(store.factory, retention=dt.timedelta(days=7)) == 1
+
+    old, recent = (Event.new("meeting.published", meeting(s), producer="directory") for s in ("old", "recent"))
+    with store.factory() as session:
+        consume(session, store.inbox, old, {})
+        consume(session, store.inbox, recent, {})
+    with transaction(store.factory) as session:
+        session.execute(store.inbox.update().where(store.inbox.c.event_id == old.event_id)
+                        .values(processed_at=now - dt.timedelta(days=15)))
+    assert prune_inbox(store.factory, store.inbox, retention=dt.timedelta(days=14)) == 1
+    with store.factory() as session:
+        assert list(session.scalars(select(store.inbox.c.event_id))) == [recent.event_id]
+
+
+def test_the_inbox_retention_cannot_be_shorter_than_a_redelivery():
+    with pytest.raises(ValueError, match="inbox_retention_days"):
+        ServiceSettings(inbox_retention_days=2)
+
+
+# --- Authentic events: the consumer refuses what its producer did not sign. ---
+
+def refused_count(reason: str) -> float:
+    return REGISTRY.get_sample_value("fama_events_refused_total", {"consumer": "referrals", "reason": reason}) or 0.0
+
+
+def test_forged_tampered_and_misaddressed_events_are_refused_logged_and_counted(store, consumer):
+    genuine = bodies_of("genuine")[0]
+    tampered = {**genuine, "payload": {**genuine["payload"], "slug": "tampered"}}
+    unsigned = Event.new("meeting.published", meeting("unsigned"), producer="directory").model_dump(mode="json")
+    wrong_key = signed(Event.new("meeting.published", meeting("wrong-key"), producer="directory"),
+                       keys="an-attackers-guess")
+    wrong_producer = signed(Event.new("meeting.published", meeting("from-notifications"), producer="notifications"),
+                            keys=ServiceSettings().notifications_event_keys)
+    not_ours = signed(Event.new("referral.created", referral_created(), producer="referrals"))
+    unknown = {**genuine, "type": "meeting.deleted"}
+    cases = [(tampered, "bad_signature"), (unsigned, "bad_signature"), (wrong_key, "bad_signature"),
+             (wrong_producer, "wrong_producer"), (not_ours, "not_subscriber"), (unknown, "unknown_type"),
+             ("not an event", "malformed")]
+    before = {reason: refused_count(reason) for _, reason in cases}
+    with structlog.testing.capture_logs() as logs:
+        for body, _ in cases:
+            assert consumer.handle_event.run(body) is False  # returns: the message is acknowledged
+        assert consumer.handle_events.run([body for body, _ in cases]) == 0
+    assert things_and_inbox(store) == ([], set())  # no effect, no inbox row
+    for reason in {reason for _, reason in cases}:
+        expected = 2 * sum(1 for _, r in cases if r == reason)
+        assert refused_count(reason) - before[reason] == expected, reason
+    refusals = [entry for entry in logs if entry["event"] == "event.refused"]
+    assert len(refusals) == 2 * len(cases)
+    assert all("payload" not in entry and "tampered" not in str(entry) for entry in refusals)
+    # The genuine one still goes through.
+    assert consumer.handle_event.run(genuine) is True
+    assert things_and_inbox(store)[0] == ["genuine"]
+
+
+def test_an_event_signed_with_the_previous_key_is_accepted_while_that_key_is_listed(store):
+    new_key, old_key = "directory-key-2026-12", "directory-key-2026-06"
+    old_signed = signed(Event.new("meeting.published", meeting("old-key"), producer="directory"), keys=old_key)
+    rotated = ServiceSettings(directory_event_keys=f"{new_key},{old_key}")
+    assert refusal(old_signed, consumer="referrals", keys_of=rotated.event_keys()) is None
+    # The producer now signs with the new key, which consumers still on the old list refuse.
+    new_signed = sign(old_signed, rotated.directory_event_keys)
+    assert refusal(new_signed, consumer="referrals", keys_of=rotated.event_keys()) is None
+    assert refusal(new_signed, consumer="referrals", keys_of={"directory": old_key}) == "bad_signature"
+    # Once the old key is dropped, what it signed is refused.
+    assert refusal(old_signed, consumer="referrals", keys_of={"directory": new_key}) == "bad_signature"

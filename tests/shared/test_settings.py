@@ -21,7 +21,7 @@ from services.notifications.config import DEV_CALLBACK_TOKEN
 from services.notifications.config import Settings as NotificationsSettings
 from services.referrals.config import Settings as ReferralsSettings
 from shared.crypto import generate_key
-from shared.settings import DEV_FIELD_KEY, DEV_HASH_KEY, DEV_JWT_SECRET, DEV_TRANSIT_KEY
+from shared.settings import DEV_EVENT_KEYS, DEV_FIELD_KEY, DEV_HASH_KEY, DEV_JWT_SECRET, DEV_TRANSIT_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = {"directory": DirectorySettings, "referrals": ReferralsSettings, "notifications": NotificationsSettings}
@@ -34,6 +34,7 @@ def strong() -> dict:
         "contact_transit_keys": generate_key(), "callback_token": secrets.token_urlsafe(32),
         "hash_key": secrets.token_hex(32), "sms_provider": "notify", "email_provider": "smtp",
         "notify_api_key": "fama_live-" + secrets.token_hex(16),
+        **{f"{name}_event_keys": secrets.token_urlsafe(32) for name in SERVICES},
     }
 
 
@@ -85,6 +86,10 @@ FERNET_LOOKALIKE = "A" * 43 + "="  # decodes to 32 zero bytes: a Fernet key by s
     ("referrals", "jwt_max_lifetime_hours", 24 * 365 * 100, "JWT_MAX_LIFETIME_HOURS"),
     ("directory", "feed_allow_networks", "127.0.0.0/8", "DIRECTORY_FEED_ALLOW_NETWORKS"),
     ("referrals", "jwt_jwks_url", "http://idp.example/jwks", "JWT_JWKS_URL"),
+    ("directory", "referrals_event_keys", DEV_EVENT_KEYS["referrals"], "REFERRALS_EVENT_KEYS"),
+    ("referrals", "notifications_event_keys", "short-key", "NOTIFICATIONS_EVENT_KEYS"),
+    ("notifications", "directory_event_keys", f"{secrets.token_urlsafe(32)},{DEV_EVENT_KEYS['directory']}",
+     "DIRECTORY_EVENT_KEYS"),
 ])
 def test_each_weak_value_is_refused_naming_the_setting_and_not_the_value(service, field, value, setting):
     message = refusal(service, **{field: value})
@@ -149,7 +154,8 @@ def test_the_services_refuse_to_start_in_production_with_weak_secrets_and_start_
     good = {"FAMA_ENV": "production", "JWT_SECRET": values["jwt_secret"], "CONTACT_TRANSIT_KEYS": generate_key(),
             "NOTIFICATIONS_CALLBACK_TOKEN": values["callback_token"], "NOTIFICATIONS_HASH_KEY": values["hash_key"],
             "NOTIFICATIONS_SMS_PROVIDER": "notify", "NOTIFICATIONS_EMAIL_PROVIDER": "notify",
-            "NOTIFICATIONS_NOTIFY_API_KEY": values["notify_api_key"]}
+            "NOTIFICATIONS_NOTIFY_API_KEY": values["notify_api_key"],
+            **{f"{name.upper()}_EVENT_KEYS": values[f"{name}_event_keys"] for name in SERVICES}}
     for service in SERVICES:
         good[f"{service.upper()}_ENCRYPTION_KEYS"] = generate_key()
     for service in SERVICES:

@@ -26,6 +26,7 @@ from shared.events import (
 )
 from tests.services.directory.helpers import fix_rounding
 from tests.support.auth import auth
+from tests.support.events import signed
 from tests.support.processes import wait_for
 
 pytestmark = pytest.mark.usefixtures("clean_state")
@@ -201,7 +202,7 @@ def test_counters_through_a_real_directory_worker(sites, processes):
     events = [created(referral_id), changed(referral_id, "accepted", Stage.contact_arranged),
               changed(referral_id, "cancelled", Stage.declined)]
     for event in events + events[:1]:  # the first one delivered twice
-        runtime.outbox.send("directory", event.model_dump(mode="json"))
+        runtime.outbox.send("directory", signed(event))
 
     def counted():
         t = totals()

@@ -6,9 +6,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select, text, update
 
-from services.notifications import sending
+from services.notifications import sending, service
 from services.notifications.api import app
-from services.notifications.models import OptOut, Reminder
+from services.notifications.models import OptOut, ReferralContact, Reminder
 from services.notifications.runtime import runtime
 from shared.events import utcnow
 from tests.services.notifications.support import (  # noqa: F401 (any_hour: a fixture)
@@ -150,3 +150,27 @@ def test_stop_stops_everything():
     make_due([r.id for r in reminders()])
     dispatched = sending.dispatch_due()
     assert dispatched == 3  # the bystander's three only
+
+
+def test_stop_erases_the_number_and_keeps_only_its_hash():
+    sent = sent_reminder()  # to the default number, recorded by the dev provider
+    m = meeting()
+    again = referral(m, mobile="07700 900123")  # the same number, written differently
+    bystander = referral(m, mobile="+447700900999")
+    assert dev_messages(sent)[0].recipient == "+447700900123"
+
+    assert inbound("STOP").json() == {"outcome": "opted out"}
+    with runtime.sessions() as session:
+        contacts = {c.referral_id: c for c in session.scalars(select(ReferralContact))}
+    stopped = [c for rid, c in contacts.items() if rid != bystander]
+    assert {rid for rid in contacts} >= {again, bystander} and len(stopped) == 2
+    assert [c.contact for c in stopped] == [None, None]
+    assert {c.contact_hash for c in stopped} == {service.contact_hash("+447700900123", "sms")}  # what honours STOP
+    assert contacts[bystander].contact == "+447700900999"
+    # The dev provider's record of what was sent no longer names the number.
+    assert [m.recipient for m in dev_messages(sent)] == ["(erased)"]
+    with runtime.engine.connect() as conn:
+        assert "7700900123" not in str(conn.execute(text("SELECT * FROM referral_contacts")).all())
+    # A new referral to the number is still recognised as opted out.
+    later = referral(m, mobile="+447700900123")
+    assert reminders(later) == []

@@ -9,14 +9,14 @@ import uuid
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from services.notifications import sending
 from services.notifications.api import app
 from services.notifications.models import Reminder
 from services.notifications.runtime import runtime
 from shared import queues
-from shared.events import Event, utcnow
+from shared.events import Event, refusal, utcnow
 from shared.masking import mask_mobile
 from tests.services.notifications.notify_server import API_KEY, NotifyServer
 from tests.services.notifications.support import (  # noqa: F401 (any_hour: a fixture)
@@ -34,6 +34,7 @@ from tests.services.notifications.support import (  # noqa: F401 (any_hour: a fi
 )
 from tests.support.auth import auth
 from tests.support.broker import queued_messages
+from tests.support.events import signed
 from tests.support.processes import wait_for
 
 pytestmark = pytest.mark.usefixtures("clean_state", "any_hour")
@@ -41,7 +42,7 @@ FAST = {"NOTIFICATIONS_DISPATCH_SECONDS": "0.3", "NOTIFICATIONS_SWEEP_SECONDS": 
 
 
 def publish(event: Event) -> None:
-    runtime.celery.send_task(queues.event_task("notifications"), args=[event.model_dump(mode="json")],
+    runtime.celery.send_task(queues.event_task("notifications"), args=[signed(event)],
                              queue=queues.NOTIFICATIONS_EVENTS)
 
 
@@ -80,6 +81,13 @@ def test_referral_to_text_message_through_real_workers(processes, redis_client, 
     assert msg.body.startswith("Reminder: your meeting starts") and msg.body.endswith("Reply STOP to stop these messages")
     assert {r.status for r in by_kind(rid).values()} == {"sent", "created"}  # the others wait for their time
     wait_for(lambda: [p["kind"] for p in outbox_events("reminder.sent")] == ["hours_before"], what="reminder.sent")
+    # The send path writes those rows in its own statement: signed all the same, so consumers accept them.
+    t = runtime.outbox_table
+    with runtime.sessions() as session:
+        rows = session.execute(select(t.c.subscriber, t.c.body).where(t.c.event_type == "reminder.sent")).all()
+    assert sorted(r.subscriber for r in rows) == ["directory", "referrals"]
+    for row in rows:
+        assert refusal(row.body, consumer=row.subscriber, keys_of=runtime.settings.event_keys()) is None
 
     # GET /outbox shows exactly that message to an admin (the number masked), and to nobody else.
     client = TestClient(app)

@@ -6,7 +6,7 @@ import datetime as dt
 import uuid
 
 from fastapi.testclient import TestClient
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from services.referrals.api import app
 from services.referrals.models import Referral
@@ -86,3 +86,35 @@ def test_scheduler_process_erases_with_the_configured_retention(meeting, process
     assert "contact_erasure" in log
     for plain in PLAINTEXTS:
         assert plain not in log
+
+
+def sealed_in_outbox(referral_id: str) -> dict[str, str | None]:
+    """The sealed contact each subscriber's referral.created row still holds."""
+    t = runtime.outbox_table
+    with runtime.sessions() as session:
+        rows = session.execute(select(t.c.subscriber, t.c.body).where(t.c.event_type == "referral.created")).all()
+    return {r.subscriber: r.body["payload"]["contact_ciphertext"] for r in rows
+            if r.body["payload"]["referral_id"] == referral_id}
+
+
+def test_entered_in_error_erases_the_contact_at_once_with_its_sealed_copies(meeting):
+    client = TestClient(app)
+    wrong, kept = make(client, "CRY-0020"), make(client, "CRY-0021")
+    assert sealed_in_outbox(wrong)["notifications"] is not None and sealed_in_outbox(wrong)["directory"] is None
+    response = client.post(f"/referrals/{wrong}/transitions", json={"to": "entered-in-error"}, headers=KEYWORKER)
+    assert response.status_code == 200, response.text
+    assert response.json()["contact"]["mobile"] is None and response.json()["contact"]["erased_at"] is not None
+    assert [h["action"] for h in response.json()["history"]][-2:] == ["transition", "contact_erased"]
+    assert contact_of(wrong)[:2] == (None, None)
+    assert sealed_in_outbox(wrong) == {"notifications": None, "directory": None}
+    assert sealed_in_outbox(kept)["notifications"] is not None  # another referral's event is untouched
+
+
+def test_withdrawal_and_ending_clear_the_sealed_contact_from_the_outbox(meeting):
+    client = TestClient(app)
+    withdrawn, ended = make(client, "CRY-0030"), make(client, "CRY-0031", end="declined")
+    assert client.post(f"/referrals/{withdrawn}/consent-withdrawal", headers=KEYWORKER).status_code == 200
+    assert sealed_in_outbox(withdrawn)["notifications"] is None
+    # Ended: notifications erases its copy now; referrals keeps its own until the retention period.
+    assert sealed_in_outbox(ended)["notifications"] is None
+    assert contact_of(ended)[0] == "+447812345678"
