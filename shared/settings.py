@@ -11,7 +11,7 @@ import base64
 import binascii
 from typing import Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Development-only keys: production refuses to start with them (see check_production).
@@ -198,6 +198,12 @@ class ServiceSettings(BaseSettings):
             problems.append(f"CONTACT_TRANSIT_KEYS and {self.env_name('encryption_keys')} share a key; "
                             "each needs its own")
         return problems
+
+    @field_validator("jwt_jwks_url", "csrf_secret", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value):
+        """``JWT_JWKS_URL=`` (as compose passes an unset variable) means not set."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     @model_validator(mode="after")
     def check_production(self):

@@ -17,6 +17,7 @@ SECRETS = {
     "JWT_SECRET": "s3cret-for-the-test", "CONTACT_TRANSIT_KEYS": "k1", "POSTGRES_PASSWORD": "pw",
     "REFERRALS_ENCRYPTION_KEYS": "k2", "NOTIFICATIONS_ENCRYPTION_KEYS": "k3", "NOTIFICATIONS_HASH_KEY": "k4",
     "DIRECTORY_ENCRYPTION_KEYS": "k5", "NOTIFICATIONS_CALLBACK_TOKEN": "k6", "REDIS_PASSWORD": "redis-pw",
+    "DIRECTORY_EVENT_KEYS": "e1", "REFERRALS_EVENT_KEYS": "e2", "NOTIFICATIONS_EVENT_KEYS": "e3",
 }
 APP_ROLES = ("migrate", "api", "worker", "scheduler", "sender")
 
@@ -141,11 +142,13 @@ def test_flower_is_opt_in_asks_for_a_login_and_is_not_published(compose):
     assert refused.returncode != 0 and "FLOWER_BASIC_AUTH" in refused.stderr
 
 
-# Secrets each service may hold; anything else secret must not reach its containers.
+# Secrets each service may hold; anything else secret must not reach its containers. Every service
+# signs its events and checks the other two services' signatures, so each holds the three event keys.
+EVENT_KEYS = {"DIRECTORY_EVENT_KEYS", "REFERRALS_EVENT_KEYS", "NOTIFICATIONS_EVENT_KEYS"}
 OWN_SECRETS = {
-    "directory": {"JWT_SECRET", "DIRECTORY_ENCRYPTION_KEYS", "DIRECTORY_DATABASE_URL"},
-    "referrals": {"JWT_SECRET", "REFERRALS_ENCRYPTION_KEYS", "REFERRALS_DATABASE_URL", "CONTACT_TRANSIT_KEYS"},
-    "notifications": {"JWT_SECRET", "NOTIFICATIONS_ENCRYPTION_KEYS", "NOTIFICATIONS_DATABASE_URL",
+    "directory": EVENT_KEYS | {"JWT_SECRET", "DIRECTORY_ENCRYPTION_KEYS", "DIRECTORY_DATABASE_URL"},
+    "referrals": EVENT_KEYS | {"JWT_SECRET", "REFERRALS_ENCRYPTION_KEYS", "REFERRALS_DATABASE_URL", "CONTACT_TRANSIT_KEYS"},
+    "notifications": EVENT_KEYS | {"JWT_SECRET", "NOTIFICATIONS_ENCRYPTION_KEYS", "NOTIFICATIONS_DATABASE_URL",
                       "CONTACT_TRANSIT_KEYS", "NOTIFICATIONS_HASH_KEY", "NOTIFICATIONS_CALLBACK_TOKEN",
                       "NOTIFICATIONS_NOTIFY_API_KEY"},
 }
@@ -165,3 +168,29 @@ def test_each_container_gets_only_its_own_services_secrets(compose):
     assert checked == 3 * 4 + 1, "every API, worker, scheduler, migration and the sender were checked"
     directory = compose["services"]["directory-worker"]["environment"]
     assert "CONTACT_TRANSIT_KEYS" not in directory, "the directory never needs to open a contact"
+
+
+def test_each_containers_own_settings_pass_the_production_checks():
+    """With real secrets in .env, every app container has all its service needs to start in
+    production (and, above, nothing of the other services')."""
+    import secrets
+    import sys
+
+    from shared.crypto import generate_key
+
+    strong = {"JWT_SECRET": secrets.token_urlsafe(32), "POSTGRES_PASSWORD": secrets.token_urlsafe(16),
+              "REDIS_PASSWORD": secrets.token_urlsafe(24), "CONTACT_TRANSIT_KEYS": generate_key(),
+              "NOTIFICATIONS_HASH_KEY": secrets.token_hex(32), "NOTIFICATIONS_CALLBACK_TOKEN": secrets.token_urlsafe(32),
+              "NOTIFICATIONS_NOTIFY_API_KEY": "fama_live-" + secrets.token_hex(16),
+              **{f"{s.upper()}_ENCRYPTION_KEYS": generate_key() for s in queues.SERVICES},
+              **{f"{s.upper()}_EVENT_KEYS": secrets.token_urlsafe(32) for s in queues.SERVICES}}
+    result = compose_config(strong)
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    for name in queues.SERVICES:
+        env = {k: str(v) for k, v in services[f"{name}-worker"]["environment"].items()}
+        check = (f"from services.{name}.config import Settings; s = Settings(); "
+                 "assert s.environment == 'production'; print(s.production_problems())")
+        run = subprocess.run([sys.executable, "-c", check], cwd="/", capture_output=True, text=True, timeout=60,
+                             env={**env, "PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT)})
+        assert run.returncode == 0 and run.stdout.strip() == "[]", f"{name}: {run.stderr[-1500:]}"
