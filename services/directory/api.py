@@ -274,7 +274,9 @@ CSV_OR_JSON = {200: {"content": {"application/json": {}, "text/csv": {}}}}
 def engagement_figures(session: SessionDep, principal: CurrentPrincipal, date_from: DateFrom = None,
                        date_to: DateTo = None, fellowship: FellowshipFilter = None, format: EngagementFormat = "json"):
     if principal.role not in (Role.admin, Role.commissioner):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="this needs one of the roles: commissioner, admin")
+        raise HTTPException(status.HTTP_403_FORBIDDEN,
+                            detail=f"your role ({principal.role.value}) may not do this: it needs one of the roles "
+                                   "commissioner, admin; ask an administrator if you need it")
     scope = engagement.scope_of(session, principal)
     return _engagement_response(session, scope, date_from, date_to, fellowship, format,
                                 where={"region": scope.region})
