@@ -36,6 +36,7 @@ from tests.services.notifications.support import (
     reminder,
     reminders,
 )
+from tests.support.events import signed
 from tests.support.processes import wait_for
 
 pytestmark = pytest.mark.usefixtures("clean_state")
@@ -252,7 +253,7 @@ def test_meeting_moved_while_its_reminder_is_held_cancels_it_and_the_new_plan_go
 
     moved = m.model_copy(update={"time": "18:00"})
     runtime.celery.send_task(queues.event_task("notifications"),
-                             args=[meeting_event(moved, "meeting.updated").model_dump(mode="json")],
+                             args=[signed(meeting_event(moved, "meeting.updated"))],
                              queue=queues.NOTIFICATIONS_EVENTS)
     new = wait_for(lambda: "meeting_moved" in by_kind(rid) and by_kind(rid), timeout=30, what="the move handled")
     assert (reminder(waiting.id).status, reminder(waiting.id).reason) == ("cancelled", "meeting moved")
