@@ -42,7 +42,6 @@ import datetime as dt
 import uuid
 from zoneinfo import ZoneInfo
 
-import phonenumbers
 import structlog
 from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import Session
@@ -74,6 +73,7 @@ from shared.events import (
     Stage,
     utcnow,
 )
+from shared.masking import mask_email, mask_mobile
 from shared.meeting_time import local_start, meeting_guide_weekday, next_occurrence
 
 log = structlog.get_logger(__name__)
@@ -430,19 +430,6 @@ def _update_reachability(session: Session, *, fact: ReminderFact, status: str, a
 def reveals_contact(principal: Principal, site_id: str) -> bool:
     """Contact details are shown in full only to staff of the owning site (not even admins)."""
     return principal.role in (Role.keyworker, Role.site_lead) and principal.site == site_id
-
-
-def mask_mobile(e164: str) -> str:
-    """+447812345678 -> 07*** ***678."""
-    national = phonenumbers.format_number(phonenumbers.parse(e164, "GB"), phonenumbers.PhoneNumberFormat.NATIONAL)
-    digits = national.replace(" ", "")
-    return f"{digits[:2]}*** ***{digits[-3:]}"
-
-
-def mask_email(email: str) -> str:
-    """eleanor@example.org -> e***@example.org."""
-    local, _, domain = email.rpartition("@")
-    return f"{local[:1]}***@{domain}"
 
 
 def referral_out(referral: Referral, *, reveal: bool, detail: bool = False, session: Session | None = None):
