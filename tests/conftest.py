@@ -50,6 +50,11 @@ def pytest_configure(config):
         importlib.import_module(f"services.{service}.runtime").runtime.migrate()
 
 
+def pytest_report_header(config):
+    """One line naming the servers in use (CI checks it says "bundled" on its bare-machine run)."""
+    return f"FAMA test servers: postgres={servers.in_use.get('postgres')}; redis={servers.in_use.get('redis')}"
+
+
 def pytest_unconfigure(config):
     for service, (name, _url) in STATE.get("databases", {}).items():
         try:
