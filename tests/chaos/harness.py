@@ -50,7 +50,7 @@ class PrivateRedis:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.data, "--save", "",
+            [self.proc.args[0], "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.data, "--save", "",
              "--appendonly", "yes", "--maxmemory-policy", "noeviction"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(lambda: _pings(self.url), timeout=20, what="redis to come back")
