@@ -9,6 +9,7 @@ if [ -n "${FAMA_BROWSER_TESTS:-1}" ] && [ "${FAMA_BROWSER_TESTS:-1}" != 0 ]; the
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
 fi
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)  # promtool checks deploy/prometheus/ (tests/ops)
 # PostgreSQL: a server named by TEST_POSTGRES_URL, or one on the default port, or binaries the
 # fixtures can start (initdb + pg_ctl).
 if [ -z "${TEST_POSTGRES_URL:-}" ] && ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null \

@@ -36,6 +36,9 @@ log = structlog.get_logger(__name__)
 # A gauge that counts rows stops at this many: past it the figure says "at least".
 COUNT_CAP = 100_000
 # Upper bounds (seconds) of the inbox lag histogram: from a busy worker to a day-long outage.
+# Why a consumer refuses a message (shared.events.refusal): each is shown from 0, so the first
+# refusal is an increase Prometheus sees (a series that appears at 1 has no increase).
+REFUSAL_REASONS = ("malformed", "unknown_type", "not_subscriber", "wrong_producer", "bad_signature")
 LAG_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0)
 
 
@@ -178,8 +181,10 @@ def backbone_metrics(runtime, *, queues: Sequence[str]) -> Cached:
         for i, queue in enumerate(queues):
             lengths.add_metric([queue], sum(results[i * steps:(i + 1) * steps]))
         unacked.add_metric([], results[len(queues) * steps])
-        for reason, n in sorted(results[-2].items()):
-            refused.add_metric([name, reason.decode()], int(n))
+        counts = dict.fromkeys(REFUSAL_REASONS, 0)
+        counts.update((reason.decode(), int(n)) for reason, n in results[-2].items())
+        for reason, n in sorted(counts.items()):
+            refused.add_metric([name, reason], n)
         stored = {k.decode(): v for k, v in results[-1].items()}
         if stored:
             cumulative, buckets = 0, []

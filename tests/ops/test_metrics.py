@@ -88,8 +88,9 @@ def test_queue_length_rises_with_waiting_messages_and_a_forged_event_is_counted_
     sender = make_celery("test-sender", ServiceSettings())
     genuine = [signed(published(f"late-{n}", ago=dt.timedelta(minutes=10))) for n in range(4)]
     forged = published("forged").model_dump(mode="json")  # not signed: anyone with Redis access could push it
-    for body in [*genuine, forged]:
-        sender.send_task(queues.event_task("notifications"), args=[body], queue=queues.NOTIFICATIONS_EVENTS)
+    for n, body in enumerate([*genuine, forged]):  # one with a priority: kombu keeps it in a list of its own
+        sender.send_task(queues.event_task("notifications"), args=[body], queue=queues.NOTIFICATIONS_EVENTS,
+                         priority=9 if n == 0 else None)
 
     assert value("notifications", "fama_queue_length", queue=queues.NOTIFICATIONS_EVENTS) == 5
     assert value("notifications", "fama_events_refused_total", consumer="notifications", reason="bad_signature") == 0
