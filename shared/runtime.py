@@ -28,6 +28,7 @@ from shared.events import Event
 from shared.inbox import Handler, consume, inbox_table, refused
 from shared.inbox import prune as prune_inbox
 from shared.logs import configure_logging
+from shared.metrics import count_refused, observe_lag, seconds_since
 from shared.outbox import Outbox, leave_receipt, outbox_table
 from shared.settings import ServiceSettings
 
@@ -135,7 +136,10 @@ class ServiceRuntime:
 
     def refuses(self, body: object) -> str | None:
         """Why this message from the broker is not an authentic event for this service, or None."""
-        return refused(body, consumer=self.name, keys_of=self.settings.event_keys())
+        reason = refused(body, consumer=self.name, keys_of=self.settings.event_keys())
+        if reason is not None:  # counted in Redis too: workers have no /metrics, the APIs read it there
+            count_refused(self.redis, prefix=self.settings.redis_key_prefix, consumer=self.name, reason=reason)
+        return reason
 
     def handle(self, body: dict, handlers: dict[str, Handler], *, event: Event | None = None) -> bool:
         """Process one (authentic: see ``refuses``) event and leave its receipt."""
@@ -143,6 +147,9 @@ class ServiceRuntime:
         with self.sessions() as session:
             processed = consume(session, self.inbox_table, event, handlers)
         leave_receipt(self.redis, self.settings.redis_key_prefix, self.name, event.event_id)
+        if processed:
+            observe_lag(self.redis, prefix=self.settings.redis_key_prefix, consumer=self.name,
+                        seconds=seconds_since(event.occurred_at))
         return processed
 
     def handle_batch(self, bodies: list[dict], handlers: dict[str, Handler]) -> int:

@@ -32,8 +32,10 @@ from services.directory.schemas import (
     SiteOut,
     WithdrawIn,
 )
+from shared import queues
 from shared.auth import AdminOnly, CurrentPrincipal, Role
 from shared.events import utcnow
+from shared.metrics import backbone_metrics
 from shared.pages import setup_pages
 from shared.types import InputDate
 from shared.web import PublicRateLimit, make_app
@@ -42,6 +44,8 @@ SessionDep = Annotated[Session, Depends(runtime.get_session)]
 
 app = make_app(service="directory", settings=runtime.settings, engine=lambda: runtime.engine,
                title="FAMA directory", description="Mutual-aid meetings, pilot sites and engagement counters.")
+# /metrics: the outbox, the events queue, refused events and inbox lag (shared/metrics.py).
+app.state.metrics_registry.register(backbone_metrics(runtime, queues=[queues.events_queue("directory")]))
 
 
 def _errors_response(errors: list[dict]) -> JSONResponse:

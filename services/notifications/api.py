@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from services.notifications import metrics as notifications_metrics
 from services.notifications import service
 from services.notifications.models import CREATED, TOO_LATE, DevMessage, ReferralContact, Reminder
 from services.notifications.runtime import runtime
@@ -57,12 +58,14 @@ class ReminderTimingMetrics:
 
 
 app.state.metrics_registry.register(ReminderTimingMetrics())
+notifications_metrics.register(app.state.metrics_registry)
 
 
 def notify_caller(authorization: Annotated[str | None, Header()] = None) -> None:
     """GOV.UK Notify sends the bearer token configured for the callback."""
     expected = f"Bearer {runtime.settings.callback_token}"
     if authorization is None or not hmac.compare_digest(authorization.encode(), expected.encode()):
+        notifications_metrics.CALLBACKS.labels("any", "unauthorized").inc()
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, detail="a valid callback bearer token is required",
                             headers={"WWW-Authenticate": "Bearer"})
 
@@ -75,6 +78,7 @@ NotifyCaller = Annotated[None, Depends(notify_caller)]
 def delivery_callback(receipt: DeliveryCallbackIn, session: SessionDep, _caller: NotifyCaller):
     outcome = service.delivery_status(session, receipt=receipt)
     session.commit()
+    notifications_metrics.CALLBACKS.labels("delivery", outcome).inc()
     return CallbackResult(outcome=outcome)
 
 
@@ -84,8 +88,10 @@ def inbound_sms_callback(inbound: InboundSmsIn, session: SessionDep, _caller: No
     try:
         outcome = service.inbound_sms(session, inbound=inbound)
     except ValueError as exc:
+        notifications_metrics.CALLBACKS.labels("inbound_sms", "invalid").inc()
         raise HTTPException(422, detail=str(exc)) from exc
     session.commit()
+    notifications_metrics.CALLBACKS.labels("inbound_sms", outcome).inc()
     return CallbackResult(outcome=outcome)
 
 

@@ -23,8 +23,10 @@ from services.referrals.schemas import (
     Status,
     TransitionIn,
 )
+from shared import queues
 from shared.auth import CurrentPrincipal, Principal, Role, SiteStaff, ensure_site
 from shared.events import Stage
+from shared.metrics import backbone_metrics
 from shared.pages import setup_pages
 from shared.types import InputDate
 from shared.web import make_app
@@ -33,6 +35,8 @@ SessionDep = Annotated[Session, Depends(runtime.get_session)]
 
 app = make_app(service="referrals", settings=runtime.settings, engine=lambda: runtime.engine,
                title="FAMA referrals", description="The keyworker referral desk: referrals, their lifecycle and consent.")
+# /metrics: the outbox, the events queue, refused events and inbox lag (shared/metrics.py).
+app.state.metrics_registry.register(backbone_metrics(runtime, queues=[queues.events_queue("referrals")]))
 
 
 def unprocessable(exc: service.ReferralError) -> JSONResponse:
