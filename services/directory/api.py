@@ -34,6 +34,7 @@ from services.directory.schemas import (
 )
 from shared.auth import AdminOnly, CurrentPrincipal, Role
 from shared.events import utcnow
+from shared.meeting_time import meeting_guide_weekday
 from shared.pages import setup_pages
 from shared.types import InputDate
 from shared.web import PublicRateLimit, make_app
@@ -51,7 +52,10 @@ def _errors_response(errors: list[dict]) -> JSONResponse:
 
 @app.exception_handler(service.InvalidInput)
 async def invalid_input(_request: Request, exc: service.InvalidInput):
-    return _errors_response([{"field": exc.field, "message": exc.message, "type": "invalid"}])
+    error = {"field": exc.field, "message": exc.message, "type": "invalid"}
+    if isinstance(exc, search.AmbiguousPlace):
+        error.update(type="ambiguous", choices=exc.choices)
+    return _errors_response([error])
 
 
 @app.exception_handler(ValidationError)
@@ -88,15 +92,20 @@ async def bad_feed(_request: Request, exc: feeds.FeedError):
          summary="Search meetings (public)", dependencies=[PublicRateLimit])
 def search_meetings(
     session: SessionDep,
-    near: Annotated[str | None, Query(description="UK postcode (full or outward code) or 'lat,lng'", max_length=60)] = None,
+    near: Annotated[str | None, Query(description="UK postcode (full or outward code), UK town, village or city "
+                                                  "('Newport, Isle of Wight' where several share the name) "
+                                                  "or 'lat,lng'", max_length=60)] = None,
     radius_km: Annotated[float, Query(gt=0, le=200)] = 10.0,
-    day: Annotated[int | None, Query(ge=0, le=6, description="0-6, Sunday = 0")] = None,
+    day: Annotated[list[int], Query(description="0-6, Sunday = 0; repeat for several days")] = [],  # noqa: B006
+    date: Annotated[InputDate | None, Query(description="Meetings on this date (YYYY-MM-DD), from today")] = None,
     starts_after: Annotated[str | None, Query(pattern=TIME_PATTERN, description="HH:MM local")] = None,
     starts_before: Annotated[str | None, Query(pattern=TIME_PATTERN, description="HH:MM local")] = None,
     fellowship: Annotated[str | None, Query(pattern=FELLOWSHIP_PATTERN, max_length=64)] = None,
     types: Annotated[list[str], Query(description="Type codes, all must match (repeat or comma-separate)")] = [],  # noqa: B006
     attendance: Annotated[Literal["in_person", "hybrid", "online"] | None, Query()] = None,
-    q: Annotated[str | None, Query(max_length=200)] = None,
+    q: Annotated[str | None, Query(max_length=200, description="Words in the name, venue, address or notes")] = None,
+    sort: Annotated[Literal["distance", "soonest"] | None,
+                    Query(description="distance (the default with near) or soonest: next start from now")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     offset: Annotated[int | None, Query(ge=0)] = None,
     page: Annotated[int | None, Query(ge=1, description="1-based page of `limit` results (instead of offset)")] = None,
@@ -105,22 +114,43 @@ def search_meetings(
     unknown = [c for c in codes if c not in TYPE_NAMES]
     if unknown:
         raise service.InvalidInput("types", f"unknown Meeting Guide type code(s): {', '.join(unknown)}")
+    if any(not 0 <= d <= 6 for d in day):
+        raise service.InvalidInput("day", "each day must be 0-6, Sunday = 0")
     if starts_after and starts_before and starts_after > starts_before:
         raise service.InvalidInput("starts_before", "starts_before is earlier than starts_after")
+    if near is not None and not near.strip():
+        raise service.InvalidInput("near", "is empty: give a UK postcode, a town or 'latitude,longitude', or leave it out")
+    if q is not None and not any(ch.isalnum() for ch in q):
+        raise service.InvalidInput("q", "has no letters or numbers to search for")
+    if sort == "distance" and not near:
+        raise service.InvalidInput("sort", "distance needs near: a postcode, a place or 'latitude,longitude'")
+    now = utcnow()
+    days = list(day)
+    if date is not None:
+        start = search.start_of(date)
+        if day:
+            raise service.InvalidInput("date", "give a date or days of the week, not both")
+        if date < now.astimezone(start.tzinfo).date():
+            raise service.InvalidInput("date", f"{date.isoformat()} has passed: give today or a later date")
+        now, days = max(now, start), [meeting_guide_weekday(date)]
     if offset is None:
         offset = (page - 1) * limit if page else 0
-    search_in = SearchIn(near=near, radius_km=radius_km, day=day, starts_after=starts_after, starts_before=starts_before,
-                         fellowship=fellowship, types=codes, attendance=attendance, q=q, limit=limit, offset=offset)
+    search_in = SearchIn(near=near, radius_km=radius_km, days=days, starts_after=starts_after,
+                         starts_before=starts_before, fellowship=fellowship, types=codes, attendance=attendance,
+                         q=q, sort=sort, limit=limit, offset=offset, now=now)
     found = search.search_meetings(session, search_in=search_in)
-    now = utcnow()
-    results = []
-    for meeting, distance in found["results"]:
-        results.append(MeetingResult.model_validate({
-            **MeetingOut.model_validate(meeting).model_dump(exclude={"type_names"}),
-            "distance_km": None if distance is None else round(distance, 2),
-            **_next_start(meeting, now),
-        }))
-    return MeetingPage(total=found["total"], limit=limit, offset=offset, near=found["near"], results=results)
+    return MeetingPage(total=found["total"], limit=limit, offset=offset, near=found["near"],
+                       results=[_result(m, d, now) for m, d in found["results"]],
+                       beyond=[_result(m, d, now) for m, d in found["beyond"]])
+
+
+def _result(meeting, distance: float | None, now: dt.datetime) -> MeetingResult:
+    return MeetingResult.model_validate({
+        **MeetingOut.model_validate(meeting).model_dump(exclude={"type_names"}),
+        "distance_km": None if distance is None else round(distance, 2),
+        "happening": search.happening(meeting, now),
+        **_next_start(meeting, now),
+    })
 
 
 @app.get("/meetings/{slug}", response_model=MeetingResult, tags=["meetings"],
