@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
+from email.utils import format_datetime, parsedate_to_datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Body, Depends, HTTPException, Query, Request, status
+from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from services.directory import engagement, feeds, search, service
+from services.directory.models import Meeting
 from services.directory.pages import router as pages_router
 from services.directory.pages import templates as page_templates
 from services.directory.reference import FELLOWSHIPS, TYPE_NAMES
@@ -209,10 +214,48 @@ def meeting_types() -> dict:
 
 # --- feeds ----------------------------------------------------------------------------------
 
-@app.get("/feeds/meeting-guide.json", tags=["feeds"],
-         summary="Meeting Guide feed of all live meetings (public)", dependencies=[PublicRateLimit])
-def export_feed(session: SessionDep) -> list[dict]:
-    return feeds.export_feed(session)
+# Other finders (TSML UI, a fellowship's own site) read the feed from their pages: any origin may GET it.
+FEED_CORS = {"Access-Control-Allow-Origin": "*", "Access-Control-Expose-Headers": "ETag, Last-Modified"}
+
+
+@app.get("/feeds/meeting-guide.json", tags=["feeds"], response_model=list[dict],
+         summary="Meeting Guide feed of all live meetings (public; CORS, ETag and Last-Modified for 304s)",
+         dependencies=[PublicRateLimit], responses={304: {"description": "Not changed since the copy you have"}})
+def export_feed(request: Request, session: SessionDep) -> Response:
+    body = json.dumps(jsonable_encoder(feeds.export_feed(session)), ensure_ascii=False, separators=(",", ":")).encode()
+    etag = f'"{hashlib.sha256(body).hexdigest()[:32]}"'
+    # A meeting added, changed or withdrawn moves one of these (withdrawing sets ``updated``).
+    moments = [m for m in session.execute(select(func.max(Meeting.updated), func.max(Meeting.created_at))).one() if m]
+    changed = max(moments) if moments else None
+    headers = {**FEED_CORS, "ETag": etag, "Cache-Control": "public, max-age=300"}
+    if changed is not None:
+        headers["Last-Modified"] = format_datetime(changed.astimezone(dt.UTC).replace(microsecond=0), usegmt=True)
+    if _not_modified(request, etag, changed):
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type="application/json", headers=headers)
+
+
+def _not_modified(request: Request, etag: str, changed: dt.datetime | None) -> bool:
+    """RFC 9110 13.1: If-None-Match decides when sent; else If-Modified-Since (to the second)."""
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match is not None:
+        sent = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+        return "*" in sent or etag in sent
+    since = request.headers.get("if-modified-since")
+    if since and changed is not None:
+        try:
+            when = parsedate_to_datetime(since)
+        except (TypeError, ValueError):
+            return False
+        return when.tzinfo is not None and changed.replace(microsecond=0) <= when
+    return False
+
+
+@app.options("/feeds/meeting-guide.json", include_in_schema=False)
+def feed_preflight() -> Response:
+    return Response(status_code=204, headers={**FEED_CORS, "Access-Control-Allow-Methods": "GET",
+                                              "Access-Control-Allow-Headers": "If-None-Match, If-Modified-Since",
+                                              "Access-Control-Max-Age": "86400"})
 
 
 @app.post("/feeds/import", response_model=ImportReport, tags=["feeds"],
