@@ -245,7 +245,8 @@ def find_meeting(request: Request, session: SessionDep, principal: OptionalPageP
                "searched": searched, "results": [], "beyond": [], "total": 0, "days": DAYS, "distances": DISTANCES,
                "times": TIMES_OF_DAY, "attendance_choices": ATTENDANCE_CHOICES, "fellowships": FELLOWSHIPS,
                "type_choices": TYPE_CHOICES, "sorts": SORTS, "online_ignores_near": False, "online_url": None,
-               "near_label": None, "near_note": None, "choices": [], "sort": filters["sort"]}
+               "near_label": None, "near_note": None, "choices": [], "sort": filters["sort"],
+               "postcode_directory": search.postcode_directory_loaded(session)}
     if searched and not errors:
         online_only = filters["attendance"] == "online"
         if online_only and filters["near"]:

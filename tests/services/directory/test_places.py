@@ -106,6 +106,7 @@ def test_a_full_postcode_is_placed_by_its_district_until_the_ons_directory_is_lo
     assert result.exit_code == 0, result.output
     assert "3 live postcodes loaded" in result.output  # terminated and unplaced ones left out
 
+    assert "Postcodes: ONS Postcode Directory" in client.get("/").text  # its attribution, once loaded
     exact = client.get("/meetings", params={"near": "cr01nx"}).json()["near"]
     assert exact["precision"] == "postcode" and exact["resolved"] == "CR0 1NX"
     assert (exact["latitude"], exact["longitude"]) == (51.375297, -0.098193)
