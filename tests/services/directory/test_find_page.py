@@ -141,3 +141,14 @@ def test_a_meeting_not_running_has_no_calendar_file():
     assert client.get("/meeting/by-appointment.ics").status_code == 404
     assert client.get("/meeting/nothing-here.ics").status_code == 404
     assert ".ics" not in client.get("/meeting/by-appointment").text
+
+
+def test_the_form_sorts_nearest_first_near_a_place_unless_asked_for_soonest():
+    add_meetings(CROYDON_SMART, CROYDON_AA)
+    assert '<option value="" selected>Nearest first' in client.get("/").text
+    nearest = client.get("/?near=CR0&sort=&distance=5")  # as the form sends it
+    assert "nearest first" in text(nearest.text) and result_names(nearest.text) == [
+        "SMART Recovery Croydon", "Croydon Evening AA"]
+    soonest = client.get("/?near=CR0&sort=soonest&distance=5")
+    assert "soonest first" in text(soonest.text)
+    assert '<option value="soonest" selected>' in soonest.text
