@@ -29,7 +29,7 @@ from services.directory.runtime import runtime
 from services.directory.schemas import SearchIn
 from shared.auth import Principal, Role
 from shared.events import utcnow
-from shared.meeting_time import next_occurrence
+from shared.meeting_time import meeting_guide_weekday, next_occurrence
 from shared.pages import OptionalPagePrincipal, PageForbidden, make_templates, require_page_roles
 from shared.web import PublicRateLimit
 
@@ -60,7 +60,8 @@ TYPE_CHOICES = {"W": "Women only", "M": "Men only", "LGBTQ": "LGBTQ+", "X": "Whe
                 "BE": "Newcomers welcome", "Y": "Young people", "O": "Open to anyone", "C": "Closed",
                 "SP": "Speaker", "D": "Discussion", "ST": "Step study", "CF": "Children welcome"}
 SORTS = {"distance": "Nearest first", "soonest": "Soonest first"}
-SEARCH_FIELDS = ("near", "distance", "day", "time", "from", "to", "fellowship", "attendance", "type", "q", "sort")
+SEARCH_FIELDS = ("near", "distance", "day", "date", "time", "from", "to", "fellowship", "attendance", "type", "q",
+                 "sort")
 LIST_FIELDS = ("day", "type")  # may be given more than once
 HAPPENING = {"in_progress": "In progress now", "starting_soon": "Starting soon"}
 CLOCK = re.compile(r"^(\d{1,2})(?:[:.](\d{2}))?\s*(am|pm)?$", re.I)
@@ -170,6 +171,17 @@ def read_search(params) -> tuple[dict, dict[str, str], dict]:
     days = [d.lower() for d in values["day"]]
     if any(d not in DAY_VALUES for d in days):
         errors["day"] = "Choose a day from the list"
+    on_date = None
+    if values["date"]:
+        try:
+            on_date = dt.date.fromisoformat(values["date"])
+        except ValueError:
+            errors["date"] = "Enter a real date, like 2026-12-24"
+        else:
+            if on_date < utcnow().astimezone(search.SORT_ZONE).date():
+                errors["date"] = "That date has passed: enter today or a later date"
+            elif days:
+                errors["date"] = "Choose days of the week or a date, not both"
     if values["time"] and values["time"] not in TIMES_OF_DAY:
         errors["time"] = "Choose morning, afternoon, evening or any time"
     after = before = None
@@ -206,7 +218,8 @@ def read_search(params) -> tuple[dict, dict[str, str], dict]:
     filters = {
         "near": values["near"] or None,
         "radius_km": float(values["distance"]) * KM_PER_MILE if "distance" not in errors else 5 * KM_PER_MILE,
-        "days": sorted({DAY_VALUES[d] for d in days if d in DAY_VALUES}),
+        "days": [meeting_guide_weekday(on_date)] if on_date else sorted({DAY_VALUES[d] for d in days if d in DAY_VALUES}),
+        "now": max(utcnow(), search.start_of(on_date)) if on_date and "date" not in errors else None,
         "starts_after": after,
         "starts_before": before,
         "fellowship": values["fellowship"] or None,
@@ -268,7 +281,7 @@ def find_meeting(request: Request, session: SessionDep, principal: OptionalPageP
             if page > pages:
                 page = pages
                 found = _search(session, filters, page)
-            now = utcnow()
+            now = filters["now"] or utcnow()
             near = found["near"]
             context.update(
                 results=[meeting_view(m, d, now) for m, d in found["results"]], total=found["total"],

@@ -152,3 +152,14 @@ def test_the_form_sorts_nearest_first_near_a_place_unless_asked_for_soonest():
     soonest = client.get("/?near=CR0&sort=soonest&distance=5")
     assert "soonest first" in text(soonest.text)
     assert '<option value="soonest" selected>' in soonest.text
+
+
+def test_a_date_lists_that_days_meetings_with_that_date():
+    add_meetings(CROYDON_SMART, CROYDON_AA)  # Tuesday 2pm, Wednesday 7:30pm
+    today = dt.datetime.now(ZoneInfo("Europe/London")).date()
+    tuesday = today + dt.timedelta(days=(1 - today.weekday()) % 7 + 7)  # a Tuesday next week or the week after
+    response = client.get(f"/?near=CR0&date={tuesday.isoformat()}")
+    assert response.status_code == 200
+    assert result_names(response.text) == ["SMART Recovery Croydon"]
+    assert f"Next meeting Tuesday {tuesday.day} {tuesday:%B}, 2:00pm" in text(response.text)
+    assert f'value="{tuesday.isoformat()}"' in response.text
