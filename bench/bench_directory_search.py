@@ -3,7 +3,10 @@
 Loads synthetic meetings spread over Great Britain (around real outward-code centres),
 then times ``service.search_meetings`` (radius 10 km, with day and fellowship filters)
 against a plain full scan that measures the distance to every row, in the same process.
-Target: p95 under 20 ms and at least 20x faster than the full scan.
+Two cases: near an outward code, and near a town or village by name (data/gb-places.csv).
+Either may find fewer than 3 within the radius, and then the search also looks further out
+for the nearest beyond it: that is part of what is timed.
+Target, for each case: p95 under 20 ms and at least 20x faster than the full scan.
 
 Postgres: TEST_POSTGRES_URL or postgresql://postgres@127.0.0.1:5432/postgres; the bench
 creates and drops its own database.
@@ -28,7 +31,7 @@ from sqlalchemy import select  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
 from services.directory import service  # noqa: E402
-from services.directory.geocode import default_geocoder  # noqa: E402
+from services.directory.geocode import default_geocoder, default_places  # noqa: E402
 from services.directory.models import Meeting  # noqa: E402
 from services.directory.schemas import SearchIn  # noqa: E402
 from shared import db  # noqa: E402
@@ -88,9 +91,17 @@ def queries(rng: random.Random) -> list[SearchIn]:
                      fellowship=rng.choice(["aa", "na", "smart"]), limit=20) for _ in range(QUERIES)]
 
 
+def place_queries(rng: random.Random) -> list[SearchIn]:
+    """Towns and villages in Great Britain whose name is theirs alone (a shared name asks which)."""
+    names = sorted(found[0].name for found in default_places().by_key.values()
+                   if len(found) == 1 and found[0].country != "Northern Ireland")
+    return [SearchIn(near=rng.choice(names), radius_km=RADIUS_KM, day=rng.randrange(7),
+                     fellowship=rng.choice(["aa", "na", "smart"]), limit=20) for _ in range(QUERIES)]
+
+
 def full_scan(session: Session, search_in: SearchIn) -> int:
     """The baseline: fetch every live meeting and measure the distance to each one."""
-    lat, lng, _ = service.resolve_near(search_in.near)
+    lat, lng, _, _ = service.resolve_near(search_in.near)
     found = []
     rows = session.execute(select(Meeting.id, Meeting.latitude, Meeting.longitude, Meeting.day, Meeting.fellowship,
                                   Meeting.attendance_option).where(Meeting.active.is_(True)))
@@ -109,41 +120,44 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-def measure(name: str, url: str, rows: list[dict], searches: list[SearchIn]) -> dict:
+def measure(name: str, url: str, rows: list[dict], cases: dict[str, list[SearchIn]]) -> list[dict]:
     db.migrate(MIGRATIONS, url)
     engine = db.make_engine(url)
     loaded = load(engine, rows)
-    timings, totals = [], []
+    out = []
     with Session(engine) as session:
-        for search_in in searches[:20]:  # warm up caches and the connection
-            service.search_meetings(session, search_in=search_in)
-        for search_in in searches:
-            started = time.perf_counter()
-            result = service.search_meetings(session, search_in=search_in)
-            timings.append((time.perf_counter() - started) * 1000)
-            totals.append(result["total"])
-        scans = []
-        for search_in in searches[:FULL_SCANS]:
-            started = time.perf_counter()
-            expected = full_scan(session, search_in)
-            scans.append((time.perf_counter() - started) * 1000)
-            got = service.search_meetings(session, search_in=search_in.model_copy(update={"limit": 100}))["total"]
-            assert got == expected, f"{name}: indexed search found {got}, full scan {expected}"
+        for case, searches in cases.items():
+            for search_in in searches[:20]:  # warm up caches and the connection
+                service.search_meetings(session, search_in=search_in)
+            timings, totals = [], []
+            for search_in in searches:
+                started = time.perf_counter()
+                result = service.search_meetings(session, search_in=search_in)
+                timings.append((time.perf_counter() - started) * 1000)
+                totals.append(result["total"])
+            scans = []
+            for search_in in searches[:FULL_SCANS]:
+                started = time.perf_counter()
+                expected = full_scan(session, search_in)
+                scans.append((time.perf_counter() - started) * 1000)
+                got = service.search_meetings(session, search_in=search_in.model_copy(update={"limit": 100}))["total"]
+                assert got == expected, f"{name}: indexed search found {got}, full scan {expected}"
+            p50, p95 = percentile(timings, 50), percentile(timings, 95)
+            scan = statistics.median(scans)
+            out.append({"backend": name, "case": case, "load_s": loaded, "p50": p50, "p95": p95, "scan": scan,
+                        "ratio": scan / p50, "ratio95": scan / p95, "mean_hits": statistics.mean(totals)})
         session.rollback()
     engine.dispose()
-    p50, p95 = percentile(timings, 50), percentile(timings, 95)
-    scan = statistics.median(scans)
-    return {"backend": name, "load_s": loaded, "p50": p50, "p95": p95, "scan": scan, "ratio": scan / p50,
-            "ratio95": scan / p95, "mean_hits": statistics.mean(totals)}
+    return out
 
 
 def main() -> int:
     rng = random.Random(2026)
     rows = synthetic_rows(rng)
-    searches = queries(rng)
+    cases = {"outward code": queries(rng), "place name": place_queries(rng)}
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        results.append(measure("sqlite", f"sqlite:///{tmp}/bench.db", rows, searches))
+        results += measure("sqlite", f"sqlite:///{tmp}/bench.db", rows, cases)
     admin = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     admin = admin.replace("postgresql+psycopg://", "postgresql://")
     name = f"fama_bench_{uuid.uuid4().hex[:8]}"
@@ -151,18 +165,18 @@ def main() -> int:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
         url = admin.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1) + f"/{name}"
-        results.append(measure("postgres", url, rows, searches))
+        results += measure("postgres", url, rows, cases)
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    print(f"{MEETINGS:,} meetings over Great Britain; {QUERIES} searches: near an outward code, radius {RADIUS_KM:g} km, "
-          "day + fellowship filters, through service.search_meetings")
-    print(f"{'backend':<10}{'load s':>8}{'p50 ms':>9}{'p95 ms':>9}{'full scan ms':>14}{'x faster p50':>14}"
+    print(f"{MEETINGS:,} meetings over Great Britain; {QUERIES} searches per case: near an outward code or a "
+          f"place name, radius {RADIUS_KM:g} km, day + fellowship filters, through service.search_meetings")
+    print(f"{'backend':<10}{'case':<14}{'load s':>8}{'p50 ms':>9}{'p95 ms':>9}{'full scan ms':>14}{'x faster p50':>14}"
           f"{'x faster p95':>14}{'mean hits':>11}")
     ok = True
     for r in results:
-        print(f"{r['backend']:<10}{r['load_s']:>8.1f}{r['p50']:>9.2f}{r['p95']:>9.2f}{r['scan']:>14.1f}{r['ratio']:>14.0f}"
-              f"{r['ratio95']:>14.0f}{r['mean_hits']:>11.1f}")
+        print(f"{r['backend']:<10}{r['case']:<14}{r['load_s']:>8.1f}{r['p50']:>9.2f}{r['p95']:>9.2f}{r['scan']:>14.1f}"
+              f"{r['ratio']:>14.0f}{r['ratio95']:>14.0f}{r['mean_hits']:>11.1f}")
         ok = ok and r["p95"] < 20 and r["ratio95"] >= 20
     print("targets (p95 < 20 ms, >= 20x faster than the full scan):", "met" if ok else "NOT met")
     return 0 if ok else 1

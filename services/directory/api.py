@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
+from email.utils import format_datetime, parsedate_to_datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Body, Depends, HTTPException, Query, Request, status
+from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from services.directory import engagement, feeds, search, service
+from services.directory.models import Meeting
 from services.directory.pages import router as pages_router
 from services.directory.pages import templates as page_templates
 from services.directory.reference import FELLOWSHIPS, TYPE_NAMES
@@ -35,6 +40,7 @@ from services.directory.schemas import (
 from shared import queues
 from shared.auth import AdminOnly, CurrentPrincipal, Role
 from shared.events import utcnow
+from shared.meeting_time import meeting_guide_weekday
 from shared.metrics import backbone_metrics
 from shared.pages import setup_pages
 from shared.types import InputDate
@@ -55,7 +61,10 @@ def _errors_response(errors: list[dict]) -> JSONResponse:
 
 @app.exception_handler(service.InvalidInput)
 async def invalid_input(_request: Request, exc: service.InvalidInput):
-    return _errors_response([{"field": exc.field, "message": exc.message, "type": "invalid"}])
+    error = {"field": exc.field, "message": exc.message, "type": "invalid"}
+    if isinstance(exc, search.AmbiguousPlace):
+        error.update(type="ambiguous", choices=exc.choices)
+    return _errors_response([error])
 
 
 @app.exception_handler(ValidationError)
@@ -92,15 +101,20 @@ async def bad_feed(_request: Request, exc: feeds.FeedError):
          summary="Search meetings (public)", dependencies=[PublicRateLimit])
 def search_meetings(
     session: SessionDep,
-    near: Annotated[str | None, Query(description="UK postcode (full or outward code) or 'lat,lng'", max_length=60)] = None,
+    near: Annotated[str | None, Query(description="UK postcode (full or outward code), UK town, village or city "
+                                                  "('Newport, Isle of Wight' where several share the name) "
+                                                  "or 'lat,lng'", max_length=60)] = None,
     radius_km: Annotated[float, Query(gt=0, le=200)] = 10.0,
-    day: Annotated[int | None, Query(ge=0, le=6, description="0-6, Sunday = 0")] = None,
+    day: Annotated[list[int], Query(description="0-6, Sunday = 0; repeat for several days")] = [],  # noqa: B006
+    date: Annotated[InputDate | None, Query(description="Meetings on this date (YYYY-MM-DD), from today")] = None,
     starts_after: Annotated[str | None, Query(pattern=TIME_PATTERN, description="HH:MM local")] = None,
     starts_before: Annotated[str | None, Query(pattern=TIME_PATTERN, description="HH:MM local")] = None,
     fellowship: Annotated[str | None, Query(pattern=FELLOWSHIP_PATTERN, max_length=64)] = None,
     types: Annotated[list[str], Query(description="Type codes, all must match (repeat or comma-separate)")] = [],  # noqa: B006
     attendance: Annotated[Literal["in_person", "hybrid", "online"] | None, Query()] = None,
-    q: Annotated[str | None, Query(max_length=200)] = None,
+    q: Annotated[str | None, Query(max_length=200, description="Words in the name, venue, address or notes")] = None,
+    sort: Annotated[Literal["distance", "soonest"] | None,
+                    Query(description="distance (the default with near) or soonest: next start from now")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     offset: Annotated[int | None, Query(ge=0)] = None,
     page: Annotated[int | None, Query(ge=1, description="1-based page of `limit` results (instead of offset)")] = None,
@@ -109,22 +123,43 @@ def search_meetings(
     unknown = [c for c in codes if c not in TYPE_NAMES]
     if unknown:
         raise service.InvalidInput("types", f"unknown Meeting Guide type code(s): {', '.join(unknown)}")
+    if any(not 0 <= d <= 6 for d in day):
+        raise service.InvalidInput("day", "each day must be 0-6, Sunday = 0")
     if starts_after and starts_before and starts_after > starts_before:
         raise service.InvalidInput("starts_before", "starts_before is earlier than starts_after")
+    if near is not None and not near.strip():
+        raise service.InvalidInput("near", "is empty: give a UK postcode, a town or 'latitude,longitude', or leave it out")
+    if q is not None and not any(ch.isalnum() for ch in q):
+        raise service.InvalidInput("q", "has no letters or numbers to search for")
+    if sort == "distance" and not near:
+        raise service.InvalidInput("sort", "distance needs near: a postcode, a place or 'latitude,longitude'")
+    now = utcnow()
+    days = list(day)
+    if date is not None:
+        start = search.start_of(date)
+        if day:
+            raise service.InvalidInput("date", "give a date or days of the week, not both")
+        if date < now.astimezone(start.tzinfo).date():
+            raise service.InvalidInput("date", f"{date.isoformat()} has passed: give today or a later date")
+        now, days = max(now, start), [meeting_guide_weekday(date)]
     if offset is None:
         offset = (page - 1) * limit if page else 0
-    search_in = SearchIn(near=near, radius_km=radius_km, day=day, starts_after=starts_after, starts_before=starts_before,
-                         fellowship=fellowship, types=codes, attendance=attendance, q=q, limit=limit, offset=offset)
+    search_in = SearchIn(near=near, radius_km=radius_km, days=days, starts_after=starts_after,
+                         starts_before=starts_before, fellowship=fellowship, types=codes, attendance=attendance,
+                         q=q, sort=sort, limit=limit, offset=offset, now=now)
     found = search.search_meetings(session, search_in=search_in)
-    now = utcnow()
-    results = []
-    for meeting, distance in found["results"]:
-        results.append(MeetingResult.model_validate({
-            **MeetingOut.model_validate(meeting).model_dump(exclude={"type_names"}),
-            "distance_km": None if distance is None else round(distance, 2),
-            **_next_start(meeting, now),
-        }))
-    return MeetingPage(total=found["total"], limit=limit, offset=offset, near=found["near"], results=results)
+    return MeetingPage(total=found["total"], limit=limit, offset=offset, near=found["near"],
+                       results=[_result(m, d, now) for m, d in found["results"]],
+                       beyond=[_result(m, d, now) for m, d in found["beyond"]])
+
+
+def _result(meeting, distance: float | None, now: dt.datetime) -> MeetingResult:
+    return MeetingResult.model_validate({
+        **MeetingOut.model_validate(meeting).model_dump(exclude={"type_names"}),
+        "distance_km": None if distance is None else round(distance, 2),
+        "happening": search.happening(meeting, now),
+        **_next_start(meeting, now),
+    })
 
 
 @app.get("/meetings/{slug}", response_model=MeetingResult, tags=["meetings"],
@@ -183,10 +218,48 @@ def meeting_types() -> dict:
 
 # --- feeds ----------------------------------------------------------------------------------
 
-@app.get("/feeds/meeting-guide.json", tags=["feeds"],
-         summary="Meeting Guide feed of all live meetings (public)", dependencies=[PublicRateLimit])
-def export_feed(session: SessionDep) -> list[dict]:
-    return feeds.export_feed(session)
+# Other finders (TSML UI, a fellowship's own site) read the feed from their pages: any origin may GET it.
+FEED_CORS = {"Access-Control-Allow-Origin": "*", "Access-Control-Expose-Headers": "ETag, Last-Modified"}
+
+
+@app.get("/feeds/meeting-guide.json", tags=["feeds"], response_model=list[dict],
+         summary="Meeting Guide feed of all live meetings (public; CORS, ETag and Last-Modified for 304s)",
+         dependencies=[PublicRateLimit], responses={304: {"description": "Not changed since the copy you have"}})
+def export_feed(request: Request, session: SessionDep) -> Response:
+    body = json.dumps(jsonable_encoder(feeds.export_feed(session)), ensure_ascii=False, separators=(",", ":")).encode()
+    etag = f'"{hashlib.sha256(body).hexdigest()[:32]}"'
+    # A meeting added, changed or withdrawn moves one of these (withdrawing sets ``updated``).
+    moments = [m for m in session.execute(select(func.max(Meeting.updated), func.max(Meeting.created_at))).one() if m]
+    changed = max(moments) if moments else None
+    headers = {**FEED_CORS, "ETag": etag, "Cache-Control": "public, max-age=300"}
+    if changed is not None:
+        headers["Last-Modified"] = format_datetime(changed.astimezone(dt.UTC).replace(microsecond=0), usegmt=True)
+    if _not_modified(request, etag, changed):
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type="application/json", headers=headers)
+
+
+def _not_modified(request: Request, etag: str, changed: dt.datetime | None) -> bool:
+    """RFC 9110 13.1: If-None-Match decides when sent; else If-Modified-Since (to the second)."""
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match is not None:
+        sent = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+        return "*" in sent or etag in sent
+    since = request.headers.get("if-modified-since")
+    if since and changed is not None:
+        try:
+            when = parsedate_to_datetime(since)
+        except (TypeError, ValueError):
+            return False
+        return when.tzinfo is not None and changed.replace(microsecond=0) <= when
+    return False
+
+
+@app.options("/feeds/meeting-guide.json", include_in_schema=False)
+def feed_preflight() -> Response:
+    return Response(status_code=204, headers={**FEED_CORS, "Access-Control-Allow-Methods": "GET",
+                                              "Access-Control-Allow-Headers": "If-None-Match, If-Modified-Since",
+                                              "Access-Control-Max-Age": "86400"})
 
 
 @app.post("/feeds/import", response_model=ImportReport, tags=["feeds"],

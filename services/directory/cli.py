@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from itertools import islice
+from pathlib import Path
+
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, insert, select
 
-from services.directory import feeds, service
-from services.directory.models import Meeting
+from services.directory import feeds, geocode, service
+from services.directory.models import Meeting, Postcode
 from services.directory.runtime import runtime
 from services.directory.schemas import MeetingIn
 from shared.runtime import run_periodic
@@ -61,6 +64,34 @@ def import_feed(
     if report.unknown_types:
         typer.echo("  type codes kept aside (not in the Meeting Guide spec): "
                    + ", ".join(f"{code} x{n}" for code, n in report.unknown_types.items()))
+
+
+@app.command()
+def postcodes(
+    path: Path = typer.Argument(..., exists=True, dir_okay=False,
+                                help="The ONS Postcode Directory CSV (ONSPD_..._UK.csv from the ONS Open Geography Portal)"),
+) -> None:
+    """Load the ONS Postcode Directory: full postcodes are then placed exactly, and unknown ones refused.
+
+    Replaces what was loaded before, in one transaction; terminated postcodes are left out.
+    """
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh, runtime.transaction() as session:
+            session.execute(delete(Postcode))
+            loaded = 0
+            with _progress() as progress:
+                task = progress.add_task("Loading postcodes", total=None)
+                rows = geocode.read_onspd(fh)
+                while batch := list(islice(rows, 10_000)):
+                    session.execute(insert(Postcode), list({row["postcode"]: row for row in batch}.values()))
+                    loaded += len(batch)
+                    progress.advance(task, len(batch))
+            if not loaded:
+                raise geocode.PostcodeFileError("it has no live postcode with a location")
+    except (geocode.PostcodeFileError, UnicodeDecodeError) as exc:
+        console.print(f"[red]Refused:[/red] {exc}. Nothing was changed.")
+        raise typer.Exit(2) from exc
+    typer.echo(f"postcodes: {loaded} live postcodes loaded from {path.name}")
 
 
 @app.command()

@@ -141,3 +141,17 @@ class EngagementCount(Base):
     metric: Mapped[str] = mapped_column(String(40), primary_key=True)
     count: Mapped[int] = mapped_column(Integer, default=0)
     rounding_point: Mapped[int] = mapped_column(SmallInteger)
+
+
+class Postcode(Base):
+    """A live UK postcode and its centre, loaded from the ONS Postcode Directory (``fama directory postcodes``).
+
+    Empty unless a deployment loads the directory; then full postcodes are placed precisely and
+    one that is not in it is refused.
+    """
+
+    __tablename__ = "postcodes"
+
+    postcode: Mapped[str] = mapped_column(String(8), primary_key=True)  # "CR0 1AB": normalise_postcode()
+    latitude: Mapped[float] = mapped_column(Float)
+    longitude: Mapped[float] = mapped_column(Float)

@@ -13,10 +13,11 @@ import datetime as dt
 import re
 from pathlib import Path
 from typing import Annotated
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, Response
+from icalendar import Calendar, Event
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -28,7 +29,7 @@ from services.directory.runtime import runtime
 from services.directory.schemas import SearchIn
 from shared.auth import Principal, Role
 from shared.events import utcnow
-from shared.meeting_time import next_occurrence
+from shared.meeting_time import meeting_guide_weekday, next_occurrence
 from shared.pages import OptionalPagePrincipal, PageForbidden, make_templates, require_page_roles
 from shared.web import PublicRateLimit
 
@@ -54,7 +55,15 @@ ATTENDANCE_NAMES = {"in_person": "In person", "hybrid": "In person and online", 
 # The two type codes people most need explained.
 TYPE_EXPLAINED = {"O": "Open: anyone may go, including family and friends",
                   "C": "Closed: only for people who want to recover themselves"}
-SEARCH_FIELDS = ("near", "distance", "day", "time", "from", "to", "fellowship", "attendance")
+# The types people most ask for, in plain English (Meeting Guide codes).
+TYPE_CHOICES = {"W": "Women only", "M": "Men only", "LGBTQ": "LGBTQ+", "X": "Wheelchair access",
+                "BE": "Newcomers welcome", "Y": "Young people", "O": "Open to anyone", "C": "Closed",
+                "SP": "Speaker", "D": "Discussion", "ST": "Step study", "CF": "Children welcome"}
+SORTS = {"distance": "Nearest first", "soonest": "Soonest first"}
+SEARCH_FIELDS = ("near", "distance", "day", "date", "time", "from", "to", "fellowship", "attendance", "type", "q",
+                 "sort")
+LIST_FIELDS = ("day", "type")  # may be given more than once
+HAPPENING = {"in_progress": "In progress now", "starting_soon": "Starting soon"}
 CLOCK = re.compile(r"^(\d{1,2})(?:[:.](\d{2}))?\s*(am|pm)?$", re.I)
 
 
@@ -137,6 +146,7 @@ def meeting_view(meeting: Meeting, distance_km: float | None = None, now: dt.dat
         if online and (meeting.conference_url or meeting.conference_phone) else None,
         "approximate": meeting.approximate,
         "booking_required": meeting.booking_required,
+        "happening": HAPPENING.get(search.happening(meeting, now or utcnow())) if start else None,
     }
 
 
@@ -146,21 +156,32 @@ def render(request: Request, name: str, context: dict, status_code: int = 200) -
 
 # --- find a meeting ----------------------------------------------------------------------
 
-def read_search(params) -> tuple[dict[str, str], dict[str, str], dict]:
+def read_search(params) -> tuple[dict, dict[str, str], dict]:
     """The form's values as typed, the errors by field, and the search filters understood."""
-    values = {name: params.get(name, "").strip()[:80] for name in SEARCH_FIELDS}
+    values: dict = {name: params.get(name, "").strip()[:80] for name in SEARCH_FIELDS if name not in LIST_FIELDS}
+    for name in LIST_FIELDS:
+        values[name] = [v.strip()[:20] for v in params.getlist(name) if v.strip()][:12]
     values["distance"] = values["distance"] or DEFAULT_DISTANCE
     errors: dict[str, str] = {}
     near = values["near"]
-    if near and normalise_postcode(near) is None and not search.LATLNG.match(near):
-        errors["near"] = "Enter a UK postcode, like CR0 1AA, or the first part of one, like CR0"
-    elif near and normalise_postcode(near):
+    if near and normalise_postcode(near):
         values["near"] = normalise_postcode(near)
     if values["distance"] not in DISTANCES:
         errors["distance"] = "Choose a distance from the list"
-    day = values["day"].lower()
-    if day and day not in DAY_VALUES:
+    days = [d.lower() for d in values["day"]]
+    if any(d not in DAY_VALUES for d in days):
         errors["day"] = "Choose a day from the list"
+    on_date = None
+    if values["date"]:
+        try:
+            on_date = dt.date.fromisoformat(values["date"])
+        except ValueError:
+            errors["date"] = "Enter a real date, like 2026-12-24"
+        else:
+            if on_date < utcnow().astimezone(search.SORT_ZONE).date():
+                errors["date"] = "That date has passed: enter today or a later date"
+            elif days:
+                errors["date"] = "Choose days of the week or a date, not both"
     if values["time"] and values["time"] not in TIMES_OF_DAY:
         errors["time"] = "Choose morning, afternoon, evening or any time"
     after = before = None
@@ -185,14 +206,29 @@ def read_search(params) -> tuple[dict[str, str], dict[str, str], dict]:
         errors["fellowship"] = "Choose a fellowship from the list"
     if values["attendance"] and values["attendance"] not in ATTENDANCE_CHOICES:
         errors["attendance"] = "Choose in person, online or either"
+    if any(t not in TYPE_CHOICES for t in values["type"]):
+        errors["type"] = "Choose the type of meeting from the list"
+    if params.get("q") is not None and len(params.get("q", "").strip()) > 80:
+        errors["q"] = "Enter 80 characters or fewer to search for"
+    elif values["q"] and not any(ch.isalnum() for ch in values["q"]):
+        errors["q"] = "Enter words or numbers to search for, like a venue or street name"
+    if values["sort"] and values["sort"] not in SORTS:
+        errors["sort"] = "Choose nearest first or soonest first"
+    sort = values["sort"] if values["sort"] in SORTS else None
     filters = {
         "near": values["near"] or None,
         "radius_km": float(values["distance"]) * KM_PER_MILE if "distance" not in errors else 5 * KM_PER_MILE,
-        "day": DAY_VALUES.get(day),
+        "days": [meeting_guide_weekday(on_date)] if on_date else sorted({DAY_VALUES[d] for d in days if d in DAY_VALUES}),
+        "now": max(utcnow(), search.start_of(on_date)) if on_date and "date" not in errors else None,
         "starts_after": after,
         "starts_before": before,
         "fellowship": values["fellowship"] or None,
         "attendance": values["attendance"] or None,
+        "types": [t for t in values["type"] if t in TYPE_CHOICES],
+        "q": values["q"] or None,
+        # Near a place: nearest first unless asked; otherwise soonest first (never "Sunday first").
+        "sort": sort if sort and (sort != "distance" or values["near"]) else
+        ("distance" if values["near"] else "soonest"),
     }
     return values, errors, filters
 
@@ -201,7 +237,10 @@ def near_error(near: str, exc: service.InvalidInput) -> str:
     postcode = normalise_postcode(near)
     if postcode and "unknown postcode" in exc.message:
         return f"We could not find the postcode {postcode}. Check it, or enter just the first part, like CR0"
-    return "Enter a UK postcode, like CR0 1AA, or the first part of one, like CR0"
+    if "unknown place" in exc.message:
+        return (f"We could not find a town, village or city called {near} in the UK. Check the spelling, "
+                "or enter a postcode")
+    return "Enter a UK postcode, like CR0 1AA, or a town, like Kendal"
 
 
 def page_number(value: str) -> int:
@@ -216,17 +255,23 @@ def find_meeting(request: Request, session: SessionDep, principal: OptionalPageP
     page = page_number(params.get("page", ""))
     state = {k: v for k, v in values.items() if v and not (k == "distance" and not values["near"])}
     context = {"title": "Find a meeting", "principal": principal, "values": values, "errors": errors,
-               "searched": searched, "results": [], "total": 0, "days": DAYS, "distances": DISTANCES,
+               "searched": searched, "results": [], "beyond": [], "total": 0, "days": DAYS, "distances": DISTANCES,
                "times": TIMES_OF_DAY, "attendance_choices": ATTENDANCE_CHOICES, "fellowships": FELLOWSHIPS,
-               "online_ignores_near": False, "online_url": None, "near_label": None}
+               "type_choices": TYPE_CHOICES, "sorts": SORTS, "online_ignores_near": False, "online_url": None,
+               "near_label": None, "near_note": None, "choices": [], "sort": filters["sort"],
+               "postcode_directory": search.postcode_directory_loaded(session)}
     if searched and not errors:
         online_only = filters["attendance"] == "online"
         if online_only and filters["near"]:
             # Online meetings are not anywhere: distance means nothing for them.
             context["online_ignores_near"] = True
-            filters["near"] = None
+            filters.update(near=None, sort="soonest")
         try:
             found = _search(session, filters, page)
+        except search.AmbiguousPlace as exc:
+            found = None
+            context["choices"] = [(choice, "/?" + urlencode({**state, "near": choice}, doseq=True))
+                                  for choice in exc.choices]
         except service.InvalidInput as exc:
             field = exc.field if exc.field in SEARCH_FIELDS else "near"
             errors[field] = near_error(values["near"], exc) if field == "near" else service_message(exc)
@@ -236,21 +281,37 @@ def find_meeting(request: Request, session: SessionDep, principal: OptionalPageP
             if page > pages:
                 page = pages
                 found = _search(session, filters, page)
-            now = utcnow()
+            now = filters["now"] or utcnow()
+            near = found["near"]
             context.update(
                 results=[meeting_view(m, d, now) for m, d in found["results"]], total=found["total"],
+                beyond=[meeting_view(m, d, now) for m, d in found["beyond"]],
                 page=page, pages=pages, first=(page - 1) * PAGE_SIZE + 1, last=min(page * PAGE_SIZE, found["total"]),
-                prev_url=f"/?{urlencode({**state, 'page': page - 1})}" if page > 1 else None,
-                next_url=f"/?{urlencode({**state, 'page': page + 1})}" if page < pages else None,
-                near_label=filters["near"], back=urlencode({**state, **({"page": page} if page > 1 else {})}),
+                prev_url=f"/?{urlencode({**state, 'page': page - 1}, doseq=True)}" if page > 1 else None,
+                next_url=f"/?{urlencode({**state, 'page': page + 1}, doseq=True)}" if page < pages else None,
+                near_label=near["resolved"] if near else None, near_note=near_note(near),
+                back=urlencode({**state, **({"page": page} if page > 1 else {})}, doseq=True),
                 distance_label=f"{values['distance']} mile{'s' if values['distance'] != '1' else ''}",
             )
             if filters["near"] and not filters["attendance"]:
                 context["online_url"] = "/?" + urlencode({k: v for k, v in {**state, "attendance": "online"}.items()
-                                                          if k not in ("near", "distance")})
+                                                          if k not in ("near", "distance", "sort")}, doseq=True)
     if errors:
         context["title"] = "Error: Find a meeting"
     return render(request, "find.html", context, status_code=422 if errors else 200)
+
+
+def near_note(near: dict | None) -> str | None:
+    """Say how exactly the place was placed, when it matters to the distances shown."""
+    if not near:
+        return None
+    if near["precision"] == "district" and " " in near["resolved"]:
+        outward = near["resolved"].split(" ")[0]
+        return (f"Distances are from the middle of the {outward} postcode district, not from {near['resolved']} "
+                "itself, so they may be out by a mile or two.")
+    if near["precision"] == "place":
+        return f"Distances are from the centre of {near['resolved']}."
+    return None
 
 
 def _search(session: Session, filters: dict, page: int) -> dict:
@@ -274,6 +335,77 @@ def upcoming(meeting: Meeting, count: int = 4, now: dt.datetime | None = None) -
     return out
 
 
+ICAL_DAYS = ("SU", "MO", "TU", "WE", "TH", "FR", "SA")
+
+
+def meeting_url(meeting: Meeting) -> str:
+    return f"{runtime.settings.directory_public_url}/meeting/{quote(meeting.slug)}"
+
+
+def calendar_of(meeting: Meeting, now: dt.datetime) -> bytes:
+    """An iCalendar (RFC 5545) file: the meeting every week from its next start, in its own timezone."""
+    start = search.next_start(meeting, now)
+    event = Event()
+    event.add("uid", f"{meeting.slug}@fama-directory")
+    event.add("dtstamp", now)
+    event.add("summary", meeting.name)
+    event.add("dtstart", start)
+    event.add("dtend", start + search.length_of(meeting))
+    event.add("rrule", {"freq": "weekly", "byday": ICAL_DAYS[meeting.day]})
+    view = meeting_view(meeting, now=now)
+    where = ", ".join(p for p in (view["venue"], view["address"]) if p)
+    if where:
+        event.add("location", where)
+    elif meeting.conference_url:
+        event.add("location", meeting.conference_url)
+    lines = [f"{view['fellowship']}. {view['schedule']}.", f"Details and changes: {meeting_url(meeting)}"]
+    if view["joining"]:
+        lines += [f"Join online: {meeting.conference_url}"] if meeting.conference_url else []
+        lines += [f"By phone: {meeting.conference_phone}"] if meeting.conference_phone else []
+    event.add("description", "\n".join(lines))
+    event.add("url", meeting_url(meeting))
+    if meeting.latitude is not None and meeting.attendance_option != "online":
+        event.add("geo", (meeting.latitude, meeting.longitude))
+    calendar = Calendar()
+    calendar.add("prodid", "-//FAMA//Find a meeting//EN")
+    calendar.add("version", "2.0")
+    calendar.add_component(event)
+    calendar.add_missing_timezones()
+    return calendar.to_ical()
+
+
+def directions_url(meeting: Meeting) -> str | None:
+    """Directions to the venue in the phone's maps (Google Maps' universal link opens the app)."""
+    if meeting.attendance_option == "online":
+        return None
+    if meeting.latitude is not None and meeting.longitude is not None:
+        destination = f"{meeting.latitude},{meeting.longitude}"
+    else:
+        destination = address_of(meeting) or ""
+    return "https://www.google.com/maps/dir/?" + urlencode({"api": "1", "destination": destination}) \
+        if destination else None
+
+
+def _running(meeting: Meeting) -> bool:
+    return meeting.active and meeting.attendance_option != "inactive"
+
+
+@router.get("/meeting/{slug}.ics", dependencies=[PublicRateLimit])
+def meeting_calendar(request: Request, slug: str, session: SessionDep, principal: OptionalPagePrincipal):
+    try:
+        meeting = service.get_meeting(session, slug[:200])
+    except service.NotFound:
+        meeting = None
+    if meeting is None or not _running(meeting) or meeting.day is None or meeting.time is None:
+        return render(request, "message.html", {
+            "title": "No calendar entry", "principal": principal,
+            "message": "This meeting has no regular time to add to a calendar: it is not running, or it is by "
+                       "appointment. Search again to find another.",
+        }, status_code=404)
+    return Response(calendar_of(meeting, utcnow()), media_type="text/calendar; charset=utf-8",
+                    headers={"Content-Disposition": f'attachment; filename="{meeting.slug[:80]}.ics"'})
+
+
 @router.get("/meeting/{slug}", response_class=HTMLResponse, dependencies=[PublicRateLimit])
 def meeting_page(request: Request, slug: str, session: SessionDep, principal: OptionalPagePrincipal, back: str = ""):
     try:
@@ -284,10 +416,13 @@ def meeting_page(request: Request, slug: str, session: SessionDep, principal: Op
             "message": "There is no meeting at this address. It may have been removed: search again to find another.",
         }, status_code=404)
     # Back to the same results: rebuilt from known fields only, never echoed as it came.
-    known = {k: v for k, v in parse_qsl(back[:500]) if k in (*SEARCH_FIELDS, "page")}
+    known = [(k, v) for k, v in parse_qsl(back[:500]) if k in (*SEARCH_FIELDS, "page")]
     return render(request, "meeting.html", {
         "title": meeting.name, "principal": principal, "meeting": meeting, "view": meeting_view(meeting),
-        "upcoming": upcoming(meeting) if meeting.active and meeting.attendance_option != "inactive" else [],
+        "upcoming": upcoming(meeting) if _running(meeting) else [],
+        "calendar_url": f"/meeting/{quote(meeting.slug)}.ics"
+        if _running(meeting) and meeting.day is not None and meeting.time is not None else None,
+        "directions_url": directions_url(meeting) if _running(meeting) else None,
         "back_url": "/?" + urlencode(known) if known else "/",
         "map_url": (f"https://www.openstreetmap.org/?mlat={meeting.latitude}&mlon={meeting.longitude}"
                     f"#map=17/{meeting.latitude}/{meeting.longitude}")

@@ -196,6 +196,8 @@ class MeetingResult(MeetingOut):
     # ISO 8601 with the offset in force then ("+01:00" in summer time); None by appointment.
     next_start_local: str | None = None
     next_start_utc: str | None = None
+    # "in_progress" (started and not yet ended) or "starting_soon" (within the hour); None otherwise.
+    happening: Literal["in_progress", "starting_soon"] | None = None
 
 
 class MeetingPage(BaseModel):
@@ -204,6 +206,8 @@ class MeetingPage(BaseModel):
     offset: int
     near: dict | None = None
     results: list[MeetingResult]
+    # Near a place, when fewer than 3 are within the radius: the nearest beyond it (up to 200 km).
+    beyond: list[MeetingResult] = []
 
 
 class WithdrawIn(BaseModel):
@@ -218,6 +222,7 @@ class SearchIn(BaseModel):
     near: str | None = None
     radius_km: float = Field(10.0, gt=0, le=200)
     day: InputInt | None = Field(None, ge=0, le=6)
+    days: list[int] = []  # any of these days (with ``day``)
     starts_after: str | None = Field(None, pattern=TIME_PATTERN)
     starts_before: str | None = Field(None, pattern=TIME_PATTERN)
     fellowship: str | None = None
@@ -226,6 +231,8 @@ class SearchIn(BaseModel):
     q: str | None = Field(None, max_length=200)
     limit: int = Field(20, ge=1, le=100)
     offset: int = Field(0, ge=0)
+    # "distance" (the default near a place) or "soonest" (next start from ``now``); else by day of the week.
+    sort: Literal["distance", "soonest"] | None = None
     now: dt.datetime | None = None  # the moment "next occurrence" is counted from (tests)
 
 

@@ -5,15 +5,24 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+from typing import NamedTuple
+from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.orm import Session
 
-from services.directory.geocode import Geocoder, default_geocoder, normalise_postcode
-from services.directory.models import Meeting
+from services.directory.geocode import (
+    Geocoder,
+    OutcodeGeocoder,
+    Places,
+    default_geocoder,
+    default_places,
+    normalise_postcode,
+)
+from services.directory.models import Meeting, Postcode
 from services.directory.schemas import InvalidInput, SearchIn
 from shared.events import utcnow
-from shared.meeting_time import next_occurrence
+from shared.meeting_time import meeting_guide_weekday, next_occurrence, parse_hhmm
 
 EARTH_RADIUS_KM = 6371.0088
 KM_PER_DEGREE = math.pi * EARTH_RADIUS_KM / 180
@@ -56,29 +65,143 @@ def cell_ranges(lat: float, lng: float, radius_km: float) -> tuple[list[tuple[in
 LATLNG = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*$")
 
 
-def resolve_near(near: str, geocoder: Geocoder | None = None) -> tuple[float, float, str]:
-    """'lat,lng' or a UK postcode (full or outward code) -> (lat, lng, what was understood)."""
-    match = LATLNG.match(near)
+class Located(NamedTuple):
+    latitude: float
+    longitude: float
+    label: str  # what was understood: "CR0 1AB", "Kendal", "Newport, Isle of Wight", "54.3,-2.7"
+    # "postcode": the postcode's own centre (ONS Postcode Directory); "district": the centre of its
+    # outward code; "place": a town, village or city's centre; "point": as given.
+    precision: str
+
+
+class AmbiguousPlace(InvalidInput):
+    """Several places have that name: the caller chooses one (each choice is a ``near`` that works)."""
+
+    def __init__(self, text: str, choices: list[str]):
+        super().__init__("near", f"there is more than one place called {text.strip()!r}: "
+                                 f"choose one of {'; '.join(choices)}")
+        self.choices = choices
+
+
+def postcode_directory_loaded(session: Session) -> bool:
+    return session.scalar(select(Postcode.postcode).limit(1)) is not None
+
+
+def _locate_postcode(postcode: str, geocoder: Geocoder | None, session: Session | None) -> Located:
+    full = " " in postcode
+    if geocoder is None and session is not None and full and postcode_directory_loaded(session):
+        row = session.get(Postcode, postcode)
+        if row is None:
+            raise InvalidInput("near", f"unknown postcode {postcode!r}: it is not a live postcode in the "
+                                       "ONS Postcode Directory")
+        return Located(row.latitude, row.longitude, postcode, "postcode")
+    geocoder = geocoder or default_geocoder()
+    point = geocoder.locate(postcode)
+    if point is None:
+        raise InvalidInput("near", f"unknown postcode {postcode!r}")
+    precise = full and not isinstance(geocoder, OutcodeGeocoder)
+    return Located(point[0], point[1], postcode, "postcode" if precise else "district")
+
+
+def resolve_near(near: str, geocoder: Geocoder | None = None, *, session: Session | None = None,
+                 places: Places | None = None) -> Located:
+    """'lat,lng', a UK postcode (full or outward code) or a UK town, village or city -> where it is.
+
+    With ``session``, a full postcode is looked up in the ONS Postcode Directory when one is loaded
+    (and refused when it is not there); otherwise it is placed at its district's centre.
+    """
+    text = near.strip()
+    if not text:
+        raise InvalidInput("near", "is empty: give a UK postcode, a town or 'latitude,longitude'")
+    match = LATLNG.match(text)
     if match:
         lat, lng = float(match.group(1)), float(match.group(2))
         if not -90 <= lat <= 90 or not -180 <= lng <= 180:
             raise InvalidInput("near", f"{near!r}: latitude must be within -90..90 and longitude within -180..180")
-        return lat, lng, f"{lat},{lng}"
-    postcode = normalise_postcode(near)
-    if postcode is None:
-        raise InvalidInput("near", f"{near!r} is neither a UK postcode nor 'latitude,longitude'")
-    point = (geocoder or default_geocoder()).locate(postcode)
-    if point is None:
-        raise InvalidInput("near", f"unknown postcode {postcode!r}")
-    return point[0], point[1], postcode
+        return Located(lat, lng, f"{lat},{lng}", "point")
+    postcode = normalise_postcode(text)
+    if postcode is not None:
+        return _locate_postcode(postcode, geocoder, session)
+    if not any(ch.isalpha() for ch in text):
+        raise InvalidInput("near", f"{text!r} is neither a UK postcode, a place name nor 'latitude,longitude'")
+    places = places or default_places()
+    found = places.find(text)
+    if not found:
+        raise InvalidInput("near", f"unknown place {text!r}: no UK town, village or city of that name is known; "
+                                   "check the spelling or give a postcode")
+    if len(found) > 1:
+        raise AmbiguousPlace(text, list(dict.fromkeys(places.label(p) for p in found)))
+    return Located(found[0].latitude, found[0].longitude, places.label(found[0]), "place")
+
+
+# --- when -----------------------------------------------------------------------------------
+
+SOON = dt.timedelta(hours=1)
+USUAL_LENGTH = dt.timedelta(hours=1)  # of a meeting whose end time is not known
+SORT_ZONE = ZoneInfo("Europe/London")  # "today" for the soonest-first order; each start is exact in its own zone
+
+
+def length_of(meeting) -> dt.timedelta:
+    if not meeting.time or not meeting.end_time:
+        return USUAL_LENGTH
+    start, end = parse_hhmm(meeting.time), parse_hhmm(meeting.end_time)
+    minutes = (end.hour * 60 + end.minute - start.hour * 60 - start.minute) % (24 * 60)
+    return dt.timedelta(minutes=minutes) if minutes else USUAL_LENGTH
+
+
+def happening(meeting, now: dt.datetime) -> str | None:
+    """"in_progress" (started, not yet ended), "starting_soon" (within the hour) or None."""
+    if meeting.day is None or meeting.time is None:
+        return None
+    start = next_occurrence(meeting.day, meeting.time, meeting.timezone, now - length_of(meeting))
+    if start <= now:
+        return "in_progress"
+    return "starting_soon" if start - now <= SOON else None
+
+
+def start_of(day: dt.date) -> dt.datetime:
+    """Midnight at the start of ``day`` in Britain."""
+    return dt.datetime.combine(day, dt.time(0, 0), SORT_ZONE)
+
+
+def _clock(now: dt.datetime) -> tuple[int, str, str]:
+    """Today's Meeting Guide day, the time now and the time an hour ago (not before midnight), in Britain."""
+    local = now.astimezone(SORT_ZONE)
+    hour_ago = max(local - USUAL_LENGTH, local.replace(hour=0, minute=0))
+    return meeting_guide_weekday(local.date()), f"{local:%H:%M}", f"{hour_ago:%H:%M}"
+
+
+def soonest_key(day: int | None, time: str | None, end_time: str | None, clock: tuple[int, str, str]) -> tuple:
+    """Order by next start from now: in progress and later today first, then the coming days."""
+    today, now, hour_ago = clock
+    if day is None or time is None:
+        return (8, "")
+    ahead = (day - today) % 7
+    if ahead == 0 and time <= now and ((end_time or "") <= now if end_time and end_time > time else time <= hour_ago):
+        ahead = 7
+    return (ahead, time)
+
+
+def _soonest_order(clock: tuple[int, str, str]):
+    today, now, hour_ago = clock
+    over = and_(Meeting.day == today, Meeting.time <= now,
+                or_(and_(Meeting.end_time.is_not(None), Meeting.end_time > Meeting.time, Meeting.end_time <= now),
+                    and_(or_(Meeting.end_time.is_(None), Meeting.end_time <= Meeting.time), Meeting.time <= hour_ago)))
+    return case((or_(Meeting.day.is_(None), Meeting.time.is_(None)), 8), (over, 7),
+                else_=(Meeting.day - today + 7) % 7)
 
 
 # --- search ---------------------------------------------------------------------------------
 
+FEW = 3  # fewer than this within the radius: the nearest beyond it are shown too
+BEYOND_MAX_KM = 200.0
+
+
 def _filters(search_in: SearchIn) -> list:
     conditions = [Meeting.active.is_(True), Meeting.attendance_option != "inactive"]
-    if search_in.day is not None:
-        conditions.append(Meeting.day == search_in.day)
+    days = sorted(set(search_in.days) | ({search_in.day} if search_in.day is not None else set()))
+    if days:
+        conditions.append(Meeting.day.in_(days))
     if search_in.starts_after:
         conditions.append(Meeting.time >= search_in.starts_after)
     if search_in.starts_before:
@@ -101,39 +224,72 @@ def _filters(search_in: SearchIn) -> list:
     return conditions
 
 
+def _within(session: Session, conditions: list, lat: float, lng: float, radius_km: float,
+            inner_km: float = -1.0) -> list[tuple]:
+    """(row, distance) of the candidates more than ``inner_km`` and at most ``radius_km`` away."""
+    ranges, (lat0, lat1, lng0, lng1) = cell_ranges(lat, lng, radius_km)
+    where = [*conditions, or_(*(Meeting.cell.between(a, b) for a, b in ranges)),
+             Meeting.latitude.between(lat0, lat1), Meeting.longitude.between(lng0, lng1)]
+    # Rank on a few columns, then load whole meetings for the page only: a dense area
+    # holds thousands of candidates, and building each as an ORM object costs most.
+    found = []
+    candidates = select(Meeting.id, Meeting.latitude, Meeting.longitude, Meeting.day, Meeting.time,
+                        Meeting.end_time, Meeting.slug)
+    for row in session.execute(candidates.where(and_(*where))):
+        distance = haversine_km(lat, lng, row.latitude, row.longitude)
+        if inner_km < distance <= radius_km:
+            found.append((row, distance))
+    return found
+
+
+def _load(session: Session, rows: list[tuple]) -> list[tuple]:
+    loaded = {m.id: m for m in session.scalars(select(Meeting).where(Meeting.id.in_([r.id for r, _ in rows])))} \
+        if rows else {}
+    return [(loaded[r.id], d) for r, d in rows]
+
+
+def _by_distance(rd: tuple) -> tuple:
+    return (rd[1], rd[0].day if rd[0].day is not None else 7, rd[0].time or "", rd[0].slug)
+
+
 def search_meetings(session: Session, *, search_in: SearchIn, geocoder: Geocoder | None = None) -> dict:
-    """Live meetings matching the filters; by distance when ``near`` is given.
+    """Live meetings matching the filters; by distance when ``near`` is given, or soonest first.
 
     With ``near`` only the grid rows covering the circle are read (an index range per
     row), then exact great-circle distances decide, so the work follows the area searched.
-    Returns {"total", "near", "results": [(meeting, distance_km | None)]}.
+    When fewer than a few are within the radius, the nearest beyond it (up to 200 km) are
+    returned as ``beyond``, so a rural search is never simply empty.
+    Returns {"total", "near", "results": [(meeting, distance_km | None)], "beyond": [...]}.
     """
     conditions = _filters(search_in)
+    clock = _clock(search_in.now or utcnow())
+    soonest = search_in.sort == "soonest"
     if search_in.near:
-        lat, lng, label = resolve_near(search_in.near, geocoder)
-        ranges, (lat0, lat1, lng0, lng1) = cell_ranges(lat, lng, search_in.radius_km)
-        conditions += [or_(*(Meeting.cell.between(a, b) for a, b in ranges)),
-                       Meeting.latitude.between(lat0, lat1), Meeting.longitude.between(lng0, lng1)]
-        # Rank on a few columns, then load whole meetings for the page only: a dense area
-        # holds thousands of candidates, and building each as an ORM object costs most.
-        found = []
-        candidates = select(Meeting.id, Meeting.latitude, Meeting.longitude, Meeting.day, Meeting.time, Meeting.slug)
-        for row in session.execute(candidates.where(and_(*conditions))):
-            distance = haversine_km(lat, lng, row.latitude, row.longitude)
-            if distance <= search_in.radius_km:
-                found.append((row, distance))
-        found.sort(key=lambda rd: (rd[1], rd[0].day if rd[0].day is not None else 7, rd[0].time or "", rd[0].slug))
+        where = resolve_near(search_in.near, geocoder, session=session)
+        lat, lng, radius = where.latitude, where.longitude, search_in.radius_km
+        found = _within(session, conditions, lat, lng, radius)
+        if soonest:
+            found.sort(key=lambda rd: (*soonest_key(rd[0].day, rd[0].time, rd[0].end_time, clock), rd[1], rd[0].slug))
+        else:
+            found.sort(key=_by_distance)
         page = found[search_in.offset:search_in.offset + search_in.limit]
-        loaded = {m.id: m for m in session.scalars(select(Meeting).where(Meeting.id.in_([r.id for r, _ in page])))} \
-            if page else {}
-        return {"total": len(found), "near": {"query": search_in.near, "resolved": label, "latitude": lat,
-                                              "longitude": lng, "radius_km": search_in.radius_km},
-                "results": [(loaded[r.id], d) for r, d in page]}
+        beyond: list[tuple] = []
+        if len(found) < FEW:
+            reach = radius
+            while len(beyond) < FEW and reach < BEYOND_MAX_KM:
+                reach = min(reach * 2 if reach >= 10 else reach + 10, BEYOND_MAX_KM)
+                beyond = _within(session, conditions, lat, lng, reach, inner_km=radius)
+            beyond = sorted(beyond, key=_by_distance)[:FEW]
+        return {"total": len(found), "near": {"query": search_in.near, "resolved": where.label,
+                                              "precision": where.precision, "latitude": lat, "longitude": lng,
+                                              "radius_km": radius},
+                "results": _load(session, page), "beyond": _load(session, beyond)}
     total = session.scalar(select(func.count()).select_from(Meeting).where(*conditions)) or 0
-    rows = session.scalars(select(Meeting).where(*conditions)
-                           .order_by(Meeting.day.is_(None), Meeting.day, Meeting.time, Meeting.name, Meeting.id)
+    order = (_soonest_order(clock), Meeting.time, Meeting.name, Meeting.id) if soonest else \
+        (Meeting.day.is_(None), Meeting.day, Meeting.time, Meeting.name, Meeting.id)
+    rows = session.scalars(select(Meeting).where(*conditions).order_by(*order)
                            .offset(search_in.offset).limit(search_in.limit)).all()
-    return {"total": total, "near": None, "results": [(m, None) for m in rows]}
+    return {"total": total, "near": None, "results": [(m, None) for m in rows], "beyond": []}
 
 
 def next_start(meeting: Meeting, now: dt.datetime | None = None) -> dt.datetime | None:

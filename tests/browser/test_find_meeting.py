@@ -127,3 +127,51 @@ def test_online_meetings_and_the_phone_layout(stack, phone_page):
     box = page.get_by_label("Postcode or town").bounding_box()
     assert box and box["x"] >= 0 and box["x"] + box["width"] <= 390
     screenshot(page, "find-meeting-phone")
+
+
+def test_a_town_by_name_a_shared_name_and_the_nearest_further_away(stack, page):
+    directory = stack.urls["directory"]
+    refused: list[str] = []
+    page.on("console", lambda message: refused.append(message.text) if "Content Security Policy" in message.text else None)
+    page.goto(f"{directory}/")
+    # The browser may offer its location: the button is shown by the script file, not inline script.
+    expect(page.get_by_role("button", name="Use my location")).to_be_visible()
+    page.get_by_label("Postcode or town").fill("Keswick")
+    page.get_by_label("Distance").select_option(label="Within 1 mile")
+    page.get_by_role("button", name="Search").click()
+    expect(page.get_by_role("heading", level=2, name=re.compile(r"No meetings found\s+within 1 mile of Keswick"))).to_be_visible()
+    expect(page.get_by_role("heading", level=2, name="The nearest meetings further away")).to_be_visible()
+    further = page.locator(".beyond > li")
+    expect(further).to_have_count(3)
+    for i in range(3):
+        expect(further.nth(i)).to_contain_text(re.compile(r"1\d\.\d miles away"))
+        expect(further.nth(i)).to_contain_text("Workington")
+    screenshot(page, "find-nearest-further-away")
+
+    page.get_by_label("Postcode or town").fill("Kendal")
+    page.get_by_label("Distance").select_option(label="Within 5 miles")
+    page.get_by_role("button", name="Search").click()
+    expect(page.get_by_role("heading", level=2, name=re.compile(r"5 meetings\s+within 5 miles of Kendal"))).to_be_visible()
+    expect(page.get_by_text("Distances are from the centre of Kendal.")).to_be_visible()
+
+    page.get_by_label("Postcode or town").fill("Newport")
+    page.get_by_role("button", name="Search").click()
+    expect(page.get_by_role("heading", level=2, name="Which Newport do you mean?")).to_be_visible()
+    page.get_by_role("link", name="Newport, Isle of Wight").click()
+    expect(page.get_by_role("heading", level=2, name=re.compile(r"within 5 miles of Newport, Isle of Wight"))).to_be_visible()
+    assert refused == []
+
+
+def test_a_meeting_goes_into_a_calendar_and_has_directions(stack, page):
+    page.goto(f"{stack.urls['directory']}/meeting/croydon-smart-2")
+    expect(page.get_by_role("link", name=re.compile("Get directions"))).to_have_attribute(
+        "href", re.compile(r"^https://www\.google\.com/maps/dir/\?api=1&destination=51\.37"))
+    with page.expect_download() as info:
+        page.get_by_role("link", name=re.compile("Add to calendar")).click()
+    download = info.value
+    assert download.suggested_filename == "croydon-smart-2.ics"
+    body = open(download.path(), encoding="utf-8").read()
+    assert body.startswith("BEGIN:VCALENDAR") and "SUMMARY:SMART Recovery Croydon" in body
+    assert "RRULE:FREQ=WEEKLY;BYDAY=TU" in body and "DTSTART;TZID=Europe/London:" in body
+    assert "BEGIN:VTIMEZONE" in body
+    screenshot(page, "meeting-calendar-directions")

