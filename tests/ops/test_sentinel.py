@@ -279,7 +279,7 @@ def test_nothing_lost_or_doubled_through_a_sentinel_failover(sentinel_deployment
 
         stream.done.wait(timeout=300)
         deadline = time.monotonic() + 420
-        while any(state := outstanding(stream, machine, engines)):
+        while any((state := outstanding(stream, machine, engines)).values()):
             assert time.monotonic() < deadline, f"not settled after the failover: {state}"
             time.sleep(1.0)
         machine.stop()
