@@ -10,17 +10,18 @@ from __future__ import annotations
 from celery import Celery
 from celery.signals import setup_logging
 
-from shared import queues
+from shared import queues, redis_client
 from shared.logs import configure_logging
 from shared.settings import ServiceSettings
 
 
 def make_celery(service: str, settings: ServiceSettings) -> Celery:
-    app = Celery(service, broker=settings.redis_url, set_as_current=False)
+    broker_url, sentinel_options = redis_client.broker(settings)
+    app = Celery(service, broker=broker_url, set_as_current=False)
     # Unacknowledged tasks of a dead worker come back after the visibility timeout: every
     # worker checks for them every few seconds (kombu's default scans far less often).
     transport = {"visibility_timeout": settings.visibility_timeout, "unacked_restore_interval": 5,
-                 "unacked_restore_throttle": 1}
+                 "unacked_restore_throttle": 1, **sentinel_options}
     if settings.redis_key_prefix:
         transport["global_keyprefix"] = settings.redis_key_prefix
     app.conf.update(

@@ -30,6 +30,7 @@ from shared.inbox import prune as prune_inbox
 from shared.logs import configure_logging
 from shared.metrics import count_refused, observe_lag, seconds_since
 from shared.outbox import Outbox, leave_receipt, outbox_table
+from shared.redis_client import redis_client
 from shared.settings import ServiceSettings
 
 log = structlog.get_logger(__name__)
@@ -73,7 +74,7 @@ class ServiceRuntime:
 
     @cached_property
     def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(self.settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        return redis_client(self.settings, timeout=5)
 
     @cached_property
     def outbox(self) -> Outbox:

@@ -109,6 +109,9 @@ class ServiceSettings(BaseSettings):
 
     environment: Literal["development", "test", "production"] = common("FAMA_ENV", "development")
     redis_url: str = common("REDIS_URL", "redis://127.0.0.1:6379/0")
+    # With REDIS_URL=sentinel://:password@host:26379;sentinel://host2:26379/0 (Redis Sentinel):
+    # the name of the master the sentinels watch (shared/redis_client.py).
+    redis_sentinel_master: str = common("REDIS_SENTINEL_MASTER", "mymaster")
     # Prefix for every Redis key (broker queues, rate limits) so several deployments or
     # test runs can share one Redis without seeing each other's messages.
     redis_key_prefix: str = common("REDIS_KEY_PREFIX", "")

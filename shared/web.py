@@ -26,6 +26,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from shared.db import ping
 from shared.logs import configure_logging
+from shared.redis_client import redis_client
 from shared.settings import ServiceSettings
 
 log = structlog.get_logger(__name__)
@@ -115,8 +116,7 @@ class RateLimited:
 def _redis_client(app: FastAPI) -> redis.Redis:
     client = getattr(app.state, "redis", None)
     if client is None:
-        client = app.state.redis = redis.Redis.from_url(app.state.settings.redis_url, socket_timeout=1,
-                                                        socket_connect_timeout=1)
+        client = app.state.redis = redis_client(app.state.settings, timeout=1)
     return client
 
 
@@ -259,7 +259,7 @@ def make_app(*, service: str, settings: ServiceSettings, engine: Callable[[], En
         except Exception as exc:
             checks["database"] = f"unavailable: {type(exc).__name__}"
         try:
-            client = redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+            client = redis_client(settings, timeout=2)
             client.ping()
             client.close()
             checks["redis"] = "ok"

@@ -69,6 +69,7 @@ from services.notifications.wording import Message, render
 from shared import queues
 from shared.db import is_sqlite, make_engine, make_sessionmaker, transaction
 from shared.events import Event, MeetingSnapshot, subscribers, utcnow
+from shared.redis_client import redis_client
 from shared.replica import get_meeting
 
 log = structlog.get_logger(__name__)
@@ -175,7 +176,7 @@ def cached_meeting(session: Session, slug: str) -> MeetingSnapshot | None:
 
 @cache
 def _redis() -> redis.Redis:
-    return redis.Redis.from_url(runtime.settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    return redis_client(runtime.settings, timeout=5)
 
 
 def rate_limit() -> RateLimit:
