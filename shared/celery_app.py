@@ -2,7 +2,8 @@
 
 Late acks + prefetch 1 + reject on worker lost: a task is removed from Redis only after
 it finished, and a worker that dies mid-task gives it back. Results are ignored. Nothing
-far in the future is scheduled with ETA/countdown (DESIGN.md, Events).
+far in the future is scheduled with ETA/countdown: on Redis such tasks come back after the
+visibility timeout and wait in worker memory, so future work (reminders) lives in the database.
 """
 
 from __future__ import annotations
