@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from services.directory import engagement, feeds, search, service
+from services.directory import admin_api, engagement, feeds, search, service
 from services.directory.pages import router as pages_router
 from services.directory.pages import templates as page_templates
 from services.directory.reference import FELLOWSHIPS, TYPE_NAMES
@@ -317,4 +317,5 @@ def _engagement_response(session, scope, date_from, date_to, fellowship, fmt, wh
 
 # Pages: find a meeting (/), a meeting (/meeting/{slug}), the dashboard (/dashboard), sign-in, stylesheet.
 setup_pages(app, page_templates)
+app.include_router(admin_api.router)
 app.include_router(pages_router)

@@ -26,8 +26,11 @@ def migrate() -> None:
 
 @app.command()
 def scheduler(stop_after: float = typer.Option(None, help="Stop after this many seconds (tests).")) -> None:
-    """Run the periodic jobs: the outbox sweep and the pruning of delivered events."""
-    run_periodic(runtime.periodic_jobs(), stop_after=stop_after)
+    """Run the periodic jobs: the outbox sweep, the pruning of delivered events and the feed sources due."""
+    from services.directory import feed_sources
+
+    run_periodic([*runtime.periodic_jobs(),
+                  ("feed_imports", runtime.settings.feed_check_seconds, feed_sources.run_due)], stop_after=stop_after)
 
 
 def _progress() -> Progress:

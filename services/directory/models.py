@@ -141,3 +141,42 @@ class EngagementCount(Base):
     metric: Mapped[str] = mapped_column(String(40), primary_key=True)
     count: Mapped[int] = mapped_column(Integer, default=0)
     rounding_point: Mapped[int] = mapped_column(SmallInteger)
+
+
+class FeedSource(Base):
+    """A Meeting Guide feed the directory re-imports on its schedule (a URL), or one uploaded by hand."""
+
+    __tablename__ = "feed_sources"
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)  # the meetings' ``source``
+    url: Mapped[str | None] = mapped_column(Text)
+    fellowship: Mapped[str] = mapped_column(String(64))
+    timezone: Mapped[str] = mapped_column(String(64))
+    # Hours between imports; None: only when an admin imports or uploads.
+    every_hours: Mapped[float | None] = mapped_column(Float)
+    next_run_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), index=True)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ImportRun(Base):
+    """One import of a feed source and its report. A run that would withdraw most of the source's
+    meetings is held (nothing applied) until an admin confirms or discards it."""
+
+    __tablename__ = "import_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    source_id: Mapped[str] = mapped_column(String(100), index=True)
+    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    trigger: Mapped[str] = mapped_column(String(16))  # schedule, admin, upload
+    by: Mapped[str] = mapped_column(String(200))
+    # applied, held, failed, confirmed, discarded
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    report: Mapped[dict | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    live_before: Mapped[int] = mapped_column(Integer, default=0)
+    # A held run's feed rows (public meeting data), kept only until an admin decides.
+    held_rows: Mapped[list | None] = mapped_column(JSON)
+    decided_by: Mapped[str | None] = mapped_column(String(200))
+    decided_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
