@@ -123,6 +123,7 @@ def page_links(settings: ServiceSettings) -> dict[str, str]:
         "find": f"{settings.directory_public_url}/",
         "desk": f"{settings.referrals_public_url}/desk",
         "dashboard": f"{settings.directory_public_url}/dashboard",
+        "admin": f"{settings.directory_public_url}/admin",
     }
 
 

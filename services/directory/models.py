@@ -180,3 +180,36 @@ class ImportRun(Base):
     held_rows: Mapped[list | None] = mapped_column(JSON)
     decided_by: Mapped[str | None] = mapped_column(String(200))
     decided_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class MeetingChange(Base):
+    """The history of a meeting: who created, changed, withdrew or re-published it, when, and which fields."""
+
+    __tablename__ = "meeting_changes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    slug: Mapped[str] = mapped_column(String(200), index=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # A staff member's subject, or feed:<source> for an import.
+    by: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(16))  # created, updated, withdrawn, republished
+    fields: Mapped[str | None] = mapped_column(String(1000))
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
+class ChangeRequest(Base):
+    """Someone's report of a problem with a meeting ("it has moved"), for an admin to resolve."""
+
+    __tablename__ = "change_requests"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    meeting_slug: Mapped[str] = mapped_column(String(200), index=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    kind: Mapped[str] = mapped_column(String(32))
+    description: Mapped[str] = mapped_column(Text)
+    # "public", or the subject of the staff member who reported it from the desk.
+    reported_by: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default="open", index=True)  # open, resolved, dismissed
+    resolved_by: Mapped[str | None] = mapped_column(String(200))
+    resolved_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    resolution: Mapped[str | None] = mapped_column(Text)
