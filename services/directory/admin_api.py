@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Request, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -18,6 +18,7 @@ from shared.events import utcnow
 
 router = APIRouter(tags=["feed sources"])
 SessionDep = Annotated[Session, Depends(runtime.get_session)]
+RunId = Annotated[int, Path(ge=1, le=2_147_483_647, description="The import run's number")]
 
 
 def add_source(session: Session, *, source_in: FeedSourceIn, by: str) -> FeedSource:
@@ -76,19 +77,19 @@ async def import_now(source_id: str, request: Request, session: SessionDep, admi
     else:
         raise service.InvalidInput("body", "this source has no url: send the feed (a JSON list) as the body")
     if run.status == "failed":
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY,
+        raise HTTPException(422,
                             detail=f"{run.error}. Nothing was changed (run {run.id} records it).")
     return run
 
 
 @router.post("/import-runs/{run_id}/confirm", response_model=ImportRunOut,
              summary="Apply a held run as it was (withdrawing the meetings it no longer lists)")
-def confirm_run(run_id: int, admin: AdminOnly):
+def confirm_run(run_id: RunId, admin: AdminOnly):
     return _decide(run_id, confirm=True, by=admin.subject)
 
 
 @router.post("/import-runs/{run_id}/discard", response_model=ImportRunOut, summary="Discard a held run: nothing changes")
-def discard_run(run_id: int, admin: AdminOnly):
+def discard_run(run_id: RunId, admin: AdminOnly):
     return _decide(run_id, confirm=False, by=admin.subject)
 
 
