@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import ValidationError
-from sqlalchemy import func, or_, select
+from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -493,6 +493,14 @@ async def resolve_problem(request: Request, request_id: str, session: SessionDep
         item.resolved_by, item.resolved_at = principal.subject, utcnow()
         session.commit()
     return RedirectResponse("/admin/problems", status_code=303)
+
+
+def prune_closed_requests(now: dt.datetime | None = None) -> int:
+    """The scheduler's job: delete reported problems closed longer ago than the retention period."""
+    cutoff = (now or utcnow()) - dt.timedelta(days=runtime.settings.change_request_retention_days)
+    with runtime.transaction() as session:
+        return session.execute(delete(ChangeRequest).where(ChangeRequest.status != "open",
+                                                           ChangeRequest.resolved_at < cutoff)).rowcount
 
 
 # --- "report a problem with this meeting" (public) --------------------------------------------

@@ -25,6 +25,8 @@ class Settings(ServiceSettings):
     feed_hold_min_meetings: int = Field(5, ge=1)
     # How often the scheduler looks for feed sources due an import.
     feed_check_seconds: float = Field(60.0, gt=0)
+    # Reported problems (free text from the public) are deleted this many days after an admin closed them.
+    change_request_retention_days: int = Field(90, ge=1)
 
     @field_validator("feed_allow_networks")
     @classmethod

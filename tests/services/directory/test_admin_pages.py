@@ -7,6 +7,7 @@ a held import waiting for a decision, and a reported problem reaching the admins
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 
@@ -14,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from services.directory.admin import prune_closed_requests
 from services.directory.api import app
 from services.directory.models import ChangeRequest, FeedSource, ImportRun, Meeting, MeetingChange, Site
 from services.directory.runtime import runtime
@@ -202,3 +204,14 @@ def test_anyone_reports_a_problem_with_a_meeting_and_an_admin_resolves_it():
     assert "It moved to Tuesdays" not in admin.get("/admin/problems").text
     assert "Time corrected" in admin.get("/admin/problems?show=all").text
     assert browser("keyworker", "kendal").get("/admin/problems").status_code == 403
+
+
+def test_closed_problem_reports_are_deleted_after_the_retention_period():
+    old = dt.datetime.now(dt.UTC) - dt.timedelta(days=91)
+    with runtime.transaction() as session:
+        for status, resolved_at in (("resolved", old), ("dismissed", dt.datetime.now(dt.UTC)), ("open", None)):
+            session.add(ChangeRequest(meeting_slug="m", at=old, kind="other", description="x", reported_by="public",
+                                      status=status, resolved_at=resolved_at))
+    assert prune_closed_requests() == 1
+    with runtime.sessions() as session:
+        assert sorted(session.scalars(select(ChangeRequest.status))) == ["dismissed", "open"]
