@@ -20,6 +20,7 @@ from typing import Annotated
 from urllib.parse import quote
 
 import jwt
+import structlog
 from fastapi import APIRouter, Depends, FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
@@ -32,6 +33,7 @@ from shared import sso
 from shared.auth import NoFamaRole, Principal, Role, decode_token
 from shared.settings import ServiceSettings
 
+log = structlog.get_logger(__name__)
 HERE = Path(__file__).parent
 COOKIE = "fama_token"
 LOGIN_PATH = "/signin"
@@ -230,7 +232,13 @@ def setup_pages(app: FastAPI, templates: Jinja2Templates) -> None:
     async def sign_on_start(request: Request, next: str = "/"):
         if not sign_on:
             return RedirectResponse(LOGIN_PATH, status_code=303)
-        return await sso.start(request, _safe_next(next))
+        try:
+            return await sso.start(request, _safe_next(next))
+        except Exception as exc:  # the provider's discovery document cannot be read: say so, change nothing
+            log.warning("sso.provider_unreachable", reason=type(exc).__name__)
+            return login_page(request, next, status_code=503,
+                              error=f"{settings.oidc_provider_name} cannot be reached at the moment. Nothing has "
+                                    "changed: try again in a few minutes.")
 
     @router.get(sso.CALLBACK_PATH, response_class=HTMLResponse)
     async def sign_on_callback(request: Request):

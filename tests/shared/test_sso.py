@@ -56,3 +56,45 @@ def test_production_wants_an_https_issuer_and_a_day_at_most_per_session():
     assert any(p.startswith("SESSION_HOURS is above") for p in problems)
     ok = ServiceSettings(oidc_issuer="https://idp.example", oidc_client_id="fama").production_problems()
     assert not [p for p in ok if p.startswith(("OIDC_", "SESSION_"))]
+
+
+SIGN_ON = ServiceSettings(oidc_issuer="http://127.0.0.1:9", oidc_client_id="fama", oidc_provider_name="Croydon Council")
+
+
+def _sign_on_app():
+    """Pages signing in at a provider on the discard port, where nothing answers."""
+    from fastapi.testclient import TestClient
+
+    from shared.pages import HERE, make_templates, setup_pages
+    from shared.web import make_app
+
+    app = make_app(service="referrals", settings=SIGN_ON, engine=lambda: None, title="FAMA test")
+    setup_pages(app, make_templates(HERE / "templates"))
+    return TestClient(app)
+
+
+def test_with_single_sign_on_the_sign_in_page_offers_the_provider_and_refuses_pasted_tokens():
+    from shared.auth import issue_token
+    from shared.pages import _token_for
+
+    client = _sign_on_app()
+    page = client.get("/signin?next=/desk")
+    assert 'href="/signin/start?next=/desk"' in page.text and "Sign in with Croydon Council" in page.text
+    assert 'name="token"' not in page.text
+    assert "form-action 'self' http://127.0.0.1:9" in page.headers["content-security-policy"]
+    nonce = "n" * 10 + "0123456789abcdef"
+    client.cookies.set("fama_csrf", nonce)
+    token = issue_token(ServiceSettings(), role="admin")
+    refused = client.post("/signin", data={"token": token, "next": "/desk", "csrf_token": _token_for(SIGN_ON, nonce)},
+                          follow_redirects=False)
+    assert refused.status_code == 400
+    assert "signs you in through Croydon Council, not with a pasted token" in refused.text
+    assert "fama_token" not in refused.headers.get("set-cookie", "")
+
+
+def test_an_unreachable_provider_is_a_clear_503_and_signs_no_one_in():
+    client = _sign_on_app()
+    response = client.get("/signin/start?next=/desk", follow_redirects=False)
+    assert response.status_code == 503
+    assert "Croydon Council cannot be reached at the moment" in response.text
+    assert client.get("/signin/callback?code=x&state=y").status_code == 400
