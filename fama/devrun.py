@@ -90,6 +90,16 @@ def ensure_redis(var: Path, *, local_url: str = DEFAULT_REDIS) -> tuple[str, sub
     raise typer.Exit(1)
 
 
+def sign_in_in_use() -> str:
+    """Which sign-in the pages offer, for the start-up banner."""
+    from shared.settings import ServiceSettings
+
+    settings = ServiceSettings()
+    if settings.oidc_issuer:
+        return f"single sign-on at {settings.oidc_issuer} (OIDC_ISSUER)"
+    return "development tokens pasted at /signin (set OIDC_ISSUER for single sign-on)"
+
+
 def run_local(root: Path) -> None:
     var = root / "var"
     var.mkdir(exist_ok=True)
@@ -108,6 +118,7 @@ def run_local(root: Path) -> None:
                                    text=True).stdout.strip()
         typer.echo(
             "\nFAMA is starting (Ctrl-C stops everything):\n"
+            f"  sign-in        {sign_in_in_use()}\n"
             "  directory      http://127.0.0.1:8001   (API docs: /docs, find a meeting: /)\n"
             "  referrals      http://127.0.0.1:8002   (API docs: /docs)\n"
             "  notifications  http://127.0.0.1:8003   (API docs: /docs)\n"

@@ -20,16 +20,20 @@ from typing import Annotated
 from urllib.parse import quote
 
 import jwt
+import structlog
 from fastapi import APIRouter, Depends, FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from jinja2 import ChoiceLoader, FileSystemLoader, pass_context
 from markupsafe import Markup
+from starlette.middleware.sessions import SessionMiddleware
 
-from shared.auth import Principal, Role, decode_token
+from shared import sso
+from shared.auth import NoFamaRole, Principal, Role, decode_token
 from shared.settings import ServiceSettings
 
+log = structlog.get_logger(__name__)
 HERE = Path(__file__).parent
 COOKIE = "fama_token"
 LOGIN_PATH = "/signin"
@@ -90,7 +94,8 @@ async def check_form_token(request: Request, *, always: bool = False) -> None:
 
     A request signed only by a bearer header needs none: another site cannot make a browser send one.
     """
-    if request.method not in UNSAFE_METHODS or not (always or COOKIE in request.cookies):
+    signed_in_by_cookie = bool(request.app.state.credential_cookies & request.cookies.keys())
+    if request.method not in UNSAFE_METHODS or not (always or signed_in_by_cookie):
         return
     settings = request.app.state.settings
     nonce = request.cookies.get(csrf_cookie_name(settings), "")
@@ -120,11 +125,15 @@ def page_links(settings: ServiceSettings) -> dict[str, str]:
         "find": f"{settings.directory_public_url}/",
         "desk": f"{settings.referrals_public_url}/desk",
         "dashboard": f"{settings.directory_public_url}/dashboard",
+        "admin": f"{settings.directory_public_url}/admin",
     }
 
 
 def page_principal(request: Request) -> Principal | None:
-    """The signed-in user from the cookie (or a bearer header), or None."""
+    """The signed-in user from the single sign-on session, the token cookie or a bearer header, or None."""
+    principal = sso.session_principal(request)
+    if principal is not None:
+        return principal
     token = request.cookies.get(COOKIE)
     header = request.headers.get("authorization", "")
     if not token and header.lower().startswith("bearer "):
@@ -182,27 +191,78 @@ def setup_pages(app: FastAPI, templates: Jinja2Templates) -> None:
                                 secure=settings.environment == "production")
         return response
 
+    sign_on = sso.enabled(settings)
+    templates.env.globals.update(sign_on=sign_on, provider_name=settings.oidc_provider_name)
+    if sign_on:
+        _setup_sign_on(app, settings)
+
+    def login_page(request: Request, next_url: str, *, error: str | None = None, notice: str | None = None,
+                   status_code: int = 200) -> HTMLResponse:
+        return templates.TemplateResponse(request, "login.html", {
+            "title": "Sign in", "next": _safe_next(next_url), "principal": None, "error": error, "notice": notice,
+            "start_path": sso.START_PATH}, status_code=status_code)
+
     @router.get(LOGIN_PATH, response_class=HTMLResponse)
     def login_form(request: Request, next: str = "/"):
-        return templates.TemplateResponse(request, "login.html", {"title": "Sign in", "next": _safe_next(next),
-                                                                  "principal": None, "error": None})
+        notice = None
+        if sso.session_expired(request):
+            request.session.pop(sso.SESSION_KEY, None)
+            notice = f"Your session has ended (a session lasts {settings.session_hours:g} hours). Sign in again."
+        return login_page(request, next, notice=notice)
 
     @router.post(LOGIN_PATH, response_class=HTMLResponse, dependencies=[Depends(_csrf_always)])
     def login(request: Request, token: Annotated[str, Form(max_length=5000)] = "",
               next: Annotated[str, Form(max_length=500)] = "/"):
+        if sign_on:
+            return login_page(request, next, status_code=400,
+                              error=f"This service signs you in through {settings.oidc_provider_name}, not with a "
+                                    "pasted token: use the sign-in button.")
         token = token.strip()
         try:
             decode_token(settings, token)
         except (jwt.PyJWTError, ValueError):
-            return templates.TemplateResponse(
-                request, "login.html",
-                {"title": "Sign in", "next": _safe_next(next), "principal": None,
-                 "error": "That token was not accepted. Check it is complete and has not expired."},
-                status_code=401)
+            return login_page(request, next, status_code=401,
+                              error="That token was not accepted. Check it is complete and has not expired.")
         response = RedirectResponse(_safe_next(next), status_code=303)
         response.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=settings.environment == "production",
                             max_age=12 * 3600)
         return response
+
+    @router.get(sso.START_PATH)
+    async def sign_on_start(request: Request, next: str = "/"):
+        if not sign_on:
+            return RedirectResponse(LOGIN_PATH, status_code=303)
+        try:
+            return await sso.start(request, _safe_next(next))
+        except Exception as exc:  # the provider's discovery document cannot be read: say so, change nothing
+            log.warning("sso.provider_unreachable", reason=type(exc).__name__)
+            return login_page(request, next, status_code=503,
+                              error=f"{settings.oidc_provider_name} cannot be reached at the moment. Nothing has "
+                                    "changed: try again in a few minutes.")
+
+    @router.get(sso.CALLBACK_PATH, response_class=HTMLResponse)
+    async def sign_on_callback(request: Request):
+        if not sign_on:
+            return RedirectResponse(LOGIN_PATH, status_code=303)
+        try:
+            _principal, next_url = await sso.finish(request)
+        except sso.SignInFailed as exc:
+            return login_page(request, "/", status_code=400, error=f"{exc} Nothing has changed: sign in again.")
+        except NoFamaRole as exc:
+            return templates.TemplateResponse(request, "message.html", {
+                "title": "You cannot use FAMA yet", "principal": None,
+                "message": f"You signed in at {settings.oidc_provider_name}, but {exc}. Ask your FAMA administrator "
+                           "to give your account a FAMA role (and site). Nothing has changed."}, status_code=403)
+        response = RedirectResponse(_safe_next(next_url), status_code=303)
+        response.delete_cookie(COOKIE)
+        return response
+
+    @router.get(sso.SIGNED_OUT_PATH, response_class=HTMLResponse)
+    def signed_out(request: Request):
+        return templates.TemplateResponse(request, "message.html", {
+            "title": "You are signed out", "principal": None,
+            "message": f"You are signed out of FAMA and of {settings.oidc_provider_name}.",
+            "link": {"href": LOGIN_PATH, "text": "Sign in again"}})
 
     @router.get(LOGOUT_PATH, response_class=HTMLResponse)
     def logout_form(request: Request):
@@ -213,8 +273,14 @@ def setup_pages(app: FastAPI, templates: Jinja2Templates) -> None:
         return templates.TemplateResponse(request, "signout.html", {"title": "Sign out", "principal": principal})
 
     @router.post(LOGOUT_PATH, dependencies=[Depends(_csrf_always)])
-    def logout():
-        response = RedirectResponse(LOGIN_PATH, status_code=303)
+    async def logout(request: Request):
+        target = LOGIN_PATH
+        if sign_on:
+            signed_on = request.session.pop(sso.SESSION_KEY, None)
+            request.session.clear()
+            if signed_on:  # and at the provider too, or the next sign-in would be silent
+                target = await sso.end_session_url(request) or LOGIN_PATH
+        response = RedirectResponse(target, status_code=303)
         response.delete_cookie(COOKIE)
         return response
 
@@ -233,6 +299,26 @@ def setup_pages(app: FastAPI, templates: Jinja2Templates) -> None:
     @app.exception_handler(FormRefused)
     async def form_refused(request: Request, _exc: FormRefused):
         return refused_page(request)
+
+
+def _setup_sign_on(app: FastAPI, settings: ServiceSettings) -> None:
+    """The session cookie, and a CSP letting the sign-out form continue to the provider's sign-out page."""
+    cookie = sso.session_cookie_name(settings, app.state.service)
+    app.state.credential_cookies.add(cookie)
+    form_action = f"form-action 'self' {sso.provider_origin(settings)}"
+
+    @app.middleware("http")
+    async def provider_sign_out_allowed(request: Request, call_next):
+        response = await call_next(request)
+        policy = response.headers.get("content-security-policy")
+        if policy:
+            response.headers["content-security-policy"] = policy.replace("form-action 'self'", form_action)
+        return response
+
+    # Max age beyond the session's own end, so an ended session is recognised and its holder told.
+    app.add_middleware(SessionMiddleware, secret_key=sso.session_key(settings), session_cookie=cookie,
+                       max_age=int(settings.session_hours * 3600) + 12 * 3600, same_site="lax",
+                       https_only=settings.environment == "production")
 
 
 def _safe_next(value: str) -> str:

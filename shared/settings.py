@@ -141,6 +141,29 @@ class ServiceSettings(BaseSettings):
     # service needs the same one (a form rendered by one is posted to another).
     csrf_secret: str | None = common("CSRF_SECRET", None)
 
+    # Single sign-on for the pages: OpenID Connect (authorization code with PKCE) at this issuer
+    # (discovered at ISSUER/.well-known/openid-configuration). Unset: the development token sign-in.
+    oidc_issuer: str | None = common("OIDC_ISSUER", None)
+    oidc_client_id: str | None = common("OIDC_CLIENT_ID", None)
+    oidc_client_secret: str | None = common("OIDC_CLIENT_SECRET", None)
+    oidc_scopes: str = common("OIDC_SCOPES", "openid profile email")
+    # How the sign-in page names the provider ("NHS Birmingham", "Croydon Council").
+    oidc_provider_name: str = common("OIDC_PROVIDER_NAME", "your organisation")
+    # Which claim of the provider's tokens (ID tokens at sign-in, bearer tokens on the APIs) carries the
+    # role, site and region, and what its values mean: a JSON object {"claim value": "FAMA value"}.
+    # An empty map takes the values as they are (the role must then be a FAMA role's name).
+    oidc_role_claim: str = common("OIDC_ROLE_CLAIM", "role")
+    oidc_role_map: dict[str, Literal["keyworker", "site_lead", "commissioner", "admin"]] = common("OIDC_ROLE_MAP", {})
+    oidc_site_claim: str = common("OIDC_SITE_CLAIM", "site")
+    oidc_site_map: dict[str, str] = common("OIDC_SITE_MAP", {})
+    oidc_region_claim: str = common("OIDC_REGION_CLAIM", "region")
+    oidc_region_map: dict[str, str] = common("OIDC_REGION_MAP", {})
+    # A page session (single sign-on) lasts this long; then its holder signs in again.
+    session_hours: float = common("SESSION_HOURS", 8.0, gt=0)
+    # Key signing the session cookie; unset: derived from the service's secrets. Every process of a
+    # service needs the same one.
+    session_secret: str | None = common("SESSION_SECRET", None)
+
     # Where people reach each service's pages, for links between them (never called server-side).
     directory_public_url: str = common("DIRECTORY_PUBLIC_URL", "http://127.0.0.1:8001")
     referrals_public_url: str = common("REFERRALS_PUBLIC_URL", "http://127.0.0.1:8002")
@@ -188,6 +211,12 @@ class ServiceSettings(BaseSettings):
         problems += fernet_key_problems(self.env_name("encryption_keys"), self.encryption_keys)
         if self.csrf_secret is not None:
             problems += secret_problems("CSRF_SECRET", self.csrf_secret)
+        if self.session_secret is not None:
+            problems += secret_problems("SESSION_SECRET", self.session_secret)
+        if self.oidc_issuer is not None and not self.oidc_issuer.startswith("https://"):
+            problems.append("OIDC_ISSUER must be an https:// address")
+        if self.session_hours > JWT_MAX_LIFETIME_CEILING_HOURS:
+            problems.append(f"SESSION_HOURS is above {JWT_MAX_LIFETIME_CEILING_HOURS:g} hours; staff sign in at least daily")
         for producer, keys in self.event_keys().items():
             env = self.env_name(f"{producer}_event_keys")
             for number, key in enumerate(key_list(keys) or [""], start=1):
@@ -202,11 +231,18 @@ class ServiceSettings(BaseSettings):
                             "each needs its own")
         return problems
 
-    @field_validator("jwt_jwks_url", "csrf_secret", mode="before")
+    @field_validator("jwt_jwks_url", "csrf_secret", "oidc_issuer", "oidc_client_id", "oidc_client_secret",
+                     "session_secret", mode="before")
     @classmethod
     def _empty_is_unset(cls, value):
         """``JWT_JWKS_URL=`` (as compose passes an unset variable) means not set."""
         return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def check_sign_on(self):
+        if self.oidc_issuer is not None and self.oidc_client_id is None:
+            raise ValueError("OIDC_ISSUER is set without OIDC_CLIENT_ID: set both (single sign-on) or neither")
+        return self
 
     @model_validator(mode="after")
     def check_production(self):

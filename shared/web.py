@@ -175,6 +175,7 @@ def make_app(*, service: str, settings: ServiceSettings, engine: Callable[[], En
     app = FastAPI(title=title, description=description, version="0.1.0",
                   dependencies=[Depends(reject_unknown_query_parameters)], **fastapi_kw)
     app.state.settings = settings
+    app.state.service = service
     # Paths whose responses are never stored by a browser or proxy, even without credentials (pages add theirs).
     app.state.private_paths = ()
     # Cookies that sign a browser in (pages add theirs): a request carrying one is answered no-store.

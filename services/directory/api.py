@@ -16,7 +16,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from services.directory import engagement, feeds, search, service
+from services.directory import admin_api, engagement, feeds, search, service
+from services.directory.admin import setup_admin
 from services.directory.models import Meeting
 from services.directory.pages import router as pages_router
 from services.directory.pages import templates as page_templates
@@ -180,32 +181,33 @@ def _next_start(meeting, now: dt.datetime | None = None) -> dict:
 
 
 @app.post("/meetings", response_model=MeetingAdminOut, status_code=status.HTTP_201_CREATED, tags=["meetings"])
-def create_meeting(meeting_in: MeetingIn, session: SessionDep, _admin: AdminOnly):
-    meeting = service.create_meeting(session, meeting_in=meeting_in)
+def create_meeting(meeting_in: MeetingIn, session: SessionDep, admin: AdminOnly):
+    meeting = service.create_meeting(session, meeting_in=meeting_in, by=admin.subject)
     session.commit()
     return meeting
 
 
 @app.put("/meetings/{slug}", response_model=MeetingAdminOut, tags=["meetings"], summary="Replace a meeting's fields")
-def replace_meeting(slug: str, meeting_in: MeetingIn, session: SessionDep, _admin: AdminOnly):
-    meeting, _changed = service.update_meeting(session, slug=slug, meeting_in=meeting_in)
+def replace_meeting(slug: str, meeting_in: MeetingIn, session: SessionDep, admin: AdminOnly):
+    meeting, _changed = service.update_meeting(session, slug=slug, meeting_in=meeting_in, by=admin.subject)
     session.commit()
     return meeting
 
 
 @app.patch("/meetings/{slug}", response_model=MeetingAdminOut, tags=["meetings"], summary="Change some of a meeting's fields")
-def patch_meeting(slug: str, session: SessionDep, _admin: AdminOnly,
+def patch_meeting(slug: str, session: SessionDep, admin: AdminOnly,
                   changes: Annotated[dict[str, Any], Body(examples=[{"time": "19:30"}])]):
     meeting = service.get_meeting(session, slug)
     meeting_in = MeetingIn.model_validate({**service.meeting_in_of(meeting), **changes})
-    meeting, _changed = service.update_meeting(session, slug=slug, meeting_in=meeting_in)
+    meeting, _changed = service.update_meeting(session, slug=slug, meeting_in=meeting_in, by=admin.subject)
     session.commit()
     return meeting
 
 
 @app.post("/meetings/{slug}/withdraw", response_model=MeetingAdminOut, tags=["meetings"])
-def withdraw_meeting(slug: str, session: SessionDep, _admin: AdminOnly, withdraw_in: WithdrawIn | None = None):
-    meeting = service.withdraw_meeting(session, slug=slug, reason=withdraw_in.reason if withdraw_in else None)
+def withdraw_meeting(slug: str, session: SessionDep, admin: AdminOnly, withdraw_in: WithdrawIn | None = None):
+    meeting = service.withdraw_meeting(session, slug=slug, reason=withdraw_in.reason if withdraw_in else None,
+                                       by=admin.subject)
     session.commit()
     return meeting
 
@@ -394,4 +396,6 @@ def _engagement_response(session, scope, date_from, date_to, fellowship, fmt, wh
 
 # Pages: find a meeting (/), a meeting (/meeting/{slug}), the dashboard (/dashboard), sign-in, stylesheet.
 setup_pages(app, page_templates)
+app.include_router(admin_api.router)
+setup_admin(app)
 app.include_router(pages_router)

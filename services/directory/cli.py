@@ -29,8 +29,15 @@ def migrate() -> None:
 
 @app.command()
 def scheduler(stop_after: float = typer.Option(None, help="Stop after this many seconds (tests).")) -> None:
-    """Run the periodic jobs: the outbox sweep and the pruning of delivered events."""
-    run_periodic(runtime.periodic_jobs(), stop_after=stop_after)
+    """Run the periodic jobs: the outbox sweep, the pruning of delivered events, the feed sources due and
+    the pruning of closed problem reports."""
+    from services.directory import feed_sources
+    from services.directory.admin import prune_closed_requests
+
+    run_periodic([*runtime.periodic_jobs(),
+                  ("feed_imports", runtime.settings.feed_check_seconds, feed_sources.run_due),
+                  ("change_request_prune", runtime.settings.event_prune_seconds, prune_closed_requests)],
+                 stop_after=stop_after)
 
 
 def _progress() -> Progress:

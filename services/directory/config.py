@@ -1,7 +1,7 @@
 import ipaddress
 from functools import lru_cache
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings
@@ -19,6 +19,14 @@ class Settings(ServiceSettings):
     # Tests only: comma-separated networks (e.g. 127.0.0.0/8) feed URLs may reach although they
     # are loopback or private, for a local feed server. Production refuses to start with any.
     feed_allow_networks: str = ""
+    # An import that would withdraw more than this share of a source's live meetings is held for an
+    # admin's confirmation (when the source has at least FEED_HOLD_MIN_MEETINGS).
+    feed_hold_share: float = Field(0.5, gt=0, le=1)
+    feed_hold_min_meetings: int = Field(5, ge=1)
+    # How often the scheduler looks for feed sources due an import.
+    feed_check_seconds: float = Field(60.0, gt=0)
+    # Reported problems (free text from the public) are deleted this many days after an admin closed them.
+    change_request_retention_days: int = Field(90, ge=1)
 
     @field_validator("feed_allow_networks")
     @classmethod

@@ -339,7 +339,7 @@ def import_feed(session: Session, *, rows: list, source: str, fellowship: str = 
             progress(1)
     for slug, meeting in existing.items():
         if slug not in seen and meeting.active:
-            service.withdraw_meeting(session, slug=slug, reason=f"no longer in the {source} feed")
+            service.withdraw_meeting(session, slug=slug, reason=f"no longer in the {source} feed", by=f"feed:{source}")
             report.withdrawn += 1
     report.unknown_types = dict(unknown.most_common())
     return report
@@ -352,15 +352,16 @@ def _apply(session: Session, report: ImportReport, meeting_in: MeetingIn, meetin
         if other is not None or session.scalar(select(Meeting.id).where(Meeting.slug == meeting_in.slug)):
             raise service.MeetingExists(f"slug {meeting_in.slug!r} belongs to another source ({other or 'entered by hand'})")
         with session.begin_nested():
-            service.create_meeting(session, meeting_in=meeting_in, source=source, geocoder=geocoder)
+            service.create_meeting(session, meeting_in=meeting_in, source=source, geocoder=geocoder, by=f"feed:{source}")
         report.created += 1
     elif not meeting.active:
         with session.begin_nested():
-            service.create_meeting(session, meeting_in=meeting_in, source=source, geocoder=geocoder)
+            service.create_meeting(session, meeting_in=meeting_in, source=source, geocoder=geocoder, by=f"feed:{source}")
         report.updated += 1
     else:
         with session.begin_nested():
-            _, changed = service.update_meeting(session, slug=meeting.slug, meeting_in=meeting_in, geocoder=geocoder)
+            _, changed = service.update_meeting(session, slug=meeting.slug, meeting_in=meeting_in, geocoder=geocoder,
+                                                by=f"feed:{source}")
         if changed:
             report.updated += 1
         else:

@@ -143,6 +143,78 @@ class EngagementCount(Base):
     rounding_point: Mapped[int] = mapped_column(SmallInteger)
 
 
+class FeedSource(Base):
+    """A Meeting Guide feed the directory re-imports on its schedule (a URL), or one uploaded by hand."""
+
+    __tablename__ = "feed_sources"
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)  # the meetings' ``source``
+    url: Mapped[str | None] = mapped_column(Text)
+    fellowship: Mapped[str] = mapped_column(String(64))
+    timezone: Mapped[str] = mapped_column(String(64))
+    # Hours between imports; None: only when an admin imports or uploads.
+    every_hours: Mapped[float | None] = mapped_column(Float)
+    next_run_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), index=True)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ImportRun(Base):
+    """One import of a feed source and its report. A run that would withdraw most of the source's
+    meetings is held (nothing applied) until an admin confirms or discards it."""
+
+    __tablename__ = "import_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    source_id: Mapped[str] = mapped_column(String(100), index=True)
+    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    trigger: Mapped[str] = mapped_column(String(16))  # schedule, admin, upload
+    by: Mapped[str] = mapped_column(String(200))
+    # applied, held, failed, confirmed, discarded
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    report: Mapped[dict | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    live_before: Mapped[int] = mapped_column(Integer, default=0)
+    # A held run's feed rows (public meeting data), kept only until an admin decides.
+    held_rows: Mapped[list | None] = mapped_column(JSON)
+    decided_by: Mapped[str | None] = mapped_column(String(200))
+    decided_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class MeetingChange(Base):
+    """The history of a meeting: who created, changed, withdrew or re-published it, when, and which fields."""
+
+    __tablename__ = "meeting_changes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    slug: Mapped[str] = mapped_column(String(200), index=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # A staff member's subject, or feed:<source> for an import.
+    by: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(16))  # created, updated, withdrawn, republished
+    fields: Mapped[str | None] = mapped_column(String(1000))
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
+class ChangeRequest(Base):
+    """Someone's report of a problem with a meeting ("it has moved"), for an admin to resolve."""
+
+    __tablename__ = "change_requests"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    meeting_slug: Mapped[str] = mapped_column(String(200), index=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    kind: Mapped[str] = mapped_column(String(32))
+    description: Mapped[str] = mapped_column(Text)
+    # "public", or the subject of the staff member who reported it from the desk.
+    reported_by: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default="open", index=True)  # open, resolved, dismissed
+    resolved_by: Mapped[str | None] = mapped_column(String(200))
+    resolved_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    resolution: Mapped[str | None] = mapped_column(Text)
+
+
 class Postcode(Base):
     """A live UK postcode and its centre, loaded from the ONS Postcode Directory (``fama directory postcodes``).
 

@@ -292,3 +292,42 @@ class ImportReport(BaseModel):
     withdrawn: int = 0
     rejected: list[ImportRejection] = []
     unknown_types: dict[str, int] = {}
+
+
+class FeedSourceIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                    description="The source name its meetings carry, e.g. sussex-aa")
+    url: str | None = Field(None, pattern=r"^https?://", max_length=2000, description="None: uploaded by hand")
+    fellowship: str = Field("aa", min_length=1, max_length=64, pattern=FELLOWSHIP_PATTERN)
+    timezone: str = Field("Europe/London", max_length=64)
+    every_hours: float | None = Field(None, ge=1, le=24 * 28, description="Re-import this often (needs a url)")
+
+
+class FeedSourceOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    url: str | None
+    fellowship: str
+    timezone: str
+    every_hours: float | None
+    next_run_at: dt.datetime | None
+    active: bool
+
+
+class ImportRunOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    source_id: str
+    started_at: dt.datetime
+    trigger: str
+    by: str
+    status: str = Field(description="applied, held (waiting for an admin), failed, confirmed or discarded")
+    report: dict | None
+    error: str | None
+    live_before: int
+    decided_by: str | None
+    decided_at: dt.datetime | None

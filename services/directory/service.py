@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.directory.geocode import Geocoder, default_geocoder
-from services.directory.models import Meeting, Site
+from services.directory.models import Meeting, MeetingChange, Site
 from services.directory.runtime import runtime
 from services.directory.schemas import InvalidInput, MeetingIn, SiteIn
 from services.directory.search import grid_cell, haversine_km, resolve_near, search_meetings  # noqa: F401 (bench/)
@@ -71,8 +71,15 @@ def get_meeting(session: Session, slug: str) -> Meeting:
     return meeting
 
 
+def record_change(session: Session, *, slug: str, by: str, action: str, fields: list[str] | None = None,
+                  reason: str | None = None) -> None:
+    """One line of a meeting's history (shown on its admin page)."""
+    session.add(MeetingChange(slug=slug, at=utcnow(), by=by, action=action,
+                              fields=", ".join(sorted(fields))[:1000] if fields else None, reason=reason))
+
+
 def create_meeting(session: Session, *, meeting_in: MeetingIn, source: str | None = None,
-                   geocoder: Geocoder | None = None) -> Meeting:
+                   geocoder: Geocoder | None = None, by: str = "system") -> Meeting:
     """Add a meeting (or bring a withdrawn one back) and publish it."""
     values = meeting_values(session, meeting_in, geocoder)
     meeting = session.scalar(select(Meeting).where(Meeting.slug == meeting_in.slug).with_for_update())
@@ -87,12 +94,13 @@ def create_meeting(session: Session, *, meeting_in: MeetingIn, source: str | Non
             setattr(meeting, key, value)
         meeting.source, meeting.active, meeting.withdrawn_reason, meeting.updated = source, True, None, now
     session.flush()
+    record_change(session, slug=meeting.slug, by=by, action="created" if meeting.created_at == now else "republished")
     runtime.outbox.record(session, "meeting.published", snapshot(meeting))
     return meeting
 
 
 def update_meeting(session: Session, *, slug: str, meeting_in: MeetingIn,
-                   geocoder: Geocoder | None = None) -> tuple[Meeting, bool]:
+                   geocoder: Geocoder | None = None, by: str = "system") -> tuple[Meeting, bool]:
     """Replace a live meeting's fields; publishes meeting.updated only if something changed."""
     meeting = session.scalar(select(Meeting).where(Meeting.slug == slug).with_for_update())
     if meeting is None:
@@ -109,11 +117,13 @@ def update_meeting(session: Session, *, slug: str, meeting_in: MeetingIn,
         setattr(meeting, key, value)
     meeting.updated = utcnow()
     session.flush()
+    record_change(session, slug=slug, by=by, action="updated",
+                  fields=[k for k in changed if k not in ("types_key", "cell")])
     runtime.outbox.record(session, "meeting.updated", snapshot(meeting))
     return meeting, True
 
 
-def withdraw_meeting(session: Session, *, slug: str, reason: str | None = None) -> Meeting:
+def withdraw_meeting(session: Session, *, slug: str, reason: str | None = None, by: str = "system") -> Meeting:
     """Take a meeting out of the directory (kept for the record); publishes meeting.withdrawn once."""
     meeting = session.scalar(select(Meeting).where(Meeting.slug == slug).with_for_update())
     if meeting is None:
@@ -124,6 +134,7 @@ def withdraw_meeting(session: Session, *, slug: str, reason: str | None = None) 
     meeting.withdrawn_reason = reason
     meeting.updated = utcnow()
     session.flush()
+    record_change(session, slug=slug, by=by, action="withdrawn", reason=reason)
     runtime.outbox.record(session, "meeting.withdrawn",
                           MeetingWithdrawn(slug=slug, reason=reason, meeting=snapshot(meeting)))
     return meeting

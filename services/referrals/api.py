@@ -10,11 +10,13 @@ from fastapi import Depends, HTTPException, Query, status
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
-from services.referrals import service
+from services.referrals import audit, audit_page, service
 from services.referrals.models import Referral
 from services.referrals.pages import setup_desk, templates
 from services.referrals.runtime import runtime
 from services.referrals.schemas import (
+    AuditEntryOut,
+    AuditPage,
     ConsentWordingList,
     ConsentWordingOut,
     ReferralDetailOut,
@@ -24,7 +26,7 @@ from services.referrals.schemas import (
     TransitionIn,
 )
 from shared import queues
-from shared.auth import CurrentPrincipal, Principal, Role, SiteStaff, ensure_site
+from shared.auth import CurrentPrincipal, Principal, Role, SiteStaff, ensure_site, require_roles
 from shared.events import Stage
 from shared.metrics import backbone_metrics
 from shared.pages import setup_pages
@@ -43,6 +45,14 @@ def unprocessable(exc: service.ReferralError) -> JSONResponse:
     return JSONResponse({"detail": f"{exc.field}: {exc.message}",
                          "errors": [{"field": exc.field, "message": exc.message, "type": "value_error"}]},
                         status_code=422)
+
+
+def shown(session: Session, principal: Principal, referral: Referral) -> ReferralDetailOut:
+    """The referral as this principal may see it; a view of its contact details in clear goes in the audit trail."""
+    reveal = service.reveals_contact(principal, referral.site_id)
+    out = service.referral_out(referral, reveal=reveal, detail=True, session=session)
+    audit.record_contact_view(session, principal=principal, referral=referral, reveal=reveal, via="api")
+    return out
 
 
 def load_for(session: Session, principal: Principal, referral_id: uuid.UUID, *, lock: bool = False):
@@ -68,7 +78,7 @@ def create_referral(referral_in: ReferralIn, session: SessionDep, principal: Sit
         session.rollback()
         return unprocessable(exc)
     session.commit()
-    return service.referral_out(referral, reveal=service.reveals_contact(principal, site_id), detail=True, session=session)
+    return shown(session, principal, referral)
 
 
 @app.get("/referrals", response_model=ReferralPage, tags=["referrals"])
@@ -88,15 +98,19 @@ def list_referrals(
     items, total = service.list_referrals(session, site_id=site, status=status_, stage=stage, meeting_slug=meeting,
                                           planned_from=planned_from, planned_to=planned_to,
                                           created_from=created_from, created_to=created_to, limit=limit, offset=offset)
-    return ReferralPage(items=[service.referral_out(r, reveal=service.reveals_contact(principal, r.site_id)) for r in items],
+    page = ReferralPage(items=[service.referral_out(r, reveal=service.reveals_contact(principal, r.site_id)) for r in items],
                         total=total, limit=limit, offset=offset)
+    for referral in items:
+        audit.record_contact_view(session, principal=principal, referral=referral, via="api", commit=False,
+                                  reveal=service.reveals_contact(principal, referral.site_id))
+    session.commit()
+    return page
 
 
 @app.get("/referrals/{referral_id}", response_model=ReferralDetailOut, tags=["referrals"])
 def get_referral(referral_id: uuid.UUID, session: SessionDep, principal: SiteStaff):
     referral = load_for(session, principal, referral_id)
-    return service.referral_out(referral, reveal=service.reveals_contact(principal, referral.site_id), detail=True,
-                                session=session)
+    return shown(session, principal, referral)
 
 
 @app.post("/referrals/{referral_id}/transitions", response_model=ReferralDetailOut, tags=["referrals"],
@@ -112,8 +126,7 @@ def transition_referral(referral_id: uuid.UUID, transition_in: TransitionIn, ses
         session.rollback()
         return unprocessable(exc)
     session.commit()
-    return service.referral_out(referral, reveal=service.reveals_contact(principal, referral.site_id), detail=True,
-                                session=session)
+    return shown(session, principal, referral)
 
 
 @app.post("/referrals/{referral_id}/consent-withdrawal", response_model=ReferralDetailOut, tags=["consent"])
@@ -126,8 +139,7 @@ def withdraw_consent(referral_id: uuid.UUID, session: SessionDep, principal: Sit
         session.rollback()
         raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc
     session.commit()
-    return service.referral_out(referral, reveal=service.reveals_contact(principal, referral.site_id), detail=True,
-                                session=session)
+    return shown(session, principal, referral)
 
 
 @app.get("/consent-wording", response_model=ConsentWordingList, tags=["consent"])
@@ -138,6 +150,27 @@ def consent_wording(_principal: CurrentPrincipal):
         for v, t in service.CONSENT_WORDING.items()])
 
 
+@app.get("/audit", response_model=AuditPage, tags=["audit"])
+def audit_trail(
+    session: SessionDep, principal: Annotated[Principal, Depends(require_roles(Role.site_lead, Role.admin))],
+    site: Annotated[str | None, Query(max_length=64, description="Admins: one site's trail")] = None,
+    referral: uuid.UUID | None = None,
+    actor: Annotated[str | None, Query(max_length=200, description="One staff member's subject")] = None,
+    since: InputDate | None = None, until: InputDate | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50, offset: Annotated[int, Query(ge=0)] = 0,
+):
+    """Who viewed a client's contact details or changed a referral, when and what, newest first.
+    Site leads read their own site's trail; admins every site's. ``until`` is inclusive."""
+    if principal.role != Role.admin:
+        ensure_site(principal, site or principal.site)
+        site = principal.site
+    rows, total = audit.entries(session, site_id=site, referral_id=referral, actor=actor,
+                                since=audit.day_start(since), until=audit.day_start(until, next_day=True),
+                                limit=limit, offset=offset)
+    return AuditPage(items=[AuditEntryOut.model_validate(r) for r in rows], total=total, limit=limit, offset=offset)
+
+
 # The keyworker's referral desk pages (/desk), sign-in and the shared stylesheet.
 setup_pages(app, templates)
+app.include_router(audit_page.router)
 setup_desk(app)

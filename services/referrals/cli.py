@@ -17,11 +17,13 @@ def migrate() -> None:
 
 @app.command()
 def scheduler(stop_after: float = typer.Option(None, help="Stop after this many seconds (tests).")) -> None:
-    """Run the periodic jobs: the outbox sweep, the pruning of delivered events and the erasure of
-    ended referrals' contact details."""
+    """Run the periodic jobs: the outbox sweep, the pruning of delivered events, the erasure of
+    ended referrals' contact details and the pruning of the audit trail."""
+    from services.referrals import audit
     from services.referrals.service import run_erasure
 
-    run_periodic([*runtime.periodic_jobs(), ("contact_erasure", runtime.settings.erasure_interval_seconds, run_erasure)],
+    run_periodic([*runtime.periodic_jobs(), ("contact_erasure", runtime.settings.erasure_interval_seconds, run_erasure),
+                  ("audit_prune", runtime.settings.erasure_interval_seconds, audit.prune)],
                  stop_after=stop_after)
 
 

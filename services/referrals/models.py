@@ -98,3 +98,26 @@ class ReferralReminder(Base):
     # occurred_at of the event that set the status (to resolve events arriving out of order)
     status_event_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class AuditEntry(Base):
+    """Who looked at a client's contact details or changed a referral, when, and what (never the data itself).
+
+    No foreign key: the trail outlives a referral's contact details and is pruned on its own
+    schedule (REFERRALS_AUDIT_RETENTION_DAYS).
+    """
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(200), index=True)
+    actor_role: Mapped[str | None] = mapped_column(String(20))
+    site_id: Mapped[str] = mapped_column(String(64), index=True)
+    referral_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
+    # contact_viewed, created, transition, consent_withdrawn, contact_unreachable, contact_erased
+    action: Mapped[str] = mapped_column(String(32))
+    # What, in FAMA's words: "requested → accepted", "mobile, email", never a value or a reason.
+    detail: Mapped[str | None] = mapped_column(String(200))
+    # api, desk or system
+    via: Mapped[str] = mapped_column(String(16))

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from services.referrals import service
+from services.referrals import audit, service
 from services.referrals.models import Referral, ReferralReminder, meeting_replica
 from services.referrals.runtime import runtime
 from services.referrals.schemas import ReferralIn, TransitionIn
@@ -444,6 +444,7 @@ def referral_context(request: Request, session: Session, principal: Principal, r
                      notice: str | None = None, problem: str | None = None) -> dict:
     view = service.referral_out(referral, reveal=service.reveals_contact(principal, referral.site_id), detail=True,
                                 session=session)
+    audit.record_contact_view(session, principal=principal, referral=referral, via="desk", reveal=not view.contact.masked)
     found = meetings_by_slug(session, {referral.meeting_slug}).get(referral.meeting_slug)
     meeting = meeting_view(found[0]) if found else None
     transitions = []

@@ -212,3 +212,24 @@ class ConsentWordingOut(BaseModel):
 class ConsentWordingList(BaseModel):
     current: str
     versions: list[ConsentWordingOut]
+
+
+class AuditEntryOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    at: dt.datetime
+    actor: str = Field(description="The staff member's subject (from their sign-in), or system:...")
+    actor_role: str | None
+    site_id: str
+    referral_id: uuid.UUID
+    action: str = Field(description="contact_viewed, created, transition, consent_withdrawn, contact_unreachable, "
+                                    "contact_erased")
+    detail: str | None = Field(description="What: the fields viewed or the stages; never a value or a reason")
+    via: str = Field(description="api, desk, staff (a change) or system")
+
+
+class AuditPage(BaseModel):
+    items: list[AuditEntryOut]
+    total: int
+    limit: int
+    offset: int

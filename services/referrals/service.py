@@ -46,6 +46,7 @@ import structlog
 from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import Session
 
+from services.referrals import audit
 from services.referrals.models import Referral, ReferralHistory, ReferralReminder, meeting_replica
 from services.referrals.runtime import runtime
 from services.referrals.schemas import (
@@ -199,6 +200,7 @@ def _history(session: Session, referral: Referral, *, by: str, action: str, from
     session.add(ReferralHistory(referral_id=referral.id, at=at or utcnow(), by=by, action=action,
                                 from_status=from_status, from_stage=from_stage, to_status=referral.status,
                                 to_stage=referral.business_status, reason=reason, accompanied=accompanied))
+    audit.record_change(session, referral=referral, by=by, action=action, from_stage=from_stage, at=at)
 
 
 def transit_cipher() -> FieldCipher:

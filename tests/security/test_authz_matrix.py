@@ -57,6 +57,9 @@ RULES: dict[str, dict[str, int | str]] = {
     # One referral: only the owning site's staff and admins.
     "own_referral": {"anonymous": 401, "keyworker-own": OK, "keyworker-other": 403, "site_lead-own": OK,
                      "site_lead-other": 403, "commissioner-own": 403, "commissioner-other": 403, "admin": OK},
+    # Site leads (what they see is their own site's) and admins: the audit trail.
+    "site_lead": {**dict.fromkeys(CALLERS, 403), "anonymous": 401, "site_lead-own": OK, "site_lead-other": OK,
+                  "admin": OK},
     # GOV.UK Notify callbacks take their own bearer token, never a user's.
     "callback": dict.fromkeys(CALLERS, 401),
 }
@@ -91,6 +94,28 @@ def unique_slug() -> str:
     return f"matrix-{uuid.uuid4().hex[:8]}"
 
 
+def new_feed_source() -> str:
+    from services.directory.models import FeedSource
+    from services.directory.runtime import runtime as directory
+
+    source_id = unique_slug()
+    with directory.transaction() as session:
+        session.add(FeedSource(id=source_id, fellowship="aa", timezone="Europe/London", active=True, created_by="matrix"))
+    return source_id
+
+
+def new_held_run() -> int:
+    from services.directory.models import ImportRun
+    from services.directory.runtime import runtime as directory
+
+    source_id = new_feed_source()
+    with directory.transaction() as session:
+        run = ImportRun(source_id=source_id, trigger="schedule", by="matrix", status="held", live_before=0, held_rows=[])
+        session.add(run)
+        session.flush()
+        return run.id
+
+
 # (service, method, path, rule, expected success status, request builder -> (path, json))
 ENDPOINTS = [
     ("directory", "GET", "/healthz", "public", 200, None),
@@ -114,6 +139,16 @@ ENDPOINTS = [
     ("directory", "GET", "/engagement", "commissioner", 200, None),
     ("directory", "GET", "/engagement.csv", "commissioner", 200, None),
     ("directory", "GET", "/sites/{site_id}/engagement", "site", 200, lambda: ("/sites/croydon/engagement", None)),
+    ("directory", "POST", "/feed-sources", "admin", 201, lambda: ("/feed-sources", {"id": unique_slug()})),
+    ("directory", "GET", "/feed-sources", "admin", 200, None),
+    ("directory", "GET", "/feed-sources/{source_id}/runs", "admin", 200,
+     lambda: (f"/feed-sources/{new_feed_source()}/runs", None)),
+    ("directory", "POST", "/feed-sources/{source_id}/import", "admin", 200,
+     lambda: (f"/feed-sources/{new_feed_source()}/import", [])),
+    ("directory", "POST", "/import-runs/{run_id}/confirm", "admin", 200,
+     lambda: (f"/import-runs/{new_held_run()}/confirm", None)),
+    ("directory", "POST", "/import-runs/{run_id}/discard", "admin", 200,
+     lambda: (f"/import-runs/{new_held_run()}/discard", None)),
     ("referrals", "GET", "/healthz", "public", 200, None),
     ("referrals", "GET", "/readyz", "public", 200, None),
     ("referrals", "GET", "/metrics", "public", 200, None),
@@ -126,6 +161,7 @@ ENDPOINTS = [
     ("referrals", "POST", "/referrals/{referral_id}/consent-withdrawal", "own_referral", 200,
      lambda: (f"/referrals/{new_referral()}/consent-withdrawal", None)),
     ("referrals", "GET", "/consent-wording", "signed_in", 200, None),
+    ("referrals", "GET", "/audit", "site_lead", 200, None),
     ("notifications", "GET", "/healthz", "public", 200, None),
     ("notifications", "GET", "/readyz", "public", 200, None),
     ("notifications", "GET", "/metrics", "public", 200, None),

@@ -1,13 +1,13 @@
 """postcodes: the ONS Postcode Directory, when a deployment loads it
 
-Revision ID: 0006_postcodes
-Revises: 0004_engagement
+Revision ID: 0007_postcodes
+Revises: 0006_history_requests
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006_postcodes"
-down_revision = "0004_engagement"
+revision = "0007_postcodes"
+down_revision = "0006_history_requests"
 branch_labels = None
 depends_on = None
 
