@@ -35,6 +35,8 @@ class Settings(ServiceSettings):
     daily_cap: int = 3
     # Messages per number (or address) per rolling hour, checked at send time.
     hourly_cap: int = 4
+    # Who the confirmation and HELP texts say is texting (discreet: no service or fellowship name).
+    sender_name: str = Field(default="FAMA reminders", min_length=1, max_length=40)
     # A folder whose template files replace the built-in ones of the same name.
     templates_dir: str | None = None
 
