@@ -263,12 +263,18 @@ def _put_reminder(session: Session, contact: ReferralContact, *, kind: str, star
     return reminder
 
 
+def _confirmation_wanted(session: Session, referral_id: uuid.UUID) -> bool:
+    """Once per referral: none planned yet, or only ones a meeting move cancelled before they went."""
+    rows = session.execute(select(Reminder.status, Reminder.reason).where(Reminder.referral_id == referral_id,
+                                                                          Reminder.kind == "confirmation")).all()
+    return all(status == CANCELLED and reason == "meeting moved" for status, reason in rows)
+
+
 def plan_reminders(session: Session, *, contact: ReferralContact, meeting: MeetingSnapshot,
                    now: dt.datetime | None = None) -> list[Reminder]:
     """Plan the referral's reminders for its planned meeting date (idempotent); the first time,
     also the confirmation that tells the client who will text them and how to stop."""
     now = now or utcnow()
-    first = not contact.planned
     contact.planned = True
     if not contact.active or contact.contact_hash is None or not meeting.active or contact.planned_date is None:
         return []
@@ -279,9 +285,10 @@ def plan_reminders(session: Session, *, contact: ReferralContact, meeting: Meeti
     tz = ZoneInfo(meeting.timezone)
     times = plan_times(meeting=meeting, planned_date=contact.planned_date, now=now, cfg=cfg)
     made = []
-    if first and start > now:
+    if start > now and _confirmation_wanted(session, contact.referral_id):
+        soon = now + dt.timedelta(minutes=cfg.confirmation_delay_minutes)
         confirmation = _put_reminder(session, contact, kind="confirmation", start=start,
-                                     end=meeting_end(meeting, start, cfg), due=notice_time(now, meeting, cfg))
+                                     end=meeting_end(meeting, start, cfg), due=notice_time(soon, meeting, cfg))
         made += [confirmation] if confirmation is not None else []
     for kind in PLANNED_KINDS:
         due = times.get(kind)
