@@ -495,7 +495,10 @@ def opt_out(session: Session, *, hash_: str, channel: str) -> tuple[bool, list[R
     for contact in contacts:
         if contact.active:
             affected.append(contact)
-        contact.active, contact.stopped_reason = False, OPTED_OUT
+        # An ending or a withdrawal stays the reason (START must not undo it).
+        contact.stopped_reason = OPTED_OUT if contact.active or contact.stopped_reason is None \
+            else contact.stopped_reason
+        contact.active = False
     erase_contacts(session, contacts)  # only the hash is needed to honour the opt-out
     session.flush()
     cancelled = cancel_pending(session, _pending_of(session, contact_hash=hash_), reason="opted out")
@@ -622,7 +625,7 @@ def opt_in(session: Session, *, hash_: str, number: str, now: dt.datetime) -> st
                                                                   ReferralContact.stopped_reason == OPTED_OUT)
                                     .order_by(ReferralContact.created_at)))
     if not contacts:
-        return "still opted out: no referral with consent"
+        return "not opted in: no consent"
     session.delete(session.get(OptOut, hash_))
     for contact in contacts:
         contact.contact, contact.channel, contact.active, contact.stopped_reason = number, "sms", True, None

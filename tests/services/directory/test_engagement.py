@@ -100,7 +100,7 @@ def test_each_fact_counts_once_whatever_the_order_or_repetition(sites):
     assert totals() == {
         "referrals_made": 2, "contact_arranged": 1, "first_meeting_attended": 1, "accompanied": 1, "followed_up": 1,
         "did_not_engage": 1, "declined": 0, "consent_withdrawn": 0, "reminders_sent": 1, "reminders_delivered": 1,
-        "reminders_failed": 1, "opted_out": 1,
+        "reminders_failed": 1, "opted_out": 1, "client_reported_attended": 0, "attendance_confirmed": 0,
     }
 
 
