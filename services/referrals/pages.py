@@ -621,8 +621,9 @@ def confirm_report(request: Request, referral_id: str, reply_id: str, session: S
         problem = sentence(exc.message) if isinstance(exc, service.ReferralError) else (
             f"The referral is at \u201c{STAGE_NAMES[Stage(referral.business_status)]}\u201d, so this report cannot "
             "change it. Choose one of the actions below, or set the report aside.")
+        unanswered = isinstance(exc, service.ReferralError) and exc.field == "accompanied"
         return render(request, "referral.html", referral_context(request, session, principal, referral,
-                                                                problem=problem), status_code=409)
+                                                                problem=problem), status_code=422 if unanswered else 409)
     session.commit()
     return RedirectResponse(f"/desk/referrals/{referral.id}?notice=report-confirmed", status_code=303)
 
