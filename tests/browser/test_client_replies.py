@@ -100,7 +100,7 @@ def test_keyworker_sees_a_reply_and_a_yes_confirms_it_and_the_dashboard_moves(st
     assert text_in(notify, "Yes!", yes_id) == {"outcome": "already received"}
 
     # The dashboard (site staff see their own site's exact counts) before the keyworker confirms.
-    sign_in(page, directory, token_for("site_lead", "croydon"), "/dashboard")
+    sign_in(page, directory, token_for("keyworker", "croydon"), "/dashboard")
 
     def dashboard_shows(metric: str, value: str) -> bool:
         page.goto(f"{directory}/dashboard")
@@ -134,7 +134,7 @@ def test_keyworker_sees_a_reply_and_a_yes_confirms_it_and_the_dashboard_moves(st
     # Seen and confirmed: off the queue; and the confirmed count moves on the dashboard.
     page.goto(f"{desk}/desk/queue?mine=0")
     assert page.locator("#count-replies").inner_text() == "0" and page.locator("#count-reports").inner_text() == "0"
-    sign_in(page, directory, token_for("site_lead", "croydon"), "/dashboard")
+    sign_in(page, directory, token_for("keyworker", "croydon"), "/dashboard")
     wait_for(lambda: dashboard_shows("attendance_confirmed", "1"), timeout=60, interval=0.5,
              what="the confirmed attendance counted")
     assert dashboard_shows("first_meeting_attended", "1")
