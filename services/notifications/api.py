@@ -97,11 +97,13 @@ def _page(title: str, body: str, status_code: int = 200) -> HTMLResponse:
 <body><main><h1>{escape(title)}</h1>{body}</main></body></html>""", status_code=status_code)
 
 
+UNSUBSCRIBE_RESPONSES = {404: {"description": "Not a link FAMA made (a page saying so)", "content": {"text/html": {}}}}
 BAD_LINK = ("This link is not valid", "<p>Check that you copied the whole link from the email. "
             "Your keyworker can also stop the emails for you.</p>")
 
 
 @app.get("/unsubscribe/{token}", response_class=HTMLResponse, tags=["unsubscribe"], dependencies=[PublicRateLimit],
+         responses=UNSUBSCRIBE_RESPONSES,
          summary="The page an email's unsubscribe link opens (no sign-in: the signed token is the key)")
 def unsubscribe_page(token: str):
     if service.unsubscribe_hash(token) is None:
@@ -113,6 +115,7 @@ def unsubscribe_page(token: str):
 
 
 @app.post("/unsubscribe/{token}", response_class=HTMLResponse, tags=["unsubscribe"], dependencies=[PublicRateLimit],
+          responses=UNSUBSCRIBE_RESPONSES,
           summary="One-click unsubscribe (RFC 8058 List-Unsubscribe-Post), also the page's button")
 def unsubscribe(token: str, session: SessionDep):
     hash_ = service.unsubscribe_hash(token)

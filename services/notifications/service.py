@@ -690,9 +690,9 @@ def unsubscribe_token(hash_: str) -> str:
 def unsubscribe_hash(token: str) -> str | None:
     """The keyed hash a token was made for, or None if no key of ours made it."""
     hash_, _, _mac = token.partition(".")
-    if not hash_ or len(token) > 200:
+    if not hash_ or len(token) > 200 or not token.isascii():
         return None
-    return hash_ if hmac.compare_digest(unsubscribe_token(hash_), token) else None
+    return hash_ if hmac.compare_digest(unsubscribe_token(hash_).encode(), token.encode()) else None
 
 
 def unsubscribe_url(hash_: str) -> str:

@@ -90,7 +90,8 @@ def test_every_email_sent_has_a_working_link_and_it_needs_no_sign_in():
     assert len(outbox_events("contact.opted_out")) == 1
 
 
-@pytest.mark.parametrize("token", ["x", "0" * 64, "0" * 64 + ".0123456789abcdef0123456789abcdef", "a" * 300])
+@pytest.mark.parametrize("token", ["x", "0" * 64, "0" * 64 + ".0123456789abcdef0123456789abcdef", "a" * 300, "\u0080",
+                                   "é.é"])
 def test_a_made_up_or_altered_link_is_refused(token):
     real = service.unsubscribe_token(service.contact_hash(EMAIL_ADDRESS, "email"))
     for bad in (token, real[:-1] + ("0" if real[-1] != "0" else "1")):
