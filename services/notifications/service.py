@@ -285,7 +285,7 @@ def plan_reminders(session: Session, *, contact: ReferralContact, meeting: Meeti
     tz = ZoneInfo(meeting.timezone)
     times = plan_times(meeting=meeting, planned_date=contact.planned_date, now=now, cfg=cfg)
     made = []
-    if start > now and _confirmation_wanted(session, contact.referral_id):
+    if cfg.confirmation_at_referral and start > now and _confirmation_wanted(session, contact.referral_id):
         soon = now + dt.timedelta(minutes=cfg.confirmation_delay_minutes)
         confirmation = _put_reminder(session, contact, kind="confirmation", start=start,
                                      end=meeting_end(meeting, start, cfg), due=notice_time(soon, meeting, cfg))

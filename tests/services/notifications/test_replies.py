@@ -236,3 +236,8 @@ def test_the_confirmation_goes_soon_after_the_referral_once():
                                    "your meeting on ")
     assert message.body.endswith("Reply HELP for help. Reply STOP to stop these messages")
     assert "SMART" not in message.body and "Recovery" not in message.body  # discreet
+
+
+def test_a_deployment_can_turn_the_confirmation_off(monkeypatch):
+    monkeypatch.setattr(runtime.settings, "confirmation_at_referral", False)
+    assert set(by_kind(referred())) == {"day_before", "hours_before", "follow_up"}
