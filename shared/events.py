@@ -46,7 +46,10 @@ class Stage(StrEnum):
     entered_in_error = "entered-in-error"
 
 
-REMINDER_KINDS = ("day_before", "hours_before", "follow_up", "meeting_moved", "meeting_cancelled")
+REMINDER_KINDS = ("day_before", "hours_before", "follow_up", "meeting_moved", "meeting_cancelled", "confirmation",
+                  "reply_ack", "help", "opted_in")
+# What a client's YES or NO to the follow-up says about the planned first meeting.
+ATTENDANCE_REPORTS = ("attended", "not_attended")
 
 
 class Payload(BaseModel):
@@ -130,6 +133,8 @@ class ReferralStatusChanged(Payload):
     reason: str | None = None
     # The (new) planned first meeting date, when the transition set one.
     planned_date: dt.date | None = None
+    # True when a keyworker made this move by confirming the client's own report of attendance.
+    client_reported: bool | None = None
 
 
 class ReferralConsentWithdrawn(Payload):
@@ -167,6 +172,38 @@ class OptedOutReferral(Payload):
 ContactOptedOut.model_rebuild()
 
 
+class ReplyReceived(Payload):
+    """A text from a client that is for the keyworker (not a keyword notifications answers itself)."""
+
+    reply_id: uuid.UUID
+    referral_id: uuid.UUID
+    site_id: str
+    fellowship: str
+    channel: Literal["sms"] = "sms"
+    received_at: dt.datetime
+    # The client's own report of attendance when this is a YES or NO to the follow-up.
+    attendance: Literal["attended", "not_attended"] | None = None
+    # The text as Fernet ciphertext under the contact transit key; None once cleared.
+    text_ciphertext: str | None = None
+
+
+class AttendanceReported(Payload):
+    """A client answered the follow-up: the directory counts it (no text, no number)."""
+
+    referral_id: uuid.UUID
+    site_id: str
+    fellowship: str
+    attendance: Literal["attended", "not_attended"]
+
+
+class ContactOptedIn(Payload):
+    """A client replied START: reminders for these referrals may go again."""
+
+    channel: Literal["sms", "email"]
+    contact_hash: str
+    referrals: list[OptedOutReferral] = []
+
+
 class EventSpec(BaseModel):
     payload: type[Payload]
     producer: str
@@ -196,6 +233,11 @@ CATALOGUE: dict[str, EventSpec] = {
     "reminder.delivered": EventSpec(payload=ReminderFact, **_REMINDER, subscribers=("referrals", "directory")),
     "reminder.failed": EventSpec(payload=ReminderFact, **_REMINDER, subscribers=("referrals", "directory")),
     "contact.opted_out": EventSpec(payload=ContactOptedOut, **_REMINDER, subscribers=("referrals", "directory")),
+    "contact.opted_in": EventSpec(payload=ContactOptedIn, **_REMINDER, subscribers=("referrals",)),
+    # The reply's text is personal: sealed like the contact, and only referrals (the desk) receives it.
+    "reply.received": EventSpec(payload=ReplyReceived, **_REMINDER, subscribers=("referrals",),
+                                personal=("text_ciphertext",), personal_to=("referrals",)),
+    "attendance.reported": EventSpec(payload=AttendanceReported, **_REMINDER, subscribers=("directory",)),
 }
 # Event types whose payload can carry personal data.
 PERSONAL_TYPES = tuple(name for name, spec in CATALOGUE.items() if spec.personal)

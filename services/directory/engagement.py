@@ -48,7 +48,7 @@ LONDON = ZoneInfo("Europe/London")
 METRICS = (
     "referrals_made", "contact_arranged", "first_meeting_attended", "accompanied", "followed_up",
     "did_not_engage", "declined", "consent_withdrawn", "reminders_sent", "reminders_delivered",
-    "reminders_failed", "opted_out",
+    "reminders_failed", "opted_out", "client_reported_attended", "attendance_confirmed",
 )
 STAGE_METRICS = {
     Stage.contact_arranged: "contact_arranged",
@@ -73,8 +73,12 @@ def iso_week(monday: dt.date) -> str:
     return f"{year}-W{week:02d}"
 
 
-def stage_metrics(*, business_status: str | None, to_status: str | None, accompanied: bool | None) -> list[str]:
+def stage_metrics(*, business_status: str | None, to_status: str | None, accompanied: bool | None,
+                  client_reported: bool | None = None) -> list[str]:
     metrics = []
+    # Attendance the client reported by text and a keyworker confirmed (counted apart from the client's own word).
+    if client_reported and business_status == Stage.first_meeting_attended:
+        metrics.append("attendance_confirmed")
     if business_status in STAGE_METRICS:
         metrics.append(STAGE_METRICS[Stage(business_status)])
     elif business_status is None and to_status in STATUS_METRICS:

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from services.directory import engagement
 from shared.events import (
+    AttendanceReported,
     ContactOptedOut,
     Event,
     ReferralConsentWithdrawn,
@@ -33,7 +34,7 @@ def referral_created(session: Session, event: Event) -> None:
 def referral_status_changed(session: Session, event: Event) -> None:
     payload: ReferralStatusChanged = event.parsed()
     for metric in engagement.stage_metrics(business_status=payload.business_status, to_status=payload.to_status,
-                                           accompanied=payload.accompanied):
+                                           accompanied=payload.accompanied, client_reported=payload.client_reported):
         engagement.count_fact(session, subject=str(payload.referral_id), metric=metric, site_id=payload.site_id,
                               fellowship=payload.fellowship, occurred_at=event.occurred_at)
 
@@ -53,6 +54,14 @@ def reminder_fact(metric: str) -> Handler:
     return handle
 
 
+def attendance_reported(session: Session, event: Event) -> None:
+    """The client's own YES to the follow-up (once per referral); a NO is not counted."""
+    payload: AttendanceReported = event.parsed()
+    if payload.attendance == "attended":
+        engagement.count_fact(session, subject=str(payload.referral_id), metric="client_reported_attended",
+                              site_id=payload.site_id, fellowship=payload.fellowship, occurred_at=event.occurred_at)
+
+
 def contact_opted_out(session: Session, event: Event) -> None:
     payload: ContactOptedOut = event.parsed()
     for referral in payload.referrals:
@@ -68,4 +77,5 @@ HANDLERS: dict[str, Handler] = {
     "reminder.delivered": reminder_fact("reminders_delivered"),
     "reminder.failed": reminder_fact("reminders_failed"),
     "contact.opted_out": contact_opted_out,
+    "attendance.reported": attendance_reported,
 }

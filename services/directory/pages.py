@@ -445,9 +445,13 @@ METRIC_NAMES = {
     "reminders_delivered": "Reminders delivered",
     "reminders_failed": "Reminders not delivered",
     "opted_out": "Opted out (replied STOP)",
+    "client_reported_attended": "Attended, as the client reported by text",
+    "attendance_confirmed": "Attended, confirmed by a keyworker",
 }
 STAGE_COLUMNS = ("referrals_made", "contact_arranged", "first_meeting_attended", "accompanied", "followed_up",
                  "did_not_engage", "declined")
+# What clients said by text, apart from what keyworkers confirmed (docs/TEXT-REPLIES.md).
+ATTENDANCE_COLUMNS = ("client_reported_attended", "attendance_confirmed", "first_meeting_attended")
 REMINDER_COLUMNS = ("reminders_sent", "reminders_delivered", "reminders_failed", "opted_out", "consent_withdrawn")
 HEADLINES = ("referrals_made", "first_meeting_attended", "reminders_delivered", "opted_out")
 FUNNEL = (("referrals_made", "Referred"), ("contact_arranged", "Contact arranged"),
@@ -574,6 +578,7 @@ def dashboard(request: Request, session: SessionDep, principal: DashboardPrincip
     context = {"title": "Error: Engagement dashboard" if errors else "Engagement dashboard", "principal": principal,
                "values": values, "errors": errors, "scope": scope.title, "fellowships": FELLOWSHIPS, "regions": regions,
                "metric_names": METRIC_NAMES, "stage_columns": STAGE_COLUMNS, "reminder_columns": REMINDER_COLUMNS,
+               "attendance_columns": ATTENDANCE_COLUMNS,
                "headlines": HEADLINES, "funnel": FUNNEL, "data": None, "charts": {},
                "csv_url": "/dashboard/engagement.csv" + (f"?{urlencode(state)}" if state else ""),
                "filtered": bool(state), "is_admin": principal.role == Role.admin}

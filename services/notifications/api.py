@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import hmac
 import uuid
+from html import escape
 from typing import Annotated
 
 from fastapi import Depends, Header, HTTPException, Query, status
+from fastapi.responses import HTMLResponse
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -23,7 +25,7 @@ from services.notifications.schemas import (
 )
 from shared.auth import AdminOnly, SiteStaff, ensure_site
 from shared.masking import mask_contact
-from shared.web import CallbackRateLimit, make_app
+from shared.web import CallbackRateLimit, PublicRateLimit, make_app
 
 SessionDep = Annotated[Session, Depends(runtime.get_session)]
 
@@ -93,6 +95,42 @@ def inbound_sms_callback(inbound: InboundSmsIn, session: SessionDep, _caller: No
     session.commit()
     notifications_metrics.CALLBACKS.labels("inbound_sms", outcome).inc()
     return CallbackResult(outcome=outcome)
+
+
+def _page(title: str, body: str, status_code: int = 200) -> HTMLResponse:
+    return HTMLResponse(f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1"><title>{escape(title)}</title></head>
+<body><main><h1>{escape(title)}</h1>{body}</main></body></html>""", status_code=status_code)
+
+
+UNSUBSCRIBE_RESPONSES = {404: {"description": "Not a link FAMA made (a page saying so)", "content": {"text/html": {}}}}
+BAD_LINK = ("This link is not valid", "<p>Check that you copied the whole link from the email. "
+            "Your keyworker can also stop the emails for you.</p>")
+
+
+@app.get("/unsubscribe/{token}", response_class=HTMLResponse, tags=["unsubscribe"], dependencies=[PublicRateLimit],
+         responses=UNSUBSCRIBE_RESPONSES,
+         summary="The page an email's unsubscribe link opens (no sign-in: the signed token is the key)")
+def unsubscribe_page(token: str):
+    if service.unsubscribe_hash(token) is None:
+        return _page(*BAD_LINK, status_code=404)
+    # A GET changes nothing (mail scanners open links): the button POSTs.
+    return _page("Stop these emails?", f"""<p>You will get no more reminder emails at this address.</p>
+<form method="post" action="/unsubscribe/{escape(token)}"><input type="hidden" name="List-Unsubscribe" value="One-Click">
+<button type="submit">Stop these emails</button></form>""")
+
+
+@app.post("/unsubscribe/{token}", response_class=HTMLResponse, tags=["unsubscribe"], dependencies=[PublicRateLimit],
+          responses=UNSUBSCRIBE_RESPONSES,
+          summary="One-click unsubscribe (RFC 8058 List-Unsubscribe-Post), also the page's button")
+def unsubscribe(token: str, session: SessionDep):
+    hash_ = service.unsubscribe_hash(token)
+    if hash_ is None:
+        return _page(*BAD_LINK, status_code=404)
+    service.opt_out(session, hash_=hash_, channel="email")
+    session.commit()
+    return _page("You have unsubscribed", "<p>You will get no more reminder emails from us. "
+                                          "Your keyworker has been told.</p>")
 
 
 @app.get("/outbox", response_model=list[OutboxMessageOut], tags=["dev"],

@@ -35,6 +35,12 @@ class Settings(ServiceSettings):
     daily_cap: int = 3
     # Messages per number (or address) per rolling hour, checked at send time.
     hourly_cap: int = 4
+    # The confirmation at referral goes this long after the referral (a wrong number can still be
+    # corrected: the referral entered in error cancels it), and never in quiet hours.
+    confirmation_delay_minutes: float = Field(default=5.0, ge=0, le=120)
+    confirmation_at_referral: bool = True  # off: the first message a client gets is the first reminder
+    # Who the confirmation and HELP texts say is texting (discreet: no service or fellowship name).
+    sender_name: str = Field(default="FAMA reminders", min_length=1, max_length=40)
     # A folder whose template files replace the built-in ones of the same name.
     templates_dir: str | None = None
 

@@ -119,3 +119,15 @@ class DevMessage(Base):
     subject: Mapped[str | None] = mapped_column(String(200))
     body: Mapped[str] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class InboundMessage(Base):
+    """A text a client sent us, by GOV.UK Notify's id: a replayed callback changes nothing twice.
+
+    Only what it did is kept here: its words go (sealed) to the referral desk, never stored in this service."""
+
+    __tablename__ = "inbound_messages"
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    outcome: Mapped[str] = mapped_column(String(40))
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)

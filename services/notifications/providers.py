@@ -99,7 +99,8 @@ class NotifyProvider:
             else:
                 response = self.client.send_email_notification(
                     email_address=to, template_id=self.cfg.notify_email_template_id,
-                    personalisation={"subject": message.subject or "", "body": message.body}, reference=reference)
+                    personalisation={"subject": message.subject or "", "body": message.body}, reference=reference,
+                    one_click_unsubscribe_url=message.unsubscribe_url)
         except APIError as exc:
             # Notify: 400 bad request / 403 auth are permanent; 429 and 5xx are worth a retry.
             if getattr(exc, "response", None) is None:
@@ -132,6 +133,9 @@ class SmtpProvider:
         email["From"], email["To"], email["Subject"] = self.cfg.smtp_from, to, message.subject or "Reminder"
         email["Message-ID"] = make_msgid(idstring=reference)
         email["X-FAMA-Reference"] = reference
+        if message.unsubscribe_url:  # RFC 8058: mail clients offer "Unsubscribe" and POST to the link
+            email["List-Unsubscribe"] = f"<{message.unsubscribe_url}>"
+            email["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
         email.set_content(message.body)
         try:
             with smtplib.SMTP(self.cfg.smtp_host, self.cfg.smtp_port, timeout=self.cfg.smtp_timeout_seconds) as smtp:

@@ -64,7 +64,7 @@ from services.notifications.providers import (
     provider_for,
 )
 from services.notifications.runtime import runtime
-from services.notifications.service import HOLD, SEND, aware, fact, send_verdict
+from services.notifications.service import HOLD, SEND, aware, fact, send_verdict, unsubscribe_url
 from services.notifications.wording import Message, render
 from shared import queues
 from shared.db import is_sqlite, make_engine, make_sessionmaker, transaction
@@ -427,7 +427,12 @@ def _prepare(reminder_id: uuid.UUID, now: dt.datetime) -> tuple[Row, str, Messag
             return held_or_ended
     message = render(kind=reminder.kind, channel=reminder.channel, meeting=meeting,
                      start=aware(reminder.meeting_start), previous_start=aware(reminder.previous_start),
-                     detail=reminder.detail, now=now, templates_dir=runtime.settings.templates_dir)
+                     detail=reminder.detail, now=now, templates_dir=runtime.settings.templates_dir,
+                     sender=runtime.settings.sender_name)
+    if message.channel == "email":  # every email can be stopped in one click, without signing in
+        url = unsubscribe_url(reminder.contact_hash)
+        message = message.model_copy(update={"unsubscribe_url": url,
+                                              "body": f"{message.body}\nStop these emails: {url}"})
     return reminder, reminder.contact, message
 
 

@@ -7,7 +7,10 @@ must hear of is recorded in the outbox in the same transaction.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
 import re
+import unicodedata
 import uuid
 from collections.abc import Iterable
 from zoneinfo import ZoneInfo
@@ -15,6 +18,7 @@ from zoneinfo import ZoneInfo
 import phonenumbers
 import structlog
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.notifications.config import Settings
@@ -27,6 +31,7 @@ from services.notifications.models import (
     SENT,
     TOO_LATE,
     DevMessage,
+    InboundMessage,
     OptOut,
     ReferralContact,
     Reminder,
@@ -34,14 +39,18 @@ from services.notifications.models import (
 )
 from services.notifications.runtime import runtime
 from services.notifications.schemas import DeliveryCallbackIn, InboundSmsIn
+from services.notifications.wording import plain_words
 from shared.crypto import FieldCipher, keyed_hash
 from shared.events import (
+    AttendanceReported,
     ContactDetails,
+    ContactOptedIn,
     ContactOptedOut,
     MeetingSnapshot,
     OptedOutReferral,
     ReferralCreated,
     ReminderFact,
+    ReplyReceived,
     utcnow,
 )
 from shared.meeting_time import local_start, next_occurrence, parse_hhmm
@@ -50,7 +59,8 @@ from shared.replica import get_meeting
 log = structlog.get_logger(__name__)
 
 PLANNED_KINDS = ("hours_before", "day_before", "follow_up")  # in priority order for the daily cap
-STOP_RE = re.compile(r"\b(stop|end|unsubscribe|cancel)\b", re.I)
+# Answers to a client's own text: sent at once, whatever the hour (the client has just written).
+ANSWER_KINDS = ("reply_ack", "help", "opted_in")
 QUIET_MARGIN = dt.timedelta(minutes=30)
 
 
@@ -182,8 +192,12 @@ def send_verdict(*, kind: str, start: dt.datetime, end: dt.datetime | None, time
     later than ``send_margin_minutes`` before the start; a follow-up not before the end. Quiet
     hours are the meeting's own wall clock; holding until they end is pointless for a reminder
     whose last useful moment comes first."""
+    if kind in ANSWER_KINDS:
+        return SEND, None, None  # an answer to the client's own text, at once
     latest = start - dt.timedelta(minutes=cfg.send_margin_minutes)
-    if kind == "follow_up":
+    if kind == "confirmation":
+        pass  # "who will text you and how to stop": useful whenever it arrives, but not in quiet hours
+    elif kind == "follow_up":
         end = end or start + dt.timedelta(minutes=cfg.meeting_minutes)
         if now < end:
             return HOLD, end, "held: the meeting has not ended"
@@ -194,7 +208,7 @@ def send_verdict(*, kind: str, start: dt.datetime, end: dt.datetime | None, time
     local = now.astimezone(ZoneInfo(timezone))
     if in_quiet_hours(local, cfg):
         until = after_quiet_hours(local, cfg).astimezone(dt.UTC)
-        if kind != "follow_up" and until > latest:
+        if kind not in ("follow_up", "confirmation") and until > latest:
             return TOO_LATE, None, "too late: quiet hours end too close to the meeting"
         return HOLD, until, "held: quiet hours"
     return SEND, None, None
@@ -249,9 +263,17 @@ def _put_reminder(session: Session, contact: ReferralContact, *, kind: str, star
     return reminder
 
 
+def _confirmation_wanted(session: Session, referral_id: uuid.UUID) -> bool:
+    """Once per referral: none planned yet, or only ones a meeting move cancelled before they went."""
+    rows = session.execute(select(Reminder.status, Reminder.reason).where(Reminder.referral_id == referral_id,
+                                                                          Reminder.kind == "confirmation")).all()
+    return all(status == CANCELLED and reason == "meeting moved" for status, reason in rows)
+
+
 def plan_reminders(session: Session, *, contact: ReferralContact, meeting: MeetingSnapshot,
                    now: dt.datetime | None = None) -> list[Reminder]:
-    """Plan the referral's reminders for its planned meeting date (idempotent)."""
+    """Plan the referral's reminders for its planned meeting date (idempotent); the first time,
+    also the confirmation that tells the client who will text them and how to stop."""
     now = now or utcnow()
     contact.planned = True
     if not contact.active or contact.contact_hash is None or not meeting.active or contact.planned_date is None:
@@ -263,6 +285,11 @@ def plan_reminders(session: Session, *, contact: ReferralContact, meeting: Meeti
     tz = ZoneInfo(meeting.timezone)
     times = plan_times(meeting=meeting, planned_date=contact.planned_date, now=now, cfg=cfg)
     made = []
+    if cfg.confirmation_at_referral and start > now and _confirmation_wanted(session, contact.referral_id):
+        soon = now + dt.timedelta(minutes=cfg.confirmation_delay_minutes)
+        confirmation = _put_reminder(session, contact, kind="confirmation", start=start,
+                                     end=meeting_end(meeting, start, cfg), due=notice_time(soon, meeting, cfg))
+        made += [confirmation] if confirmation is not None else []
     for kind in PLANNED_KINDS:
         due = times.get(kind)
         if due is None:
@@ -338,6 +365,7 @@ def _pending_of(session: Session, **where) -> list[Reminder]:
 
 
 ERASED_RECIPIENT = "(erased)"
+OPTED_OUT = "opted out"
 
 
 def erase_contacts(session: Session, contacts: list[ReferralContact]) -> None:
@@ -348,6 +376,8 @@ def erase_contacts(session: Session, contacts: list[ReferralContact]) -> None:
     referral_ids = [c.referral_id for c in contacts]
     if not referral_ids:
         return
+    # Replies on their way to the desk lose their sealed text with the contact.
+    runtime.outbox.erase_personal(session, referral_ids=referral_ids)
     references = [str(i) for i in session.scalars(select(Reminder.id).where(Reminder.referral_id.in_(referral_ids)))]
     if references:
         session.execute(update(DevMessage).where(DevMessage.reference.in_(references))
@@ -365,7 +395,9 @@ def stop_referral(session: Session, *, referral_id: uuid.UUID, site_id: str, fel
         session.add(contact)
         session.flush()
         return []
-    contact.active, contact.stopped_reason = False, contact.stopped_reason or reason
+    # An ending or a withdrawal outranks an opt-out: START must not bring such a referral back.
+    contact.active = False
+    contact.stopped_reason = reason if contact.stopped_reason in (None, OPTED_OUT) else contact.stopped_reason
     if erase_contact:
         erase_contacts(session, [contact])
     session.flush()
@@ -463,7 +495,10 @@ def opt_out(session: Session, *, hash_: str, channel: str) -> tuple[bool, list[R
     for contact in contacts:
         if contact.active:
             affected.append(contact)
-        contact.active, contact.stopped_reason = False, "opted out"
+        # An ending or a withdrawal stays the reason (START must not undo it).
+        contact.stopped_reason = OPTED_OUT if contact.active or contact.stopped_reason is None \
+            else contact.stopped_reason
+        contact.active = False
     erase_contacts(session, contacts)  # only the hash is needed to honour the opt-out
     session.flush()
     cancelled = cancel_pending(session, _pending_of(session, contact_hash=hash_), reason="opted out")
@@ -475,17 +510,193 @@ def opt_out(session: Session, *, hash_: str, channel: str) -> tuple[bool, list[R
     return new, cancelled
 
 
-def inbound_sms(session: Session, *, inbound: InboundSmsIn) -> str:
-    """A text from a client: STOP, END, UNSUBSCRIBE or CANCEL anywhere in it opts the number out."""
-    if not STOP_RE.search(inbound.message):
-        return "ignored"
+# --- what a client's text says (docs/TEXT-REPLIES.md) ------------------------------------------
+
+STOP, START, HELP, YES, NO, REPLY = "stop", "start", "help", "yes", "no", "reply"
+# Words a client may put around a keyword without changing it ("Stop please", "ok STOP thanks").
+COURTESY = frozenset({"please", "pls", "plz", "thanks", "thank", "you", "thankyou", "thx", "ta", "cheers", "now",
+                      "ok", "okay", "x", "xx", "xxx"})
+KEYWORDS: dict[str, frozenset[str]] = {
+    STOP: frozenset({
+        "stop", "stopall", "stop all", "unsubscribe", "cancel", "end", "quit", "stop texting", "stop texting me",
+        "stop messaging", "stop messaging me", "stop the texts", "stop these texts", "stop the messages",
+        "stop these messages", "stop sending texts", "stop sending me texts", "stop sending messages",
+        "stop sending me messages", "no more texts", "no more messages"}),
+    START: frozenset({"start", "unstop", "start again"}),
+    HELP: frozenset({"help", "info"}),
+    YES: frozenset({"yes", "y", "yeah", "yep", "yup", "yea", "aye", "yes i did", "i did", "did", "yes i went",
+                    "i went", "went", "yes i got there", "i got there", "got there", "yes i made it", "i made it",
+                    "made it"}),
+    NO: frozenset({"no", "n", "nope", "nah", "no i didnt", "i didnt", "didnt", "no i did not", "i did not",
+                   "did not", "no i didnt go", "i didnt go", "didnt go", "not this time", "no not this time",
+                   "i couldnt make it", "couldnt make it", "no i couldnt make it", "i couldnt go", "couldnt go"}),
+}
+# GOV.UK Notify passes on texts of up to 10 fragments; a longer body is not a text message.
+REPLY_MAX_CHARS = 1600
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def classify(text: str) -> str:
+    """STOP, START, HELP, YES or NO when the whole text is that keyword (any case, spacing,
+    punctuation, look-alike letters, a short courtesy around it); otherwise REPLY. A sentence
+    that merely contains a keyword ("stayed to the end") is a REPLY."""
+    words = plain_words(text)
+    while words and words[0] in COURTESY:
+        words = words[1:]
+    while words and words[-1] in COURTESY:
+        words = words[:-1]
+    phrase = " ".join(words)
+    return next((keyword for keyword, phrases in KEYWORDS.items() if phrase in phrases), REPLY)
+
+
+def reply_text(message: str) -> str:
+    """The text as kept: control characters dropped; ValueError (422) if nothing is left or it is not text."""
     try:
-        hash_ = contact_hash(inbound.source_number, "sms")
+        message.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError("message is not valid Unicode text (it holds a lone surrogate)") from exc
+    text = _CONTROL.sub("", unicodedata.normalize("NFC", message)).strip()
+    if not "".join(c for c in text if unicodedata.category(c) not in ("Cf", "Zs")):
+        raise ValueError("message is empty: there is nothing to pass on")
+    if len(text) > REPLY_MAX_CHARS:
+        raise ValueError(f"message is longer than {REPLY_MAX_CHARS} characters: not a text message")
+    return text
+
+
+def reply_contact(session: Session, hash_: str) -> ReferralContact | None:
+    """The referral a text from this number is about: the newest whose number we still hold."""
+    return session.scalar(select(ReferralContact).where(ReferralContact.contact_hash == hash_,
+                                                        ReferralContact.contact.is_not(None))
+                          .order_by(ReferralContact.active.desc(), ReferralContact.created_at.desc()).limit(1))
+
+
+def _follow_up_sent(session: Session, referral_id: uuid.UUID) -> bool:
+    return session.scalar(select(func.count()).select_from(Reminder).where(
+        Reminder.referral_id == referral_id, Reminder.kind == "follow_up", Reminder.sent_at.is_not(None))) > 0
+
+
+def put_answer(session: Session, contact: ReferralContact, *, kind: str, occasion: dt.datetime,
+               now: dt.datetime) -> Reminder | None:
+    """An answer to the client's text, due now; one per referral, kind and ``occasion`` (None if sent already)."""
+    exists = session.scalar(select(Reminder.id).where(Reminder.referral_id == contact.referral_id,
+                                                      Reminder.kind == kind, Reminder.meeting_start == occasion))
+    if exists is not None:
+        return None
+    reminder = Reminder(id=uuid.uuid4(), referral_id=contact.referral_id, site_id=contact.site_id,
+                        fellowship=contact.fellowship, meeting_slug=contact.meeting_slug, kind=kind, channel="sms",
+                        contact_hash=contact.contact_hash, meeting_start=occasion, meeting_end=None, due_at=now,
+                        status=CREATED, attempts=0, in_doubt=False)
+    session.add(reminder)
+    session.flush()
+    runtime.outbox.record(session, "reminder.scheduled", fact(reminder))
+    return reminder
+
+
+def _today_starts(now: dt.datetime) -> dt.datetime:
+    """The UK day's start: at most one acknowledgement per referral from here."""
+    local = now.astimezone(ZoneInfo("Europe/London"))
+    return dt.datetime.combine(local.date(), dt.time(0), local.tzinfo).astimezone(dt.UTC)
+
+
+def keep_reply(session: Session, *, contact: ReferralContact, text: str, keyword: str, reply_id: uuid.UUID,
+               now: dt.datetime) -> str:
+    """Pass the text on to the desk, sealed; YES or NO after the follow-up is the client's report."""
+    attendance = None
+    if keyword in (YES, NO) and _follow_up_sent(session, contact.referral_id):
+        attendance = "attended" if keyword == YES else "not_attended"
+    sealed = FieldCipher(settings().contact_transit_keys).encrypt(text)
+    runtime.outbox.record(session, "reply.received", ReplyReceived(
+        reply_id=reply_id, referral_id=contact.referral_id, site_id=contact.site_id, fellowship=contact.fellowship,
+        received_at=now, attendance=attendance, text_ciphertext=sealed))
+    if attendance is not None:
+        runtime.outbox.record(session, "attendance.reported", AttendanceReported(
+            referral_id=contact.referral_id, site_id=contact.site_id, fellowship=contact.fellowship,
+            attendance=attendance))
+    put_answer(session, contact, kind="reply_ack", occasion=_today_starts(now), now=now)
+    return "attendance reported" if attendance else "reply passed on"
+
+
+def opt_in(session: Session, *, hash_: str, number: str, now: dt.datetime) -> str:
+    """START: lift the opt-out for the referrals it stopped whose consent stands (not ended, not
+    withdrawn at the desk), with the number the client has just texted from, and plan again."""
+    if not is_opted_out(session, hash_):
+        return "not opted out"
+    contacts = list(session.scalars(select(ReferralContact).where(ReferralContact.contact_hash == hash_,
+                                                                  ReferralContact.stopped_reason == OPTED_OUT)
+                                    .order_by(ReferralContact.created_at)))
+    if not contacts:
+        return "not opted in: no consent"
+    session.delete(session.get(OptOut, hash_))
+    for contact in contacts:
+        contact.contact, contact.channel, contact.active, contact.stopped_reason = number, "sms", True, None
+    session.flush()
+    for contact in contacts:
+        meeting = get_meeting(session, meeting_replica, contact.meeting_slug) if contact.meeting_slug else None
+        if meeting is not None:
+            plan_reminders(session, contact=contact, meeting=meeting, now=now)
+    put_answer(session, contacts[-1], kind="opted_in", occasion=now, now=now)
+    runtime.outbox.record(session, "contact.opted_in", ContactOptedIn(
+        channel="sms", contact_hash=hash_,
+        referrals=[OptedOutReferral(referral_id=c.referral_id, site_id=c.site_id, fellowship=c.fellowship)
+                   for c in contacts]))
+    return "opted in"
+
+
+def inbound_sms(session: Session, *, inbound: InboundSmsIn, now: dt.datetime | None = None) -> str:
+    """A text from a client (docs/TEXT-REPLIES.md). Raises ValueError (422) for a body or number that is
+    not one; a replayed id changes nothing. The text itself is never logged."""
+    now = now or utcnow()
+    text = reply_text(inbound.message)
+    try:
+        number = normalise_mobile(inbound.source_number)
     except phonenumbers.NumberParseException as exc:
         raise ValueError(f"source_number is not a phone number: {exc}") from exc
-    new, cancelled = opt_out(session, hash_=hash_, channel="sms")
-    log.info("contact.opted_out", new=new, cancelled=len(cancelled))
-    return "opted out" if new else "already opted out"
+    session.add(InboundMessage(id=inbound.id, outcome="received", received_at=now))
+    try:
+        session.flush()
+    except IntegrityError:
+        session.rollback()
+        return "already received"
+    hash_ = contact_hash(number, "sms")
+    keyword = classify(text)
+    if keyword == STOP:
+        new, cancelled = opt_out(session, hash_=hash_, channel="sms")
+        outcome = "opted out" if new else "already opted out"
+    elif keyword == START:
+        outcome = opt_in(session, hash_=hash_, number=number, now=now)
+    elif is_opted_out(session, hash_):
+        outcome = "opted out: not passed on"
+    elif (contact := reply_contact(session, hash_)) is None:
+        outcome = "unknown sender"
+    elif keyword == HELP:
+        put_answer(session, contact, kind="help", occasion=now, now=now)
+        outcome = "help sent"
+    else:
+        outcome = keep_reply(session, contact=contact, text=text, keyword=keyword,
+                             reply_id=uuid.uuid5(uuid.NAMESPACE_URL, f"notify-inbound:{inbound.id}"), now=now)
+    session.get(InboundMessage, inbound.id).outcome = outcome
+    log.info("inbound_sms.handled", outcome=outcome)
+    return outcome
+
+
+# --- email unsubscribe ------------------------------------------------------------------------
+
+def unsubscribe_token(hash_: str) -> str:
+    """A link's token: the address's keyed hash and a MAC over it (no guessable id, nothing to forge)."""
+    mac = hmac.new(settings().hash_key.encode(), f"unsubscribe:{hash_}".encode(), hashlib.sha256).hexdigest()[:32]
+    return f"{hash_}.{mac}"
+
+
+def unsubscribe_hash(token: str) -> str | None:
+    """The keyed hash a token was made for, or None if no key of ours made it."""
+    hash_, _, _mac = token.partition(".")
+    if not hash_ or len(token) > 200 or not token.isascii():
+        return None
+    return hash_ if hmac.compare_digest(unsubscribe_token(hash_).encode(), token.encode()) else None
+
+
+def unsubscribe_url(hash_: str) -> str:
+    return f"{settings().notifications_public_url.rstrip('/')}/unsubscribe/{unsubscribe_token(hash_)}"
 
 
 NOTIFY_FINAL = {"delivered": DELIVERED, "permanent-failure": "permanent-failure",

@@ -86,6 +86,11 @@ def _words(text: str) -> list[str]:
     return re.findall(r"[a-z0-9]+", _JOINERS.sub("", text))
 
 
+def plain_words(text: str) -> list[str]:
+    """A client's text as plain lower-case ASCII words ("ＳＴＯＰ!!", "Stоp" with a Cyrillic o -> ["stop"])."""
+    return _words(text)
+
+
 def indiscreet_words(text: str) -> list[str]:
     """The fellowship and recovery words found in ``text`` (normalised), whatever their spelling."""
     words = _words(text)
@@ -107,6 +112,8 @@ class Message(BaseModel):
     channel: str
     subject: str | None = None
     body: str
+    # Email only: the one-click unsubscribe link (List-Unsubscribe, GOV.UK Notify's one_click_unsubscribe_url).
+    unsubscribe_url: str | None = None
 
 
 # Typographic characters GOV.UK Notify would replace anyway, replaced here so a curly apostrophe
@@ -201,12 +208,20 @@ def joining_of(meeting: MeetingSnapshot, *, full: bool = True, url_notes: bool =
 GENERIC_BODIES = {
     "day_before": "Reminder: your meeting is tomorrow, {when}.",
     "hours_before": "Reminder: your meeting starts {when}.",
-    "follow_up": "How did it go on {when}? Your keyworker would be glad to hear from you.",
+    "follow_up": "How did it go on {when}? Did you get there? Reply YES or NO. Your keyworker would be glad to hear "
+                 "from you.",
+    "confirmation": "Hello from {sender}. Your keyworker asked us to text you reminders about your meeting on {when}. "
+                    "Reply HELP for help.",
+    "reply_ack": "Thank you. Your message has been passed to your keyworker.",
+    "help": "These texts are from {sender}, sent for your keyworker about your meeting. For anything else, contact "
+            "your keyworker.",
+    "opted_in": "You will get reminders about your meeting again.",
     "meeting_moved": "Change: your meeting has moved from {previous_when} to {when}.",
     "meeting_cancelled": "Cancelled: your meeting on {when} will not take place. Your keyworker can help you find another.",
 }
 GENERIC_SUBJECTS = {"meeting_cancelled": "Cancelled: {when}", "meeting_moved": "Changed: now {when}",
-                    "follow_up": "How did it go?"}
+                    "follow_up": "How did it go?", "confirmation": "Reminders about your meeting on {when}"}
+SENDER_NAME = "FAMA reminders"
 
 
 @lru_cache(maxsize=8)
@@ -236,29 +251,30 @@ def _optional_parts(meeting: MeetingSnapshot, *, full: bool) -> Iterator[tuple[s
         yield venue, None
 
 
-def generic_message(*, kind: str, channel: str, when: str, previous_when: str = "") -> Message:
+def generic_message(*, kind: str, channel: str, when: str, previous_when: str = "", sender: str = SENDER_NAME) -> Message:
     """The discreet message of a kind that needs nothing from the meeting's own text."""
-    body = GENERIC_BODIES.get(kind, "Reminder: your meeting, {when}.").format(when=when, previous_when=previous_when)
+    body = GENERIC_BODIES.get(kind, "Reminder: your meeting, {when}.").format(when=when, previous_when=previous_when,
+                                                                              sender=sender)
     subject = GENERIC_SUBJECTS.get(kind, "Reminder: {when}").format(when=when)
     return _message(channel=channel, body=body, subject=subject)
 
 
 def render(*, kind: str, channel: str, meeting: MeetingSnapshot, start: dt.datetime, detail: str,
            previous_start: dt.datetime | None = None, now: dt.datetime | None = None,
-           templates_dir: str | None = None) -> Message:
+           templates_dir: str | None = None, sender: str = SENDER_NAME) -> Message:
     tz = ZoneInfo(meeting.timezone)
     local = start.astimezone(tz)
     full = detail == "full"
     if kind == "hours_before":
         today = (now or dt.datetime.now(dt.UTC)).astimezone(tz).date()
         when = f"today at {format_when(local, with_date=False)}" if local.date() == today else format_when(local)
-    elif kind == "follow_up":
+    elif kind in ("follow_up", "reply_ack", "help", "opted_in"):
         when = format_when(local, with_time=False)
     else:
         when = format_when(local)
     previous_when = format_when(previous_start.astimezone(tz)) if previous_start else ""
     context = {
-        "kind": kind, "full": full, "when": when, "previous_when": previous_when,
+        "kind": kind, "full": full, "when": when, "previous_when": previous_when, "sender": sender,
         "meeting_name": meeting.name if full else "",
         "fellowship_name": FELLOWSHIP_NAMES.get(meeting.fellowship, meeting.fellowship) if full else "",
     }
@@ -271,4 +287,4 @@ def render(*, kind: str, channel: str, meeting: MeetingSnapshot, start: dt.datet
             break  # the last guard: a template or a mix of parts says what no part said alone
         if fits(message):
             return message
-    return generic_message(kind=kind, channel=channel, when=when, previous_when=previous_when)
+    return generic_message(kind=kind, channel=channel, when=when, previous_when=previous_when, sender=sender)

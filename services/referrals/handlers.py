@@ -23,6 +23,14 @@ def on_contact_opted_out(session: Session, event: Event) -> None:
     service.apply_opt_out(session, event=event)
 
 
+def on_reply_received(session: Session, event: Event) -> None:
+    service.record_reply(session, event=event)
+
+
+def on_contact_opted_in(session: Session, event: Event) -> None:
+    service.apply_opt_in(session, event=event)
+
+
 def on_reminder_event(session: Session, event: Event) -> None:
     service.record_reminder_fact(session, event=event)
 
@@ -31,4 +39,6 @@ HANDLERS: dict[str, Handler] = {
     **{name: on_meeting_event for name in MEETING_EVENTS},
     **{name: on_reminder_event for name in REMINDER_EVENTS},
     "contact.opted_out": on_contact_opted_out,
+    "contact.opted_in": on_contact_opted_in,
+    "reply.received": on_reply_received,
 }

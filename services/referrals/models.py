@@ -121,3 +121,24 @@ class AuditEntry(Base):
     detail: Mapped[str | None] = mapped_column(String(200))
     # api, desk or system
     via: Mapped[str] = mapped_column(String(16))
+
+
+class ClientReply(Base):
+    """A text the client sent back (from reply.received): for the keyworker, unread until seen.
+
+    The words are encrypted at rest and erased with the contact details. A YES or NO to the
+    follow-up is also the client's own report of attendance, waiting for a keyworker to confirm."""
+
+    __tablename__ = "client_replies"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    referral_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("referrals.id", ondelete="CASCADE"), index=True)
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)
+    # Up to 1,600 characters of any script: room for its ciphertext.
+    text: Mapped[str | None] = mapped_column(EncryptedText(contact_cipher, length=12000))
+    # attended / not_attended: the client's own report; None for any other reply.
+    attendance: Mapped[str | None] = mapped_column(String(16))
+    # waiting / confirmed / dismissed, for a report only.
+    report_state: Mapped[str | None] = mapped_column(String(16), index=True)
+    seen_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), index=True)
+    seen_by: Mapped[str | None] = mapped_column(String(200))

@@ -476,13 +476,16 @@ def referral_context(request: Request, session: Session, principal: Principal, r
         "consent_active": referral.consent_to_reminders and referral.consent_withdrawn_at is None,
         "errors": errors or {}, "failed": failed, "values": values or {}, "notice": NOTICES.get(notice or ""),
         "problem": problem, "labels": FIELD_LABELS,
+        **replies_context(session, referral),
     }
 
 
 @router.get("/referrals/{referral_id}", response_class=HTMLResponse)
 def show_referral(request: Request, referral_id: str, session: SessionDep, principal: Desk, notice: str = ""):
     referral = load_referral(session, principal, referral_id)
-    return render(request, "referral.html", referral_context(request, session, principal, referral, notice=notice))
+    response = render(request, "referral.html", referral_context(request, session, principal, referral, notice=notice))
+    mark_seen(session, principal, referral)
+    return response
 
 
 def parse_date(value: str) -> dt.date | None:
@@ -562,6 +565,124 @@ def withdraw_consent(request: Request, referral_id: str, session: SessionDep, pr
                                                            "no consent to withdraw."), status_code=409)
     session.commit()
     return RedirectResponse(f"/desk/referrals/{referral.id}?notice=consent-withdrawn", status_code=303)
+
+
+# --- the client's replies and reports (docs/TEXT-REPLIES.md) -----------------------------------
+
+NOTICES.update({
+    "report-confirmed": "Confirmed: the stage now shows what the client reported.",
+    "report-dismissed": "The client's report was set aside; the stage is unchanged.",
+})
+HISTORY_ACTIONS.setdefault("opted_in", "Client opted back in (texted START)")
+REMINDER_KINDS.update({"confirmation": "Confirmation of the referral", "reply_ack": "Thanks for a reply",
+                       "help": "Answer to HELP", "opted_in": "Answer to START"})
+REPORTS = {"attended": "The client says they went to the meeting",
+           "not_attended": "The client says they did not go to the meeting"}
+REPORT_STATES = {"waiting": "Waiting for you to confirm", "confirmed": "Confirmed", "dismissed": "Set aside"}
+
+
+def replies_context(session: Session, referral: Referral) -> dict:
+    """The referral's replies, newest first, and which are new to whoever is looking."""
+    replies = [{"id": r.id, "at": long_datetime(r.received_at), "text": r.text, "new": r.seen_at is None,
+                "report": REPORTS.get(r.attendance or ""), "attendance": r.attendance,
+                "state": REPORT_STATES.get(r.report_state or ""), "waiting": r.report_state == service.REPORT_WAITING}
+               for r in service.replies_of(session, referral.id)]
+    return {"replies": replies, "can_confirm": referral.status not in ("completed", "failed", "cancelled",
+                                                                        "entered-in-error")}
+
+
+def mark_seen(session: Session, principal: Principal, referral: Referral) -> None:
+    """Replies are unread until a keyworker or site lead of the referral's own site has seen them."""
+    if principal.role in (Role.keyworker, Role.site_lead) and principal.site == referral.site_id:
+        if service.mark_replies_seen(session, referral=referral, by=principal.subject):
+            session.commit()
+
+
+def _reply_id(value: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None
+
+
+@router.post("/referrals/{referral_id}/replies/{reply_id}/confirmation", response_class=HTMLResponse)
+def confirm_report(request: Request, referral_id: str, reply_id: str, session: SessionDep, principal: Desk,
+                   form: FormFields):
+    """One click: the client's YES or NO becomes the referral's stage."""
+    referral = load_referral(session, principal, referral_id, lock=True)
+    accompanied = {"yes": True, "no": False}.get(form.get("accompanied", ""))
+    key = _reply_id(reply_id)
+    try:
+        if key is None:
+            raise service.ReferralError("reply", "that reply is not the client's report of attendance")
+        service.confirm_report(session, referral=referral, reply_id=key, by=principal.subject, accompanied=accompanied)
+    except (service.ReferralError, service.IllegalTransition) as exc:
+        session.rollback()
+        referral = load_referral(session, principal, referral_id)
+        problem = sentence(exc.message) if isinstance(exc, service.ReferralError) else (
+            f"The referral is at \u201c{STAGE_NAMES[Stage(referral.business_status)]}\u201d, so this report cannot "
+            "change it. Choose one of the actions below, or set the report aside.")
+        unanswered = isinstance(exc, service.ReferralError) and exc.field == "accompanied"
+        return render(request, "referral.html", referral_context(request, session, principal, referral,
+                                                                problem=problem), status_code=422 if unanswered else 409)
+    session.commit()
+    return RedirectResponse(f"/desk/referrals/{referral.id}?notice=report-confirmed", status_code=303)
+
+
+@router.post("/referrals/{referral_id}/replies/{reply_id}/dismissal", response_class=HTMLResponse)
+def dismiss_report(request: Request, referral_id: str, reply_id: str, session: SessionDep, principal: Desk,
+                   _form: FormFields):
+    referral = load_referral(session, principal, referral_id, lock=True)
+    key = _reply_id(reply_id)
+    try:
+        if key is None:
+            raise service.ReferralError("reply", "that reply is not the client's report of attendance")
+        service.dismiss_report(session, referral=referral, reply_id=key, by=principal.subject)
+    except service.ReferralError as exc:
+        session.rollback()
+        referral = load_referral(session, principal, referral_id)
+        return render(request, "referral.html", referral_context(request, session, principal, referral,
+                                                                problem=sentence(exc.message)), status_code=409)
+    session.commit()
+    return RedirectResponse(f"/desk/referrals/{referral.id}?notice=report-dismissed", status_code=303)
+
+
+# --- the work queue ------------------------------------------------------------------------------
+
+QUEUE_HEADINGS = {
+    "reports": ("Client reports to confirm", "The client answered the follow-up text YES or NO."),
+    "replies": ("Unread messages from clients", "Open the referral to read them."),
+    "no_outcome": ("Meeting date passed, no outcome recorded", "Record whether the client went."),
+    "unreachable": ("Could not reach the client", "A reminder could not be delivered: check the contact details."),
+    "opted_out": ("Client opted out of reminders", "The client replied STOP or unsubscribed. The referral carries on."),
+}
+
+
+@router.get("/queue", response_class=HTMLResponse)
+def work_queue(request: Request, session: SessionDep, principal: Desk, mine: str = "", client: str = "",
+               site: str = ""):
+    """Needs attention: what to do next, by kind, oldest first. A site lead sees the whole site; a
+    keyworker starts with their own referrals."""
+    errors = {}
+    reference = client.strip().upper()[:24]
+    if reference and not all(c.isalnum() or c == "-" for c in reference):
+        errors["client"], reference = "A client reference has only letters, digits and hyphens", ""
+    mine_only = mine == "1" if mine in ("0", "1") else principal.role == Role.keyworker
+    site_id = (site[:64] or None) if principal.role == Role.admin else principal.site
+    queue = service.work_queue(session, site_id=site_id, created_by=principal.subject if mine_only else None,
+                               client_reference=reference or None)
+    sections = []
+    for kind in service.QUEUE_KINDS:
+        heading, hint = QUEUE_HEADINGS[kind]
+        rows = [{"referral": r, "since": long_date(at) if isinstance(at, dt.date) and not isinstance(at, dt.datetime)
+                 else long_datetime(at)} for r, at in queue[kind]]
+        sections.append({"kind": kind, "heading": heading, "hint": hint, "rows": rows})
+    return render(request, "queue.html", {
+        "title": f"{'Error: ' if errors else ''}Needs attention", "principal": principal, "errors": errors,
+        "sections": sections, "total": sum(len(s["rows"]) for s in sections), "mine": mine_only,
+        "client": reference, "site": site if principal.role == Role.admin else "",
+        "is_admin": principal.role == Role.admin,
+    }, status_code=400 if errors else 200)
 
 
 def setup_desk(app) -> None:

@@ -43,11 +43,11 @@ import uuid
 from zoneinfo import ZoneInfo
 
 import structlog
-from sqlalchemy import Select, func, or_, select
+from sqlalchemy import Select, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from services.referrals import audit
-from services.referrals.models import Referral, ReferralHistory, ReferralReminder, meeting_replica
+from services.referrals.models import ClientReply, Referral, ReferralHistory, ReferralReminder, meeting_replica
 from services.referrals.runtime import runtime
 from services.referrals.schemas import (
     ConsentOut,
@@ -64,6 +64,7 @@ from shared.crypto import FieldCipher
 from shared.events import (
     ENDED_STATUSES,
     ContactDetails,
+    ContactOptedIn,
     ContactOptedOut,
     Event,
     MeetingSnapshot,
@@ -71,6 +72,7 @@ from shared.events import (
     ReferralCreated,
     ReferralStatusChanged,
     ReminderFact,
+    ReplyReceived,
     Stage,
     utcnow,
 )
@@ -248,7 +250,7 @@ def lock_referral(session: Session, referral_id: uuid.UUID) -> Referral | None:
 
 
 def transition_referral(session: Session, *, referral: Referral, transition_in: TransitionIn, by: str,
-                        now: dt.datetime | None = None) -> Referral:
+                        now: dt.datetime | None = None, client_reported: bool | None = None) -> Referral:
     """Move a (locked) referral to another stage, keep the history, publish referral.status_changed."""
     now = now or utcnow()
     from_stage = Stage(referral.business_status)
@@ -284,7 +286,7 @@ def transition_referral(session: Session, *, referral: Referral, transition_in: 
         fellowship=referral.fellowship, from_status=from_status, to_status=referral.status,
         from_business_status=from_stage.value, business_status=to_stage.value,
         accompanied=transition_in.accompanied if to_stage == Stage.first_meeting_attended else None,
-        planned_date=new_date))
+        planned_date=new_date, client_reported=client_reported))
     log.info("referral.status_changed", referral_id=str(referral.id), from_stage=from_stage.value, to_stage=to_stage.value)
     return referral
 
@@ -295,6 +297,7 @@ def _erase_contact(session: Session, referral: Referral, now: dt.datetime) -> No
     referral.email = None
     referral.contact_erased_at = now
     runtime.outbox.erase_personal(session, referral_ids=[referral.id])
+    erase_replies(session, referral_id=referral.id)
 
 
 def withdraw_consent(session: Session, *, referral: Referral, by: str, publish: bool = True,
@@ -483,3 +486,149 @@ def list_referrals(session: Session, *, site_id: str | None = None, status: str 
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
     items = session.scalars(query.order_by(Referral.created_at.desc(), Referral.id).limit(limit).offset(offset)).all()
     return list(items), total
+
+
+# --- the client's replies (reply.received, contact.opted_in) ----------------------------------
+
+REPORT_WAITING, REPORT_CONFIRMED, REPORT_DISMISSED = "waiting", "confirmed", "dismissed"
+NOT_ATTENDED_REASON = "The client replied by text that they did not get to the meeting"
+# Stages from which a confirmed YES first plans the meeting (the keyworker never had to), then marks it attended.
+PLAN_FIRST = (Stage.information_given, Stage.contact_arranged, Stage.on_hold)
+
+
+def erase_replies(session: Session, *, referral_id: uuid.UUID) -> None:
+    """The client's words go with their contact details (the fact of a reply stays)."""
+    session.execute(update(ClientReply).where(ClientReply.referral_id == referral_id, ClientReply.text.is_not(None))
+                    .values(text=None).execution_options(synchronize_session="fetch"))
+
+
+def record_reply(session: Session, *, event: Event) -> ClientReply | None:
+    """reply.received: keep the words (encrypted) for the keyworker, unread; a YES/NO report waits to be confirmed."""
+    reply: ReplyReceived = event.parsed()
+    referral = lock_referral(session, reply.referral_id)
+    if referral is None or session.get(ClientReply, reply.reply_id) is not None:
+        return None
+    text = None
+    if reply.text_ciphertext and referral.contact_erased_at is None:  # an erased referral keeps no new words
+        text = FieldCipher(runtime.settings.contact_transit_keys).decrypt(reply.text_ciphertext)
+    row = ClientReply(id=reply.reply_id, referral_id=referral.id, received_at=reply.received_at, text=text,
+                      attendance=reply.attendance, report_state=REPORT_WAITING if reply.attendance else None)
+    session.add(row)
+    session.flush()
+    log.info("referral.reply_received", referral_id=str(referral.id), report=reply.attendance)
+    return row
+
+
+def apply_opt_in(session: Session, *, event: Event) -> int:
+    """contact.opted_in: the client texted START; consent their STOP withdrew stands again."""
+    payload: ContactOptedIn = event.parsed()
+    changed = 0
+    for listed in payload.referrals:
+        referral = lock_referral(session, listed.referral_id)
+        if (referral is None or referral.status in ENDED_STATUSES or referral.consent_withdrawn_at is None
+                or not (referral.consent_withdrawn_by or "").startswith("client:opted-out")):
+            continue
+        referral.consent_withdrawn_at = referral.consent_withdrawn_by = None
+        referral.contact_erased_at = None  # notifications holds the number the client texted START from
+        _history(session, referral, by=f"client:opted-in-{payload.channel}", action="opted_in",
+                 from_status=referral.status, from_stage=referral.business_status, at=event.occurred_at)
+        changed += 1
+    return changed
+
+
+def mark_replies_seen(session: Session, *, referral: Referral, by: str, now: dt.datetime | None = None) -> int:
+    """A keyworker of the site has the referral's page open: its replies are no longer unread."""
+    return session.execute(update(ClientReply).where(ClientReply.referral_id == referral.id,
+                                                     ClientReply.seen_at.is_(None))
+                           .values(seen_at=now or utcnow(), seen_by=by)
+                           .execution_options(synchronize_session=False)).rowcount
+
+
+def replies_of(session: Session, referral_id: uuid.UUID) -> list[ClientReply]:
+    return list(session.scalars(select(ClientReply).where(ClientReply.referral_id == referral_id)
+                                .order_by(ClientReply.received_at.desc(), ClientReply.id)))
+
+
+def waiting_report(session: Session, *, referral: Referral, reply_id: uuid.UUID) -> ClientReply:
+    reply = session.scalar(select(ClientReply).where(ClientReply.id == reply_id, ClientReply.referral_id == referral.id)
+                           .with_for_update())
+    if reply is None or reply.attendance is None:
+        raise ReferralError("reply", "that reply is not the client's report of attendance")
+    if reply.report_state != REPORT_WAITING:
+        raise ReferralError("reply", f"that report has already been {reply.report_state}")
+    return reply
+
+
+def confirm_report(session: Session, *, referral: Referral, reply_id: uuid.UUID, by: str,
+                   accompanied: bool | None = None, now: dt.datetime | None = None) -> Referral:
+    """One click: the client's YES moves the (locked) referral to first-meeting-attended (planning it
+    first if nobody had), a NO to did-not-engage; the event says the client reported it."""
+    now = now or utcnow()
+    reply = waiting_report(session, referral=referral, reply_id=reply_id)
+    if reply.attendance == "attended":
+        if accompanied is None:
+            raise ReferralError("accompanied", "say whether someone went with the client to the meeting")
+        if Stage(referral.business_status) in PLAN_FIRST:
+            transition_referral(session, referral=referral, transition_in=TransitionIn(to=Stage.first_meeting_planned),
+                                by=by, now=now)
+        transition_referral(session, referral=referral, client_reported=True, by=by, now=now,
+                            transition_in=TransitionIn(to=Stage.first_meeting_attended, accompanied=accompanied))
+    else:
+        transition_referral(session, referral=referral, client_reported=True, by=by, now=now,
+                            transition_in=TransitionIn(to=Stage.did_not_engage, reason=NOT_ATTENDED_REASON))
+    reply.report_state, reply.seen_at, reply.seen_by = REPORT_CONFIRMED, reply.seen_at or now, reply.seen_by or by
+    return referral
+
+
+def dismiss_report(session: Session, *, referral: Referral, reply_id: uuid.UUID, by: str,
+                   now: dt.datetime | None = None) -> None:
+    """The keyworker knows better (the client meant another meeting...): the report no longer waits."""
+    reply = waiting_report(session, referral=referral, reply_id=reply_id)
+    reply.report_state, reply.seen_at, reply.seen_by = REPORT_DISMISSED, reply.seen_at or now or utcnow(), by
+
+
+# --- the keyworker's work queue ----------------------------------------------------------------
+
+QUEUE_KINDS = ("reports", "replies", "no_outcome", "unreachable", "opted_out")
+# Stages at which a meeting date that has passed still waits for its outcome.
+AWAITING_OUTCOME = (Stage.information_given.value, Stage.contact_arranged.value, Stage.first_meeting_planned.value)
+
+
+def work_queue(session: Session, *, site_id: str | None, created_by: str | None = None,
+               client_reference: str | None = None, today: dt.date | None = None,
+               limit: int = 200) -> dict[str, list[tuple[Referral, dt.datetime | dt.date]]]:
+    """What needs a keyworker's attention, by kind, each list oldest first: (referral, since when).
+
+    Only from data this service owns or receives by events: replies and reports (reply.received),
+    failed delivery (reminder.failed), opt-outs (contact.opted_out), planned dates that passed."""
+    today = today or utcnow().astimezone(ZoneInfo("Europe/London")).date()
+    open_ = Referral.status.not_in(ENDED_STATUSES)
+
+    def scoped(query):
+        if site_id is not None:
+            query = query.where(Referral.site_id == site_id)
+        if created_by is not None:
+            query = query.where(Referral.created_by == created_by)
+        if client_reference:
+            query = query.where(Referral.client_reference.startswith(client_reference.upper(), autoescape=True))
+        return query
+
+    def replies(*where):
+        since = func.min(ClientReply.received_at).label("since")
+        query = scoped(select(Referral, since).join(ClientReply, ClientReply.referral_id == Referral.id)
+                       .where(*where).group_by(Referral.id))
+        return [(r, at) for r, at in session.execute(query.order_by(since, Referral.id).limit(limit))]
+
+    def referrals(since, *where):
+        query = scoped(select(Referral).where(open_, *where)).order_by(since, Referral.id).limit(limit)
+        return [(r, getattr(r, since.key)) for r in session.scalars(query)]
+
+    return {
+        "reports": replies(ClientReply.report_state == REPORT_WAITING),
+        "replies": replies(ClientReply.seen_at.is_(None)),
+        "no_outcome": referrals(Referral.planned_date, Referral.planned_date < today,
+                                Referral.business_status.in_(AWAITING_OUTCOME)),
+        "unreachable": referrals(Referral.contact_unreachable_at, Referral.contact_unreachable_at.is_not(None)),
+        "opted_out": referrals(Referral.consent_withdrawn_at, Referral.consent_withdrawn_at.is_not(None),
+                               Referral.consent_withdrawn_by.startswith("client:opted-out")),
+    }

@@ -72,6 +72,13 @@ OTHER_SITE = {"id": "sheffield", "name": "Sheffield", "host_agency": "Sheffield 
               "region": "Yorkshire and the Humber", "postcode": "S1"}
 
 
+def unsubscribe_path() -> str:
+    from services.notifications import service as notifications_service
+
+    address_hash = notifications_service.contact_hash("matrix@example.org", "email")
+    return f"/unsubscribe/{notifications_service.unsubscribe_token(address_hash)}"
+
+
 def new_referral() -> uuid.UUID:
     """A fresh Croydon referral with consent, known to referrals and to notifications."""
     with referrals.transaction() as session:
@@ -169,6 +176,9 @@ ENDPOINTS = [
      lambda: ("/callbacks/delivery", {"id": str(uuid.uuid4()), "reference": str(uuid.uuid4()), "status": "delivered"})),
     ("notifications", "POST", "/callbacks/inbound-sms", "callback", 200,
      lambda: ("/callbacks/inbound-sms", {"id": str(uuid.uuid4()), "source_number": "447700900999", "message": "hi"})),
+    # An email's unsubscribe link needs no sign-in: its signed token is the key (tested in test_unsubscribe.py).
+    ("notifications", "GET", "/unsubscribe/{token}", "public", 200, lambda: (unsubscribe_path(), None)),
+    ("notifications", "POST", "/unsubscribe/{token}", "public", 200, lambda: (unsubscribe_path(), None)),
     ("notifications", "GET", "/outbox", "admin", 200, None),
     ("notifications", "GET", "/referrals/{referral_id}/reminders", "own_referral", 200,
      lambda: (f"/referrals/{new_referral()}/reminders", None)),

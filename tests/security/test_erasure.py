@@ -1,13 +1,14 @@
 """Erasure erases: after every erasure path, no copy of the contact anywhere that a key opens.
 
 Real Postgres, Redis and Celery workers (referrals, notifications, directory, the sender and
-the schedulers). Four referrals, each with its own mobile and email, each erased a different
-way: consent withdrawn at the desk, STOP replied by text, entered in error, ended and then
-purged after the retention period. Each had a reminder really sent (the dev provider keeps
-what it sent). Then every column of every table of the three databases and every Redis key of
-this run is read, every Fernet token found is opened with every key any service holds (at-rest
-field keys and contact transit keys), and nothing may show the mobile (in any of its forms) or
-the email. The scan is shown to work by finding planted sealed copies.
+the schedulers). Four referrals, each with its own mobile and email and a text the client sent
+back (which reaches the desk), each erased a different way: consent withdrawn at the desk, STOP
+replied by text, entered in error, ended and then purged after the retention period. Each had a
+reminder really sent (the dev provider keeps what it sent). Then every column of every table of
+the three databases and every Redis key of this run is read, every Fernet token found is opened
+with every key any service holds (at-rest field keys and contact transit keys), and nothing may
+show the mobile (in any of its forms), the email or the client's words. The scan is shown to
+work by finding planted sealed copies.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from services.notifications.models import DevMessage, ReferralContact, Reminder
 from services.notifications.models import meeting_replica as notifications_replica
 from services.notifications.runtime import runtime as notifications
 from services.referrals.api import app as referrals_app
-from services.referrals.models import Referral
+from services.referrals.models import ClientReply, Referral
 from services.referrals.models import meeting_replica as referrals_replica
 from services.referrals.runtime import runtime as referrals
 from shared.crypto import FieldCipher
@@ -58,6 +59,9 @@ MEETING = {
 }
 PATHS = ("consent withdrawn", "STOP", "entered in error", "retention purge")
 CONTACTS = {path: (f"07812 345{611 + i}", f"client.{611 + i}@example.org") for i, path in enumerate(PATHS)}
+# What each client texts back before erasure: their words must go with their contact details.
+REPLIES = {path: f"Words of the {path} client about the side door" for path in PATHS}
+NOTIFY = {"Authorization": f"Bearer {notifications.settings.callback_token}"}
 FERNET = re.compile(r"gAAAAA[A-Za-z0-9_\-]+=*")
 BASE64 = re.compile(r"[A-Za-z0-9+/]{40,}={0,2}")
 
@@ -155,6 +159,11 @@ def dev_messages() -> int:
         return session.scalar(select(func.count()).select_from(DevMessage))
 
 
+def replies_kept() -> int:
+    with referrals.sessions() as session:
+        return session.scalar(select(func.count()).select_from(ClientReply).where(ClientReply.text.is_not(None)))
+
+
 def all_erased(referral_ids: list[str]) -> bool:
     ids = [uuid.UUID(i) for i in referral_ids]
     with referrals.sessions() as session:
@@ -163,7 +172,7 @@ def all_erased(referral_ids: list[str]) -> bool:
         contacts = session.scalars(select(ReferralContact.contact).where(ReferralContact.referral_id.in_(ids))).all()
         recipients = session.scalars(select(DevMessage.recipient)).all()
     return (len(erased) == len(ids) and all(erased) and len(contacts) == len(ids) and not any(contacts)
-            and recipients and all(r == "(erased)" for r in recipients))
+            and recipients and all(r == "(erased)" for r in recipients) and replies_kept() == 0)
 
 
 def test_every_erasure_path_leaves_no_decryptable_copy_anywhere(processes):
@@ -186,16 +195,25 @@ def test_every_erasure_path_leaves_no_decryptable_copy_anywhere(processes):
     wait_for(lambda: reminders_planned(list(ids.values())), timeout=120, what="reminders planned for each referral")
     force_one_reminder_due(list(ids.values()))
     wait_for(lambda: dev_messages() >= len(ids), timeout=120, what="a reminder really sent to each client")
-    secrets = [v for pair in CONTACTS.values() for v in pair]
+    # Each client texts back: their words reach the desk (and are acknowledged by text).
+    callbacks = TestClient(notifications_app)
+    for path, words in REPLIES.items():
+        answer = callbacks.post("/callbacks/inbound-sms", headers=NOTIFY, json={
+            "id": str(uuid.uuid4()), "source_number": "44" + CONTACTS[path][0].replace(" ", "")[1:],
+            "destination_number": "07700900000", "message": words, "date_received": "2026-11-21T10:00:00.000000Z"})
+        assert answer.json() == {"outcome": "reply passed on"}, path
+    wait_for(lambda: replies_kept() == len(ids), timeout=120, what="each reply on the desk")
+    wait_for(lambda: dev_messages() >= 2 * len(ids), timeout=120, what="each reply acknowledged")
+    secrets = [v for pair in CONTACTS.values() for v in pair] + list(REPLIES.values())
     assert scan(secrets), "before erasure the scan must find the contacts (else it proves nothing)"
+    assert scan(list(REPLIES.values())), "before erasure the scan must find the replies (else it proves nothing)"
 
     # Every erasure path, each on its own referral.
     withdrawn = desk.post(f"/referrals/{ids['consent withdrawn']}/consent-withdrawal", headers=KEYWORKER)
     assert withdrawn.status_code == 200, withdrawn.text
     stop = {"id": str(uuid.uuid4()), "source_number": "44" + CONTACTS["STOP"][0].replace(" ", "")[1:],
             "destination_number": "07700900000", "message": "STOP", "date_received": "2026-11-21T10:00:00.000000Z"}
-    inbound = TestClient(notifications_app).post("/callbacks/inbound-sms", json=stop, headers={
-        "Authorization": f"Bearer {notifications.settings.callback_token}"})
+    inbound = TestClient(notifications_app).post("/callbacks/inbound-sms", json=stop, headers=NOTIFY)
     assert inbound.json() == {"outcome": "opted out"}
     in_error = desk.post(f"/referrals/{ids['entered in error']}/transitions", json={"to": "entered-in-error"},
                          headers=KEYWORKER)

@@ -100,7 +100,7 @@ def test_each_fact_counts_once_whatever_the_order_or_repetition(sites):
     assert totals() == {
         "referrals_made": 2, "contact_arranged": 1, "first_meeting_attended": 1, "accompanied": 1, "followed_up": 1,
         "did_not_engage": 1, "declined": 0, "consent_withdrawn": 0, "reminders_sent": 1, "reminders_delivered": 1,
-        "reminders_failed": 1, "opted_out": 1,
+        "reminders_failed": 1, "opted_out": 1, "client_reported_attended": 0, "attendance_confirmed": 0,
     }
 
 
@@ -243,3 +243,30 @@ def test_every_csv_download_escapes_formula_cells():
     assert "'-1+cmd|' /C calc'!A0" in downloads[0].text
     # Both downloads have the same columns.
     assert downloads[0].text.splitlines()[0] == downloads[3].text.splitlines()[0] == ",".join(engagement.CSV_COLUMNS)
+
+
+def test_client_reported_and_confirmed_attendance_are_counted_apart_once_each(sites):
+    from shared.events import AttendanceReported
+
+    said_yes, said_no, confirmed_alone = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+
+    def report(referral_id, attendance):
+        return Event.new("attendance.reported", AttendanceReported(
+            referral_id=referral_id, site_id="croydon", fellowship="aa", attendance=attendance),
+            producer="notifications", occurred_at=MONDAY)
+
+    for event in (report(said_yes, "attended"), report(said_yes, "attended"), report(said_no, "not_attended")):
+        assert handle(event)
+    confirmed = Event.new("referral.status_changed", ReferralStatusChanged(
+        referral_id=said_yes, site_id="croydon", meeting_slug="m", fellowship="aa", from_status="in-progress",
+        to_status="in-progress", business_status=Stage.first_meeting_attended, accompanied=False,
+        client_reported=True), producer="referrals", occurred_at=MONDAY)
+    assert handle(confirmed)
+    assert handle(changed(confirmed_alone, "in-progress", Stage.first_meeting_attended, accompanied=False))
+    counts = totals()
+    assert (counts["client_reported_attended"], counts["attendance_confirmed"], counts["first_meeting_attended"]) == (
+        1, 1, 2)
+    # Commissioners see them like every figure: rounded, a 1 shown as "<5".
+    fix_rounding(4)
+    shown = client.get("/engagement", headers=auth("commissioner", region="London")).json()["totals"]
+    assert (shown["client_reported_attended"], shown["attendance_confirmed"]) == ("<5", "<5")

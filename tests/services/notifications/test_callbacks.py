@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select, text, update
@@ -30,8 +32,8 @@ client = TestClient(app)
 NOTIFY = {"Authorization": f"Bearer {runtime.settings.callback_token}"}
 
 
-def inbound(message: str, number: str = "447700900123", **headers):
-    body = {"id": "8c5b7dfe-7d32-4bd3-9b1f-6e1a3c1e0f7a", "source_number": number,
+def inbound(message: str, number: str = "447700900123", message_id: str | None = None, **headers):
+    body = {"id": message_id or str(uuid.uuid4()), "source_number": number,
             "destination_number": "07700900000", "message": message, "date_received": "2026-11-21T10:00:00.000000Z"}
     return client.post("/callbacks/inbound-sms", json=body, headers=headers or NOTIFY)
 
@@ -105,9 +107,10 @@ def test_stop_words_opt_out(message):
     assert inbound(message).json() == {"outcome": "opted out"}
 
 
-@pytest.mark.parametrize("message", ["see you there", "stopped by the hall", "thanks"])
-def test_other_replies_are_ignored(message):
-    assert inbound(message).json() == {"outcome": "ignored"}
+@pytest.mark.parametrize("message", ["see you there", "stopped by the hall", "thanks", "HELP", "yes"])
+def test_other_texts_from_an_unknown_number_change_nothing(message):
+    assert inbound(message).json() == {"outcome": "unknown sender"}
+    assert outbox_events("reply.received") == [] and reminders() == []
 
 
 def test_stop_stops_everything():
@@ -149,7 +152,7 @@ def test_stop_stops_everything():
     assert len(outbox_events("contact.opted_out")) == 1
     make_due([r.id for r in reminders()])
     dispatched = sending.dispatch_due()
-    assert dispatched == 3  # the bystander's three only
+    assert dispatched == 4  # the bystander's three and its confirmation only
 
 
 def test_stop_erases_the_number_and_keeps_only_its_hash():

@@ -35,7 +35,7 @@ def test_meeting_moved_moves_pending_reminders_and_tells_the_client_once():
     moved = m.model_copy(update={"time": "18:00"})
     handle(meeting_event(moved, "meeting.updated"))
     after = by_kind(referral.referral_id)
-    assert set(after) == {"day_before", "hours_before", "follow_up", "meeting_moved"}
+    assert set(after) == {"confirmation", "day_before", "hours_before", "follow_up", "meeting_moved"}
     # 90 minutes earlier: the "hours before" reminder moves with it; the evening-before one stays at 18:00.
     assert aware(after["hours_before"].due_at) == aware(before["hours_before"].due_at) - dt.timedelta(minutes=90)
     assert after["hours_before"].id != before["hours_before"].id
@@ -51,7 +51,8 @@ def test_meeting_moved_moves_pending_reminders_and_tells_the_client_once():
     handle(meeting_event(m, "meeting.updated", at=utcnow() - dt.timedelta(minutes=1)))
     assert len([r for r in reminders() if r.kind == "meeting_moved"]) == 1
     assert by_kind(referral.referral_id).keys() == after.keys()
-    assert len(outbox_events("reminder.scheduled")) == 3 + 3 + 1
+    # Each plan: three reminders and the confirmation (not sent yet, so it moves too); one notice.
+    assert len(outbox_events("reminder.scheduled")) == 4 + 4 + 1
 
 
 def test_meeting_moved_to_another_day_moves_the_planned_date():
@@ -66,7 +67,7 @@ def test_meeting_moved_to_another_day_moves_the_planned_date():
 def test_venue_change_alone_sends_no_notice():
     m, referral = planned()
     handle(meeting_event(m.model_copy(update={"formatted_address": "3 New Road, Croydon"}), "meeting.updated"))
-    assert set(by_kind(referral.referral_id)) == {"day_before", "hours_before", "follow_up"}
+    assert set(by_kind(referral.referral_id)) == {"confirmation", "day_before", "hours_before", "follow_up"}
 
 
 def test_meeting_withdrawn_cancels_and_tells_the_client_once():
@@ -74,10 +75,12 @@ def test_meeting_withdrawn_cancels_and_tells_the_client_once():
     handle(meeting_event(m, "meeting.withdrawn"))
     rows = reminders(referral.referral_id)
     assert {r.kind: r.status for r in rows} == {"day_before": "cancelled", "hours_before": "cancelled",
-                                                "follow_up": "cancelled", "meeting_cancelled": "created"}
+                                                "follow_up": "cancelled", "confirmation": "cancelled",
+                                                "meeting_cancelled": "created"}
     handle(meeting_event(m, "meeting.withdrawn"))  # withdrawn again, as another event
-    assert len(reminders(referral.referral_id)) == 4
-    assert {p["kind"] for p in outbox_events("reminder.cancelled")} == {"day_before", "hours_before", "follow_up"}
+    assert len(reminders(referral.referral_id)) == 5
+    assert {p["kind"] for p in outbox_events("reminder.cancelled")} == {"day_before", "hours_before", "follow_up",
+                                                                        "confirmation"}
 
 
 def test_withdrawn_meeting_notice_is_cancelled_by_stop():

@@ -117,10 +117,11 @@ class TestReferralCreated:
         assert handle(event) is True
         rid = event.payload["referral_id"]
         planned = by_kind(rid)
-        assert set(planned) == {"day_before", "hours_before", "follow_up"}
+        assert set(planned) == {"confirmation", "day_before", "hours_before", "follow_up"}
         assert all(r.channel == "sms" and r.status == "created" for r in planned.values())
-        assert planned["day_before"].due_at < planned["hours_before"].due_at < planned["follow_up"].due_at
-        assert len(outbox_events("reminder.scheduled")) == 3
+        assert planned["confirmation"].due_at < planned["day_before"].due_at < planned["hours_before"].due_at \
+            < planned["follow_up"].due_at
+        assert len(outbox_events("reminder.scheduled")) == 4
         with runtime.sessions() as session:
             raw = session.execute(text("SELECT contact FROM referral_contacts")).scalar_one()
             assert MOBILE not in raw and "7700900123" not in raw
@@ -134,8 +135,8 @@ class TestReferralCreated:
         assert handle(event) is False  # the same event redelivered
         again = referral_event(m, referral_id=event.parsed().referral_id)  # the same fact, a new event
         assert handle(again) is True
-        assert len(reminders()) == 3
-        assert len(outbox_events("reminder.scheduled")) == 3
+        assert len(reminders()) == 4  # three reminders and the confirmation
+        assert len(outbox_events("reminder.scheduled")) == 4
 
     def test_no_consent_or_no_contact_plans_nothing(self):
         m = meeting()
@@ -157,7 +158,7 @@ class TestReferralCreated:
         handle(event)
         assert reminders() == []
         handle(meeting_event(m))
-        assert set(by_kind(event.parsed().referral_id)) == {"day_before", "hours_before", "follow_up"}
+        assert set(by_kind(event.parsed().referral_id)) == {"confirmation", "day_before", "hours_before", "follow_up"}
 
     def test_daily_cap_per_contact(self, monkeypatch):
         monkeypatch.setattr(runtime.settings, "daily_cap", 1)
@@ -169,12 +170,12 @@ class TestReferralCreated:
         second = referral_event(morning)  # same number, same day
         handle(first)
         handle(second)
-        assert set(by_kind(first.parsed().referral_id)) == {"day_before", "hours_before", "follow_up"}
-        assert by_kind(second.parsed().referral_id) == {}
+        assert set(by_kind(first.parsed().referral_id)) == {"confirmation", "day_before", "hours_before", "follow_up"}
+        assert set(by_kind(second.parsed().referral_id)) == {"confirmation"}  # not a reminder: never capped
         # A different number is not capped.
         third = referral_event(morning, mobile="07700 900456")
         handle(third)
-        assert set(by_kind(third.parsed().referral_id)) == {"day_before", "hours_before", "follow_up"}
+        assert set(by_kind(third.parsed().referral_id)) == {"confirmation", "day_before", "hours_before", "follow_up"}
 
 
 @pytest.mark.usefixtures("clean_state")
@@ -197,16 +198,16 @@ class TestReferralEnds:
     def test_ended_referral_cancels_pending_reminders_and_erases_the_contact(self):
         _m, referral = self._planned()
         handle(self._status(referral, "in-progress"))
-        assert len(by_kind(referral.referral_id)) == 3
+        assert len(by_kind(referral.referral_id)) == 4  # with the confirmation
         handle(self._status(referral, "cancelled"))
         assert {r.status for r in reminders()} == {"cancelled"}
         assert {p["reason"] for p in outbox_events("reminder.cancelled")} == {"referral cancelled"}
-        assert len(outbox_events("reminder.cancelled")) == 3
+        assert len(outbox_events("reminder.cancelled")) == 4
         with runtime.sessions() as session:
             assert session.get(ReferralContact, referral.referral_id).contact is None
         # The same ending as another event changes nothing more.
         handle(self._status(referral, "cancelled"))
-        assert len(outbox_events("reminder.cancelled")) == 3
+        assert len(outbox_events("reminder.cancelled")) == 4
 
     def test_consent_withdrawn_cancels(self):
         from shared.events import Event, ReferralConsentWithdrawn

@@ -71,7 +71,7 @@ def test_referral_to_text_message_through_real_workers(processes, redis_client, 
     created = referral_event(m)
     publish(created)
     rid = created.parsed().referral_id
-    planned = wait_for(lambda: len(by_kind(rid)) == 3 and by_kind(rid), what="three reminders planned")
+    planned = wait_for(lambda: len(by_kind(rid)) == 4 and by_kind(rid), what="three reminders and the confirmation")
 
     hours_before = planned["hours_before"]
     make_due([hours_before.id])
@@ -237,10 +237,10 @@ def test_dispatchers_racing_claim_each_due_reminder_once(redis_client, redis_pre
         t.start()
     for t in threads:
         t.join()
-    assert sum(counts) == 203
+    assert sum(counts) == 204  # 200 + the referral's three reminders and its confirmation
     tasks = queued_messages(redis_client, redis_prefix, queues.NOTIFICATIONS_SEND)
     sent_ids = [reminder_id for t in tasks for reminder_id in t["args"][0]]
-    assert len(sent_ids) == 203 and len(set(sent_ids)) == 203
+    assert len(sent_ids) == 204 and len(set(sent_ids)) == 204
     assert {t["task"] for t in tasks} == {"notifications.send_reminders"}
     # Each claim (at most 17) goes out as chunks of at most NOTIFICATIONS_SEND_CHUNK (10).
     assert max(len(t["args"][0]) for t in tasks) == runtime.settings.send_chunk == 10
