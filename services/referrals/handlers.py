@@ -16,7 +16,8 @@ REMINDER_EVENTS = ("reminder.scheduled", "reminder.cancelled", "reminder.sent", 
 
 
 def on_meeting_event(session: Session, event: Event) -> None:
-    apply_meeting_event(session, meeting_replica, event)
+    previous, current = apply_meeting_event(session, meeting_replica, event)
+    service.note_meeting_change(session, previous=previous, current=current, at=event.occurred_at)
 
 
 def on_contact_opted_out(session: Session, event: Event) -> None:

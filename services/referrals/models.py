@@ -61,6 +61,11 @@ class Referral(Base):
     contact_unreachable_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     contact_unreachable_reason: Mapped[str | None] = mapped_column(String(200))
     contact_erased_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # The meeting changed (moved, new venue or joining details, withdrawn) while the referral was open:
+    # what changed, when, and when a keyworker of the site saw it (None: still to see).
+    meeting_changed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    meeting_change: Mapped[str | None] = mapped_column(String(200))
+    meeting_change_seen_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
 
 
 class ReferralHistory(Base):

@@ -469,6 +469,8 @@ def referral_context(request: Request, session: Session, principal: Principal, r
         "title": f"{'Error: ' if errors or problem else ''}Referral {referral.client_reference}", "principal": principal,
         "referral": view,
         "meeting": meeting, "meeting_withdrawn": bool(found and not found[1]),
+        "meeting_change": {"what": referral.meeting_change, "at": long_datetime(referral.meeting_changed_at),
+                           "new": referral.meeting_change_seen_at is None} if referral.meeting_changed_at else None,
         "planned": planned_when(referral.planned_date, found[0] if found else None),
         "support": SUPPORT_NAMES.get(referral.support, referral.support),
         "detail": DETAIL_NAMES.get(referral.reminder_detail, referral.reminder_detail),
@@ -592,9 +594,11 @@ def replies_context(session: Session, referral: Referral) -> dict:
 
 
 def mark_seen(session: Session, principal: Principal, referral: Referral) -> None:
-    """Replies are unread until a keyworker or site lead of the referral's own site has seen them."""
+    """Replies (and a change to the meeting) are unread until a keyworker or site lead of the
+    referral's own site has seen them."""
     if principal.role in (Role.keyworker, Role.site_lead) and principal.site == referral.site_id:
-        if service.mark_replies_seen(session, referral=referral, by=principal.subject):
+        replies = service.mark_replies_seen(session, referral=referral, by=principal.subject)
+        if service.mark_meeting_change_seen(session, referral=referral) or replies:
             session.commit()
 
 
@@ -652,6 +656,8 @@ def dismiss_report(request: Request, referral_id: str, reply_id: str, session: S
 QUEUE_HEADINGS = {
     "reports": ("Client reports to confirm", "The client answered the follow-up text YES or NO."),
     "replies": ("Unread messages from clients", "Open the referral to read them."),
+    "meeting_changed": ("Meeting changed", "The meeting moved, changed venue or joining details, or was withdrawn: "
+                                           "check the plan with the client. Their reminders follow the change."),
     "no_outcome": ("Meeting date passed, no outcome recorded", "Record whether the client went."),
     "unreachable": ("Could not reach the client", "A reminder could not be delivered: check the contact details."),
     "opted_out": ("Client opted out of reminders", "The client replied STOP or unsubscribed. The referral carries on."),

@@ -587,9 +587,66 @@ def dismiss_report(session: Session, *, referral: Referral, reply_id: uuid.UUID,
     reply.report_state, reply.seen_at, reply.seen_by = REPORT_DISMISSED, reply.seen_at or now or utcnow(), by
 
 
+# --- meetings that change under open referrals ---------------------------------------------------
+
+WEEKDAYS = ("Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday")
+
+
+def _when(meeting: MeetingSnapshot) -> str:
+    day = WEEKDAYS[meeting.day] if meeting.day is not None else "by appointment"
+    return f"{day} {meeting.time}" if meeting.time else day
+
+
+def meeting_change(previous: MeetingSnapshot | None, current: MeetingSnapshot) -> str | None:
+    """What a keyworker needs to know changed in a meeting, in plain words, or None (nothing that
+    matters to a client on their way there: a new name or types are not news)."""
+    if previous is None or previous == current:
+        return None
+    if previous.active and not current.active:
+        return "The meeting was withdrawn"
+    if not previous.active and current.active:
+        return "The meeting is running again"
+    changes = []
+    if (previous.day, previous.time, previous.timezone) != (current.day, current.time, current.timezone):
+        changes.append(f"moved from {_when(previous)} to {_when(current)}")
+    elif previous.end_time != current.end_time:
+        changes.append(f"now ends at {current.end_time or 'an unknown time'}")
+    if (previous.location, previous.formatted_address, previous.postcode) != (
+            current.location, current.formatted_address, current.postcode):
+        changes.append("new venue or address")
+    if previous.attendance_option != current.attendance_option:
+        changes.append(f"now {current.attendance_option.replace('_', ' ')}")
+    if (previous.conference_url, previous.conference_phone) != (current.conference_url, current.conference_phone):
+        changes.append("new joining details")
+    if not changes:
+        return None
+    text = "; ".join(changes)
+    return (text[0].upper() + text[1:])[:200]
+
+
+def note_meeting_change(session: Session, *, previous: MeetingSnapshot | None, current: MeetingSnapshot,
+                        at: dt.datetime) -> int:
+    """Flag every open referral to the meeting, for its keyworker (the referral page and the work
+    queue), until one of the site's staff has seen it. Reminders follow the change in notifications."""
+    change = meeting_change(previous, current)
+    if change is None:
+        return 0
+    return session.execute(
+        update(Referral).where(Referral.meeting_slug == current.slug, Referral.status.not_in(ENDED_STATUSES))
+        .values(meeting_changed_at=at, meeting_change=change, meeting_change_seen_at=None)
+        .execution_options(synchronize_session=False)).rowcount
+
+
+def mark_meeting_change_seen(session: Session, *, referral: Referral, now: dt.datetime | None = None) -> bool:
+    if referral.meeting_changed_at is None or referral.meeting_change_seen_at is not None:
+        return False
+    referral.meeting_change_seen_at = now or utcnow()
+    return True
+
+
 # --- the keyworker's work queue ----------------------------------------------------------------
 
-QUEUE_KINDS = ("reports", "replies", "no_outcome", "unreachable", "opted_out")
+QUEUE_KINDS = ("reports", "replies", "meeting_changed", "no_outcome", "unreachable", "opted_out")
 # Stages at which a meeting date that has passed still waits for its outcome.
 AWAITING_OUTCOME = (Stage.information_given.value, Stage.contact_arranged.value, Stage.first_meeting_planned.value)
 
@@ -600,7 +657,8 @@ def work_queue(session: Session, *, site_id: str | None, created_by: str | None 
     """What needs a keyworker's attention, by kind, each list oldest first: (referral, since when).
 
     Only from data this service owns or receives by events: replies and reports (reply.received),
-    failed delivery (reminder.failed), opt-outs (contact.opted_out), planned dates that passed."""
+    meetings changed under the referral (meeting.*), failed delivery (reminder.failed), opt-outs
+    (contact.opted_out), planned dates that passed."""
     today = today or utcnow().astimezone(ZoneInfo("Europe/London")).date()
     open_ = Referral.status.not_in(ENDED_STATUSES)
 
@@ -626,6 +684,8 @@ def work_queue(session: Session, *, site_id: str | None, created_by: str | None 
     return {
         "reports": replies(ClientReply.report_state == REPORT_WAITING),
         "replies": replies(ClientReply.seen_at.is_(None)),
+        "meeting_changed": referrals(Referral.meeting_changed_at, Referral.meeting_changed_at.is_not(None),
+                                     Referral.meeting_change_seen_at.is_(None)),
         "no_outcome": referrals(Referral.planned_date, Referral.planned_date < today,
                                 Referral.business_status.in_(AWAITING_OUTCOME)),
         "unreachable": referrals(Referral.contact_unreachable_at, Referral.contact_unreachable_at.is_not(None)),

@@ -172,7 +172,8 @@ def test_the_work_queue_counts_what_needs_attention_oldest_first():
 
     lead = get(client, "/desk/queue", headers=as_user("lead-1", "site_lead"))  # the whole site
     counts = {kind: lead.by_id(f"count-{kind}") for kind in service.QUEUE_KINDS}
-    assert counts == {"reports": "1", "replies": "3", "no_outcome": "2", "unreachable": "1", "opted_out": "1"}
+    assert counts == {"reports": "1", "replies": "3", "meeting_changed": "0", "no_outcome": "2", "unreachable": "1",
+                      "opted_out": "1"}
     replies = lead.by_id("queue-replies")
     assert replies.index("CRY-0003") < replies.index("CRY-0001") < replies.index("CRY-0002")  # oldest first
     no_outcome = lead.by_id("queue-no_outcome")
@@ -184,7 +185,7 @@ def test_the_work_queue_counts_what_needs_attention_oldest_first():
     assert whole.by_id("count-replies") == "3"
     one = get(client, "/desk/queue?mine=0&client=cry-0002", headers=as_user("kw-1"))
     assert {k: one.by_id(f"count-{k}") for k in service.QUEUE_KINDS} == {
-        "reports": "0", "replies": "1", "no_outcome": "1", "unreachable": "0", "opted_out": "1"}
+        "reports": "0", "replies": "1", "meeting_changed": "0", "no_outcome": "1", "unreachable": "0", "opted_out": "1"}
     bad = get(client, "/desk/queue?client=%3Cscript%3E", headers=as_user("kw-1"), status=400)
     assert "letters, digits and hyphens" in bad.text
     get(client, f"/desk/referrals/{mine_new}", headers=as_user("kw-1"))  # read: off the unread list
