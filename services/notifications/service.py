@@ -41,6 +41,7 @@ from services.notifications.runtime import runtime
 from services.notifications.schemas import DeliveryCallbackIn, InboundSmsIn
 from services.notifications.wording import plain_words
 from shared.crypto import FieldCipher, keyed_hash
+from shared.errors import DomainError
 from shared.events import (
     AttendanceReported,
     ContactDetails,
@@ -549,17 +550,21 @@ def classify(text: str) -> str:
     return next((keyword for keyword, phrases in KEYWORDS.items() if phrase in phrases), REPLY)
 
 
+class NotAText(DomainError, ValueError):
+    """A callback whose body or number is not a text message from a phone (422)."""
+
+
 def reply_text(message: str) -> str:
-    """The text as kept: control characters dropped; ValueError (422) if nothing is left or it is not text."""
+    """The text as kept: control characters dropped; NotAText if nothing is left or it is not text."""
     try:
         message.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise ValueError("message is not valid Unicode text (it holds a lone surrogate)") from exc
+        raise NotAText("message is not valid Unicode text (it holds a lone surrogate)") from exc
     text = _CONTROL.sub("", unicodedata.normalize("NFC", message)).strip()
     if not "".join(c for c in text if unicodedata.category(c) not in ("Cf", "Zs")):
-        raise ValueError("message is empty: there is nothing to pass on")
+        raise NotAText("message is empty: there is nothing to pass on")
     if len(text) > REPLY_MAX_CHARS:
-        raise ValueError(f"message is longer than {REPLY_MAX_CHARS} characters: not a text message")
+        raise NotAText(f"message is longer than {REPLY_MAX_CHARS} characters: not a text message")
     return text
 
 
@@ -643,14 +648,14 @@ def opt_in(session: Session, *, hash_: str, number: str, now: dt.datetime) -> st
 
 
 def inbound_sms(session: Session, *, inbound: InboundSmsIn, now: dt.datetime | None = None) -> str:
-    """A text from a client (docs/TEXT-REPLIES.md). Raises ValueError (422) for a body or number that is
+    """A text from a client (docs/TEXT-REPLIES.md). Raises NotAText (422) for a body or number that is
     not one; a replayed id changes nothing. The text itself is never logged."""
     now = now or utcnow()
     text = reply_text(inbound.message)
     try:
         number = normalise_mobile(inbound.source_number)
     except phonenumbers.NumberParseException as exc:
-        raise ValueError(f"source_number is not a phone number: {exc}") from exc
+        raise NotAText(f"source_number is not a phone number: {exc}") from exc
     session.add(InboundMessage(id=inbound.id, outcome="received", received_at=now))
     try:
         session.flush()

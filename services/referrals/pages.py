@@ -27,6 +27,7 @@ from services.referrals.models import Referral, ReferralReminder, meeting_replic
 from services.referrals.runtime import runtime
 from services.referrals.schemas import ReferralIn, TransitionIn
 from shared.auth import Principal, Role
+from shared.db import unit_of_work
 from shared.events import REFERRAL_STATUSES, MeetingSnapshot, Stage, utcnow
 from shared.meeting_time import local_start, next_occurrence
 from shared.pages import PageForbidden, csrf_protected, make_templates, page_principal, require_page_roles
@@ -426,14 +427,14 @@ def create_referral(request: Request, session: SessionDep, principal: Desk, form
     else:
         if not errors:
             try:
-                referral = service.create_referral(session, referral_in=referral_in, site_id=site_id, by=principal.subject)
+                with unit_of_work(session):
+                    referral = service.create_referral(session, referral_in=referral_in, site_id=site_id,
+                                                       by=principal.subject)
             except service.ReferralError as exc:
-                session.rollback()
                 errors[FIELD_FOR.get(exc.field, exc.field)] = sentence(exc.message)
     if errors or referral is None:
         context = new_form_context(request, session, principal, values=values, errors=errors)
         return render(request, "new_referral.html", context, status_code=422)
-    session.commit()
     return RedirectResponse(f"/desk/referrals/{referral.id}?notice=created", status_code=303)
 
 
@@ -526,11 +527,12 @@ def move_referral(request: Request, referral_id: str, session: SessionDep, princ
         errors["reason"] = "Keep the reason to 500 characters or fewer"
     if not errors:
         try:
-            transition_in = TransitionIn(to=stage, reason=values["reason"] or None, accompanied=accompanied,
-                                         planned_date=planned)
-            service.transition_referral(session, referral=referral, transition_in=transition_in, by=principal.subject)
+            with unit_of_work(session):
+                transition_in = TransitionIn(to=stage, reason=values["reason"] or None, accompanied=accompanied,
+                                             planned_date=planned)
+                service.transition_referral(session, referral=referral, transition_in=transition_in,
+                                            by=principal.subject)
         except service.IllegalTransition:
-            session.rollback()
             referral = load_referral(session, principal, referral_id)
             return render(request, "referral.html", referral_context(
                 request, session, principal, referral,
@@ -544,11 +546,10 @@ def move_referral(request: Request, referral_id: str, session: SessionDep, princ
             for error in exc.errors():
                 errors.setdefault(str(error["loc"][0]) if error.get("loc") else "reason", sentence(error["msg"]))
     if errors:
-        session.rollback()
+        session.rollback()  # the lock taken to check the move
         referral = load_referral(session, principal, referral_id)
         return render(request, "referral.html", referral_context(request, session, principal, referral, errors=errors,
                                                                 failed=to, values=values), status_code=422)
-    session.commit()
     return RedirectResponse(f"/desk/referrals/{referral.id}?notice=moved", status_code=303)
 
 
@@ -556,14 +557,13 @@ def move_referral(request: Request, referral_id: str, session: SessionDep, princ
 def withdraw_consent(request: Request, referral_id: str, session: SessionDep, principal: Desk, _form: FormFields):
     referral = load_referral(session, principal, referral_id, lock=True)
     try:
-        service.withdraw_consent(session, referral=referral, by=principal.subject)
+        with unit_of_work(session):
+            service.withdraw_consent(session, referral=referral, by=principal.subject)
     except service.ConsentNotGiven:
-        session.rollback()
         referral = load_referral(session, principal, referral_id)
         return render(request, "referral.html", referral_context(
             request, session, principal, referral, problem="The client never consented to reminders, so there is "
                                                            "no consent to withdraw."), status_code=409)
-    session.commit()
     return RedirectResponse(f"/desk/referrals/{referral.id}?notice=consent-withdrawn", status_code=303)
 
 
@@ -594,8 +594,8 @@ def replies_context(session: Session, referral: Referral) -> dict:
 def mark_seen(session: Session, principal: Principal, referral: Referral) -> None:
     """Replies are unread until a keyworker or site lead of the referral's own site has seen them."""
     if principal.role in (Role.keyworker, Role.site_lead) and principal.site == referral.site_id:
-        if service.mark_replies_seen(session, referral=referral, by=principal.subject):
-            session.commit()
+        with unit_of_work(session):
+            service.mark_replies_seen(session, referral=referral, by=principal.subject)
 
 
 def _reply_id(value: str) -> uuid.UUID | None:
@@ -613,11 +613,12 @@ def confirm_report(request: Request, referral_id: str, reply_id: str, session: S
     accompanied = {"yes": True, "no": False}.get(form.get("accompanied", ""))
     key = _reply_id(reply_id)
     try:
-        if key is None:
-            raise service.ReferralError("reply", "that reply is not the client's report of attendance")
-        service.confirm_report(session, referral=referral, reply_id=key, by=principal.subject, accompanied=accompanied)
+        with unit_of_work(session):
+            if key is None:
+                raise service.ReferralError("reply", "that reply is not the client's report of attendance")
+            service.confirm_report(session, referral=referral, reply_id=key, by=principal.subject,
+                                   accompanied=accompanied)
     except (service.ReferralError, service.IllegalTransition) as exc:
-        session.rollback()
         referral = load_referral(session, principal, referral_id)
         problem = sentence(exc.message) if isinstance(exc, service.ReferralError) else (
             f"The referral is at \u201c{STAGE_NAMES[Stage(referral.business_status)]}\u201d, so this report cannot "
@@ -625,7 +626,6 @@ def confirm_report(request: Request, referral_id: str, reply_id: str, session: S
         unanswered = isinstance(exc, service.ReferralError) and exc.field == "accompanied"
         return render(request, "referral.html", referral_context(request, session, principal, referral,
                                                                 problem=problem), status_code=422 if unanswered else 409)
-    session.commit()
     return RedirectResponse(f"/desk/referrals/{referral.id}?notice=report-confirmed", status_code=303)
 
 
@@ -635,15 +635,14 @@ def dismiss_report(request: Request, referral_id: str, reply_id: str, session: S
     referral = load_referral(session, principal, referral_id, lock=True)
     key = _reply_id(reply_id)
     try:
-        if key is None:
-            raise service.ReferralError("reply", "that reply is not the client's report of attendance")
-        service.dismiss_report(session, referral=referral, reply_id=key, by=principal.subject)
+        with unit_of_work(session):
+            if key is None:
+                raise service.ReferralError("reply", "that reply is not the client's report of attendance")
+            service.dismiss_report(session, referral=referral, reply_id=key, by=principal.subject)
     except service.ReferralError as exc:
-        session.rollback()
         referral = load_referral(session, principal, referral_id)
         return render(request, "referral.html", referral_context(request, session, principal, referral,
                                                                 problem=sentence(exc.message)), status_code=409)
-    session.commit()
     return RedirectResponse(f"/desk/referrals/{referral.id}?notice=report-dismissed", status_code=303)
 
 
