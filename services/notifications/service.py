@@ -21,6 +21,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from services.notifications import kinds
 from services.notifications.config import Settings
 from services.notifications.models import (
     CANCELLED,
@@ -59,9 +60,7 @@ from shared.replica import get_meeting
 
 log = structlog.get_logger(__name__)
 
-PLANNED_KINDS = ("hours_before", "day_before", "follow_up")  # in priority order for the daily cap
-# Answers to a client's own text: sent at once, whatever the hour (the client has just written).
-ANSWER_KINDS = ("reply_ack", "help", "opted_in")
+PLANNED_KINDS = kinds.PLANNED  # in priority order for the daily cap
 QUIET_MARGIN = dt.timedelta(minutes=30)
 
 
@@ -193,12 +192,13 @@ def send_verdict(*, kind: str, start: dt.datetime, end: dt.datetime | None, time
     later than ``send_margin_minutes`` before the start; a follow-up not before the end. Quiet
     hours are the meeting's own wall clock; holding until they end is pointless for a reminder
     whose last useful moment comes first."""
-    if kind in ANSWER_KINDS:
+    timing = kinds.KINDS[kind].timing
+    if timing == kinds.ANSWER:
         return SEND, None, None  # an answer to the client's own text, at once
     latest = start - dt.timedelta(minutes=cfg.send_margin_minutes)
-    if kind == "confirmation":
+    if timing == kinds.CONFIRMATION:
         pass  # "who will text you and how to stop": useful whenever it arrives, but not in quiet hours
-    elif kind == "follow_up":
+    elif timing == kinds.AFTER:
         end = end or start + dt.timedelta(minutes=cfg.meeting_minutes)
         if now < end:
             return HOLD, end, "held: the meeting has not ended"
@@ -209,7 +209,7 @@ def send_verdict(*, kind: str, start: dt.datetime, end: dt.datetime | None, time
     local = now.astimezone(ZoneInfo(timezone))
     if in_quiet_hours(local, cfg):
         until = after_quiet_hours(local, cfg).astimezone(dt.UTC)
-        if kind not in ("follow_up", "confirmation") and until > latest:
+        if timing not in (kinds.AFTER, kinds.CONFIRMATION) and until > latest:
             return TOO_LATE, None, "too late: quiet hours end too close to the meeting"
         return HOLD, until, "held: quiet hours"
     return SEND, None, None

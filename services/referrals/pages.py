@@ -28,7 +28,7 @@ from services.referrals.runtime import runtime
 from services.referrals.schemas import ReferralIn, TransitionIn
 from shared.auth import Principal, Role
 from shared.db import unit_of_work
-from shared.events import REFERRAL_STATUSES, MeetingSnapshot, Stage, utcnow
+from shared.events import FELLOWSHIP_NAMES, REFERRAL_STATUSES, REMINDER_KIND_LABELS, MeetingSnapshot, Stage, utcnow
 from shared.meeting_time import local_start, next_occurrence
 from shared.pages import PageForbidden, csrf_protected, make_templates, page_principal, require_page_roles
 
@@ -77,18 +77,11 @@ DETAIL_NAMES = {
     "discreet": "Discreet: the time and place only, no mention of the kind of meeting",
     "full": "Full: reminders may name the meeting, for example \u201cSMART Recovery\u201d",
 }
-REMINDER_KINDS = {"day_before": "The day before", "hours_before": "A few hours before",
-                  "follow_up": "Follow-up after the meeting", "meeting_moved": "Meeting moved",
-                  "meeting_cancelled": "Meeting cancelled"}
 REMINDER_STATUSES = {"scheduled": "Planned", "sent": "Sent", "delivered": "Delivered", "failed": "Not delivered",
                      "cancelled": "Cancelled", "held": "Held", "too-late": "Not sent: too late"}
 CHANNELS = {"sms": "Text message", "email": "Email"}
 HISTORY_ACTIONS = {"created": "Referral recorded", "transition": "Stage changed", "consent_withdrawn": "Consent withdrawn",
                    "contact_unreachable": "Contact details not reachable", "contact_erased": "Contact details erased"}
-FELLOWSHIPS = {"aa": "Alcoholics Anonymous", "na": "Narcotics Anonymous", "ca": "Cocaine Anonymous",
-               "smart": "SMART Recovery", "al-anon": "Al-Anon Family Groups", "alateen": "Alateen",
-               "fa": "Families Anonymous", "smart-family-friends": "SMART Recovery Family & Friends",
-               "ga": "Gamblers Anonymous", "ma": "Marijuana Anonymous", "cma": "Crystal Meth Anonymous"}
 ATTENDANCE = {"in_person": "In person", "hybrid": "In person and online", "online": "Online", "inactive": "Not running"}
 NOTICES = {
     "created": "Referral recorded.",
@@ -227,7 +220,7 @@ def meeting_choices(session: Session, *, site_id: str | None, query: str) -> lis
         words = query.lower().split()[:5]
 
         def text(m: MeetingSnapshot) -> str:
-            return " ".join(filter(None, (m.name, m.slug, m.fellowship, FELLOWSHIPS.get(m.fellowship), m.location,
+            return " ".join(filter(None, (m.name, m.slug, m.fellowship, FELLOWSHIP_NAMES.get(m.fellowship), m.location,
                                           m.formatted_address, m.postcode, m.site_id))).lower()
 
         return [m for m in meetings if all(w in text(m) for w in words)][:50]
@@ -243,7 +236,8 @@ def meeting_view(meeting: MeetingSnapshot, now: dt.datetime | None = None) -> di
     where = meeting.formatted_address or meeting.location
     if meeting.attendance_option == "online":
         where = "Online"
-    return {"slug": meeting.slug, "name": meeting.name, "fellowship": FELLOWSHIPS.get(meeting.fellowship, meeting.fellowship),
+    return {"slug": meeting.slug, "name": meeting.name,
+            "fellowship": FELLOWSHIP_NAMES.get(meeting.fellowship, meeting.fellowship),
             "when": meeting_time(meeting), "where": where, "attendance": ATTENDANCE.get(meeting.attendance_option, ""),
             "next": long_datetime(nxt) if nxt else None, "next_date": nxt.date().isoformat() if nxt else "",
             "site_id": meeting.site_id}
@@ -462,7 +456,7 @@ def referral_context(request: Request, session: Session, principal: Principal, r
                 "to": stage_name(h.to_stage), "reason": h.reason,
                 "accompanied": None if h.accompanied is None else ("Yes" if h.accompanied else "No")}
                for h in view.history]
-    reminders = [{"kind": REMINDER_KINDS.get(r.kind, r.kind), "channel": CHANNELS.get(r.channel, r.channel),
+    reminders = [{"kind": REMINDER_KIND_LABELS.get(r.kind, r.kind), "channel": CHANNELS.get(r.channel, r.channel),
                   "due": long_datetime(r.due_at) if r.due_at else "Not known",
                   "status": REMINDER_STATUSES.get(r.status, r.status),
                   "reason": r.reason} for r in view.reminders]
@@ -574,8 +568,6 @@ NOTICES.update({
     "report-dismissed": "The client's report was set aside; the stage is unchanged.",
 })
 HISTORY_ACTIONS.setdefault("opted_in", "Client opted back in (texted START)")
-REMINDER_KINDS.update({"confirmation": "Confirmation of the referral", "reply_ack": "Thanks for a reply",
-                       "help": "Answer to HELP", "opted_in": "Answer to START"})
 REPORTS = {"attended": "The client says they went to the meeting",
            "not_attended": "The client says they did not go to the meeting"}
 REPORT_STATES = {"waiting": "Waiting for you to confirm", "confirmed": "Confirmed", "dismissed": "Set aside"}
