@@ -80,17 +80,23 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
 
 
 @contextlib.contextmanager
-def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """A session whose work commits on success and rolls back on any error."""
-    session = factory()
+def unit_of_work(session: Session) -> Iterator[Session]:
+    """Commit what the block did, or roll all of it back if it raised (and re-raise).
+
+    The one way a request's work ends (api.py, pages.py): no hand-written commit()/rollback() at the edges."""
     try:
         yield session
-        session.commit()
     except BaseException:
         session.rollback()
         raise
-    finally:
-        session.close()
+    session.commit()
+
+
+@contextlib.contextmanager
+def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A new session whose work commits on success and rolls back on any error."""
+    with factory() as session, unit_of_work(session):
+        yield session
 
 
 def ping(engine: Engine) -> None:

@@ -46,8 +46,22 @@ class Stage(StrEnum):
     entered_in_error = "entered-in-error"
 
 
-REMINDER_KINDS = ("day_before", "hours_before", "follow_up", "meeting_moved", "meeting_cancelled", "confirmation",
-                  "reply_ack", "help", "opted_in")
+# The kinds of message a reminder row is (ReminderFact.kind), each with the desk's label for it.
+# Part of the contract: notifications' registry (services/notifications/kinds.py) gives each its
+# timing, wording and priority, the referral desk shows the label.
+REMINDER_KIND_LABELS = {
+    "day_before": "The day before", "hours_before": "A few hours before",
+    "follow_up": "Follow-up after the meeting", "meeting_moved": "Meeting moved", "meeting_cancelled": "Meeting cancelled",
+    "confirmation": "Confirmation of the referral", "reply_ack": "Thanks for a reply", "help": "Answer to HELP",
+    "opted_in": "Answer to START",
+}
+# Fellowship codes (MeetingSnapshot.fellowship) and their names: every service names them the same way.
+FELLOWSHIP_NAMES: dict[str, str] = {
+    "aa": "Alcoholics Anonymous", "na": "Narcotics Anonymous", "ca": "Cocaine Anonymous", "smart": "SMART Recovery",
+    "al-anon": "Al-Anon Family Groups", "alateen": "Alateen", "fa": "Families Anonymous",
+    "smart-family-friends": "SMART Recovery Family & Friends", "ga": "Gamblers Anonymous",
+    "ma": "Marijuana Anonymous", "cma": "Crystal Meth Anonymous", "other": "Other mutual aid",
+}
 # What a client's YES or NO to the follow-up says about the planned first meeting.
 ATTENDANCE_REPORTS = ("attended", "not_attended")
 
@@ -150,7 +164,7 @@ class ReminderFact(Payload):
     referral_id: uuid.UUID
     site_id: str
     fellowship: str
-    kind: str  # day_before, hours_before, follow_up, meeting_moved, meeting_cancelled
+    kind: str  # one of REMINDER_KIND_LABELS
     channel: Literal["sms", "email"]
     due_at: dt.datetime | None = None
     reason: str | None = None

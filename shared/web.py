@@ -24,6 +24,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from shared import errors
 from shared.db import ping
 from shared.logs import configure_logging
 from shared.redis_client import redis_client
@@ -244,6 +245,7 @@ def make_app(*, service: str, settings: ServiceSettings, engine: Callable[[], En
         log.error("db.unavailable", error=type(exc.orig).__name__)
         return JSONResponse({"detail": "the database is unavailable, try again shortly"}, status_code=503)
 
+    errors.register(app)  # every refusal of the domain (shared/errors.py)
     _document_errors(app)
     _allow_all_methods_of_a_path(app)
 

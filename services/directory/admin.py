@@ -27,6 +27,7 @@ from services.directory.reference import FELLOWSHIPS, TYPE_NAMES
 from services.directory.runtime import runtime
 from services.directory.schemas import FeedSourceIn, MeetingIn, SiteIn
 from shared.auth import Principal, Role
+from shared.db import unit_of_work
 from shared.events import utcnow
 from shared.pages import PageForbidden, check_form_token, csrf_protected, page_principal, require_page_roles
 from shared.web import PublicRateLimit
@@ -217,14 +218,13 @@ def new_meeting(request: Request, session: SessionDep, principal: Admin):
 async def create_meeting(request: Request, session: SessionDep, principal: Admin):
     form = await form_of(request)
     try:
-        meeting = service.create_meeting(session, meeting_in=meeting_in_from(form, None), by=principal.subject)
+        with unit_of_work(session):
+            meeting = service.create_meeting(session, meeting_in=meeting_in_from(form, None), by=principal.subject)
     except ValidationError as exc:
         return meeting_page(request, session, principal, None, values=form, errors=field_errors(exc), status_code=422)
     except (service.InvalidInput, service.MeetingExists) as exc:
-        session.rollback()
         errors = {getattr(exc, "field", "slug"): str(getattr(exc, "message", exc))}
         return meeting_page(request, session, principal, None, values=form, errors=errors, status_code=422)
-    session.commit()
     return RedirectResponse(f"/admin/meetings/{meeting.slug}?notice=created", status_code=303)
 
 
@@ -247,16 +247,15 @@ async def save_meeting(request: Request, slug: str, session: SessionDep, princip
     meeting = load_meeting(session, slug)
     form = await form_of(request)
     try:
-        meeting_in = meeting_in_from(form, service.meeting_in_of(meeting))
-        _meeting, changed = service.update_meeting(session, slug=meeting.slug, meeting_in=meeting_in, by=principal.subject)
+        with unit_of_work(session):
+            meeting_in = meeting_in_from(form, service.meeting_in_of(meeting))
+            _meeting, changed = service.update_meeting(session, slug=meeting.slug, meeting_in=meeting_in,
+                                                       by=principal.subject)
     except ValidationError as exc:
-        session.rollback()
         return meeting_page(request, session, principal, meeting, values=form, errors=field_errors(exc), status_code=422)
     except (service.InvalidInput, service.Conflict) as exc:
-        session.rollback()
         errors = {getattr(exc, "field", "form"): str(getattr(exc, "message", exc))}
         return meeting_page(request, session, principal, meeting, values=form, errors=errors, status_code=422)
-    session.commit()
     return RedirectResponse(f"/admin/meetings/{meeting.slug}?notice={'saved' if changed else 'unchanged'}",
                             status_code=303)
 
@@ -268,8 +267,8 @@ async def withdraw_meeting(request: Request, slug: str, session: SessionDep, pri
     if not reason or len(reason) > 500:
         return meeting_page(request, session, principal, meeting, status_code=422, errors={
             "reason": "Say why the meeting is withdrawn (500 characters at most): referrals to it will show it"})
-    service.withdraw_meeting(session, slug=meeting.slug, reason=reason, by=principal.subject)
-    session.commit()
+    with unit_of_work(session):
+        service.withdraw_meeting(session, slug=meeting.slug, reason=reason, by=principal.subject)
     return RedirectResponse(f"/admin/meetings/{meeting.slug}?notice=withdrawn", status_code=303)
 
 
@@ -317,13 +316,12 @@ def site_in_from(form: dict[str, str], base: dict | None, fields) -> SiteIn:
 async def create_site(request: Request, session: SessionDep, principal: Admin):
     form = await form_of(request)
     try:
-        site = service.create_site(session, site_in=site_in_from(form, None, SITE_LABELS))
+        with unit_of_work(session):
+            site = service.create_site(session, site_in=site_in_from(form, None, SITE_LABELS))
     except ValidationError as exc:
         return site_page(request, session, principal, None, values=form, errors=field_errors(exc), status_code=422)
     except service.Conflict as exc:
-        session.rollback()
         return site_page(request, session, principal, None, values=form, errors={"id": str(exc)}, status_code=422)
-    session.commit()
     return RedirectResponse(f"/admin/sites/{site.id}?notice=saved", status_code=303)
 
 
@@ -348,13 +346,12 @@ async def save_site(request: Request, site_id: str, session: SessionDep, princip
     form = await form_of(request)
     fields = tuple(SITE_LABELS) if principal.role == Role.admin else LEAD_SITE_FIELDS
     try:
-        site_in = site_in_from(form, service.site_in_of(site), [f for f in fields if f != "id"])
-        service.update_site(session, site_id=site.id, site_in=site_in)
+        with unit_of_work(session):
+            site_in = site_in_from(form, service.site_in_of(site), [f for f in fields if f != "id"])
+            service.update_site(session, site_id=site.id, site_in=site_in)
     except ValidationError as exc:
-        session.rollback()
         return site_page(request, session, principal, site, values={**form, "id": site.id},
                          errors=field_errors(exc), status_code=422)
-    session.commit()
     return RedirectResponse(f"/admin/sites/{site.id}?notice=saved", status_code=303)
 
 
@@ -381,17 +378,16 @@ def feed_list(request: Request, session: SessionDep, principal: Admin):
 async def add_feed(request: Request, session: SessionDep, principal: Admin):
     form = await form_of(request)
     try:
-        source_in = FeedSourceIn.model_validate({k: form.get(k) or None for k in FEED_LABELS}
-                                                | {"fellowship": form.get("fellowship") or "aa",
-                                                   "timezone": form.get("timezone") or "Europe/London"})
-        source = add_source(session, source_in=source_in, by=principal.subject)
+        with unit_of_work(session):
+            source_in = FeedSourceIn.model_validate({k: form.get(k) or None for k in FEED_LABELS}
+                                                    | {"fellowship": form.get("fellowship") or "aa",
+                                                       "timezone": form.get("timezone") or "Europe/London"})
+            source = add_source(session, source_in=source_in, by=principal.subject)
     except ValidationError as exc:
         return feeds_page(request, session, principal, values=form, errors=field_errors(exc), status_code=422)
     except (service.InvalidInput, service.MeetingExists) as exc:
-        session.rollback()
         errors = {getattr(exc, "field", "id"): str(getattr(exc, "message", exc))}
         return feeds_page(request, session, principal, values=form, errors=errors, status_code=422)
-    session.commit()
     return RedirectResponse(f"/admin/feeds/{source.id}", status_code=303)
 
 
@@ -488,10 +484,10 @@ async def resolve_problem(request: Request, request_id: str, session: SessionDep
     if item is None:
         raise PageNotFound("There is no reported problem at this address.")
     if item.status == "open":
-        item.status = "dismissed" if form.get("decision") == "dismiss" else "resolved"
-        item.resolution = form.get("resolution", "")[:1000] or None
-        item.resolved_by, item.resolved_at = principal.subject, utcnow()
-        session.commit()
+        with unit_of_work(session):
+            item.status = "dismissed" if form.get("decision") == "dismiss" else "resolved"
+            item.resolution = form.get("resolution", "")[:1000] or None
+            item.resolved_by, item.resolved_at = principal.subject, utcnow()
     return RedirectResponse("/admin/problems", status_code=303)
 
 
@@ -540,9 +536,10 @@ async def report_problem(request: Request, slug: str, session: SessionDep):
     if errors:
         return problem_page(request, meeting, values=form, errors=errors, status_code=422)
     principal = page_principal(request)
-    session.add(ChangeRequest(meeting_slug=meeting.slug, at=utcnow(), kind=form["kind"], description=form["description"],
-                              reported_by=principal.subject if principal else "public", status="open"))
-    session.commit()
+    with unit_of_work(session):
+        session.add(ChangeRequest(meeting_slug=meeting.slug, at=utcnow(), kind=form["kind"],
+                                  description=form["description"],
+                                  reported_by=principal.subject if principal else "public", status="open"))
     return render(request, "message.html", {
         "title": "Thank you", "principal": principal,
         "message": "Your report has been sent to the people who keep this directory up to date. They will check it "

@@ -14,6 +14,7 @@ from services.directory.models import FeedSource, ImportRun
 from services.directory.runtime import runtime
 from services.directory.schemas import FeedSourceIn, FeedSourceOut, ImportRunOut, MeetingIn
 from shared.auth import AdminOnly
+from shared.db import unit_of_work
 from shared.events import utcnow
 
 router = APIRouter(tags=["feed sources"])
@@ -46,8 +47,8 @@ def load_source(session: Session, source_id: str) -> FeedSource:
 
 @router.post("/feed-sources", response_model=FeedSourceOut, status_code=status.HTTP_201_CREATED)
 def create_source(source_in: FeedSourceIn, session: SessionDep, admin: AdminOnly):
-    source = add_source(session, source_in=source_in, by=admin.subject)
-    session.commit()
+    with unit_of_work(session):
+        source = add_source(session, source_in=source_in, by=admin.subject)
     return source
 
 

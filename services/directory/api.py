@@ -40,6 +40,7 @@ from services.directory.schemas import (
 )
 from shared import queues
 from shared.auth import AdminOnly, CurrentPrincipal, Role
+from shared.db import unit_of_work
 from shared.events import utcnow
 from shared.meeting_time import meeting_guide_weekday
 from shared.metrics import backbone_metrics
@@ -60,40 +61,11 @@ def _errors_response(errors: list[dict]) -> JSONResponse:
     return JSONResponse({"detail": summary, "errors": errors}, status_code=422)
 
 
-@app.exception_handler(service.InvalidInput)
-async def invalid_input(_request: Request, exc: service.InvalidInput):
-    error = {"field": exc.field, "message": exc.message, "type": "invalid"}
-    if isinstance(exc, search.AmbiguousPlace):
-        error.update(type="ambiguous", choices=exc.choices)
-    return _errors_response([error])
-
-
 @app.exception_handler(ValidationError)
 async def invalid_model(_request: Request, exc: ValidationError):
-    return _errors_response([{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"], "type": e["type"]}
-                             for e in exc.errors()])
-
-
-@app.exception_handler(service.NotFound)
-async def not_found(_request: Request, exc: service.NotFound):
-    return JSONResponse({"detail": str(exc)}, status_code=404)
-
-
-@app.exception_handler(service.MeetingExists)
-@app.exception_handler(service.Conflict)
-async def conflict(_request: Request, exc: Exception):
-    return JSONResponse({"detail": str(exc)}, status_code=409)
-
-
-@app.exception_handler(engagement.NotVisible)
-async def not_visible(_request: Request, exc: engagement.NotVisible):
-    return JSONResponse({"detail": str(exc)}, status_code=403)
-
-
-@app.exception_handler(feeds.FeedError)
-async def bad_feed(_request: Request, exc: feeds.FeedError):
-    return JSONResponse({"detail": str(exc), "errors": [{"field": "feed", "message": str(exc), "type": "feed"}]},
-                        status_code=422)
+    errors = [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"], "type": e["type"]} for e in exc.errors()]
+    summary = "; ".join(f"{e['field'] or 'request'}: {e['message']}" for e in errors)
+    return JSONResponse({"detail": summary, "errors": errors}, status_code=422)
 
 
 # --- meetings -------------------------------------------------------------------------------
@@ -182,33 +154,33 @@ def _next_start(meeting, now: dt.datetime | None = None) -> dict:
 
 @app.post("/meetings", response_model=MeetingAdminOut, status_code=status.HTTP_201_CREATED, tags=["meetings"])
 def create_meeting(meeting_in: MeetingIn, session: SessionDep, admin: AdminOnly):
-    meeting = service.create_meeting(session, meeting_in=meeting_in, by=admin.subject)
-    session.commit()
+    with unit_of_work(session):
+        meeting = service.create_meeting(session, meeting_in=meeting_in, by=admin.subject)
     return meeting
 
 
 @app.put("/meetings/{slug}", response_model=MeetingAdminOut, tags=["meetings"], summary="Replace a meeting's fields")
 def replace_meeting(slug: str, meeting_in: MeetingIn, session: SessionDep, admin: AdminOnly):
-    meeting, _changed = service.update_meeting(session, slug=slug, meeting_in=meeting_in, by=admin.subject)
-    session.commit()
+    with unit_of_work(session):
+        meeting, _changed = service.update_meeting(session, slug=slug, meeting_in=meeting_in, by=admin.subject)
     return meeting
 
 
 @app.patch("/meetings/{slug}", response_model=MeetingAdminOut, tags=["meetings"], summary="Change some of a meeting's fields")
 def patch_meeting(slug: str, session: SessionDep, admin: AdminOnly,
                   changes: Annotated[dict[str, Any], Body(examples=[{"time": "19:30"}])]):
-    meeting = service.get_meeting(session, slug)
-    meeting_in = MeetingIn.model_validate({**service.meeting_in_of(meeting), **changes})
-    meeting, _changed = service.update_meeting(session, slug=slug, meeting_in=meeting_in, by=admin.subject)
-    session.commit()
+    with unit_of_work(session):
+        meeting = service.get_meeting(session, slug)
+        meeting_in = MeetingIn.model_validate({**service.meeting_in_of(meeting), **changes})
+        meeting, _changed = service.update_meeting(session, slug=slug, meeting_in=meeting_in, by=admin.subject)
     return meeting
 
 
 @app.post("/meetings/{slug}/withdraw", response_model=MeetingAdminOut, tags=["meetings"])
 def withdraw_meeting(slug: str, session: SessionDep, admin: AdminOnly, withdraw_in: WithdrawIn | None = None):
-    meeting = service.withdraw_meeting(session, slug=slug, reason=withdraw_in.reason if withdraw_in else None,
-                                       by=admin.subject)
-    session.commit()
+    with unit_of_work(session):
+        meeting = service.withdraw_meeting(session, slug=slug, reason=withdraw_in.reason if withdraw_in else None,
+                                           by=admin.subject)
     return meeting
 
 
@@ -307,8 +279,8 @@ def _import(rows: list, source: str, fellowship: str, timezone: str) -> ImportRe
 
 @app.post("/sites", response_model=SiteOut, status_code=status.HTTP_201_CREATED, tags=["sites"])
 def create_site(site_in: SiteIn, session: SessionDep, _admin: AdminOnly):
-    site = service.create_site(session, site_in=site_in)
-    session.commit()
+    with unit_of_work(session):
+        site = service.create_site(session, site_in=site_in)
     return site
 
 
@@ -324,16 +296,17 @@ def get_site(site_id: str, session: SessionDep, principal: CurrentPrincipal):
 
 @app.put("/sites/{site_id}", response_model=SiteOut, tags=["sites"])
 def replace_site(site_id: str, site_in: SiteIn, session: SessionDep, _admin: AdminOnly):
-    site = service.update_site(session, site_id=site_id, site_in=site_in)
-    session.commit()
+    with unit_of_work(session):
+        site = service.update_site(session, site_id=site_id, site_in=site_in)
     return site
 
 
 @app.patch("/sites/{site_id}", response_model=SiteOut, tags=["sites"])
 def patch_site(site_id: str, session: SessionDep, _admin: AdminOnly, changes: Annotated[dict[str, Any], Body()]):
-    site = service.get_site(session, site_id)
-    site = service.update_site(session, site_id=site_id, site_in=SiteIn.model_validate({**service.site_in_of(site), **changes}))
-    session.commit()
+    with unit_of_work(session):
+        site = service.get_site(session, site_id)
+        site_in = SiteIn.model_validate({**service.site_in_of(site), **changes})
+        site = service.update_site(session, site_id=site_id, site_in=site_in)
     return site
 
 

@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session
 from services.directory import service
 from services.directory.models import EngagementCount, EngagementFact, Site
 from shared.auth import Principal, Role
+from shared.errors import Forbidden
 from shared.events import Stage
 
 LONDON = ZoneInfo("Europe/London")
@@ -153,7 +154,7 @@ class Tally:
 
 # --- who may see which sites --------------------------------------------------------------
 
-class NotVisible(PermissionError):
+class NotVisible(Forbidden):
     """The principal may not see these figures (403); the message says why."""
 
 

@@ -31,6 +31,7 @@ from services.directory.geocode import Geocoder, normalise_postcode
 from services.directory.models import Meeting
 from services.directory.reference import TYPE_NAMES
 from services.directory.schemas import ImportRejection, ImportReport, MeetingIn
+from shared.errors import DomainError
 
 DAY_NAMES = ("sunday", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday")
 TIME = re.compile(r"^\s*(\d{1,2})(?::(\d{2}))?(?::\d{2})?\s*([ap])?\.?\s*m?\.?\s*$", re.I)
@@ -50,8 +51,11 @@ EXPORT_FIELDS = (
 )
 
 
-class FeedError(ValueError):
+class FeedError(DomainError, ValueError):
     """The feed as a whole cannot be read: nothing is imported."""
+
+    def body(self) -> dict:
+        return {"detail": str(self), "errors": [{"field": "feed", "message": str(self), "type": "feed"}]}
 
 
 class RowError(ValueError):

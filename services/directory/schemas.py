@@ -19,17 +19,6 @@ FELLOWSHIP_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
 Text = str | None
 
 
-class InvalidInput(ValueError):
-    """Bad input the caller must correct: the API answers 422 naming ``field``.
-
-    Here, below search.py and service.py, so both can raise it."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
-
-
 def _opt(max_length: int):
     return Field(None, max_length=max_length)
 

@@ -20,7 +20,8 @@ from services.directory.geocode import (
     normalise_postcode,
 )
 from services.directory.models import Meeting, Postcode
-from services.directory.schemas import InvalidInput, SearchIn
+from services.directory.schemas import SearchIn
+from shared.errors import InvalidInput
 from shared.events import utcnow
 from shared.meeting_time import meeting_guide_weekday, next_occurrence, parse_hhmm
 
@@ -81,6 +82,9 @@ class AmbiguousPlace(InvalidInput):
         super().__init__("near", f"there is more than one place called {text.strip()!r}: "
                                  f"choose one of {'; '.join(choices)}")
         self.choices = choices
+
+    def error(self) -> dict:
+        return {**super().error(), "type": "ambiguous", "choices": self.choices}
 
 
 def postcode_directory_loaded(session: Session) -> bool:

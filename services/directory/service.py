@@ -11,20 +11,13 @@ from sqlalchemy.orm import Session
 from services.directory.geocode import Geocoder, default_geocoder
 from services.directory.models import Meeting, MeetingChange, Site
 from services.directory.runtime import runtime
-from services.directory.schemas import InvalidInput, MeetingIn, SiteIn
+from services.directory.schemas import MeetingIn, SiteIn
 from services.directory.search import grid_cell, haversine_km, resolve_near, search_meetings  # noqa: F401 (bench/)
+from shared.errors import Conflict, InvalidInput, NotFound  # noqa: F401 (the API and pages catch them here)
 from shared.events import MeetingSnapshot, MeetingWithdrawn, utcnow
 
 
-class NotFound(LookupError):
-    pass
-
-
-class MeetingExists(ValueError):
-    pass
-
-
-class Conflict(ValueError):
+class MeetingExists(Conflict):
     pass
 
 

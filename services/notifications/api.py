@@ -24,6 +24,7 @@ from services.notifications.schemas import (
     ReminderOut,
 )
 from shared.auth import AdminOnly, SiteStaff, ensure_site
+from shared.db import unit_of_work
 from shared.masking import mask_contact
 from shared.web import CallbackRateLimit, PublicRateLimit, make_app
 
@@ -78,8 +79,8 @@ NotifyCaller = Annotated[None, Depends(notify_caller)]
 @app.post("/callbacks/delivery", response_model=CallbackResult, tags=["callbacks"],
           summary="GOV.UK Notify delivery receipt", dependencies=[CallbackRateLimit])
 def delivery_callback(receipt: DeliveryCallbackIn, session: SessionDep, _caller: NotifyCaller):
-    outcome = service.delivery_status(session, receipt=receipt)
-    session.commit()
+    with unit_of_work(session):
+        outcome = service.delivery_status(session, receipt=receipt)
     notifications_metrics.CALLBACKS.labels("delivery", outcome).inc()
     return CallbackResult(outcome=outcome)
 
@@ -88,11 +89,11 @@ def delivery_callback(receipt: DeliveryCallbackIn, session: SessionDep, _caller:
           summary="GOV.UK Notify received text message", dependencies=[CallbackRateLimit])
 def inbound_sms_callback(inbound: InboundSmsIn, session: SessionDep, _caller: NotifyCaller):
     try:
-        outcome = service.inbound_sms(session, inbound=inbound)
-    except ValueError as exc:
+        with unit_of_work(session):
+            outcome = service.inbound_sms(session, inbound=inbound)
+    except service.NotAText:
         notifications_metrics.CALLBACKS.labels("inbound_sms", "invalid").inc()
-        raise HTTPException(422, detail=str(exc)) from exc
-    session.commit()
+        raise
     notifications_metrics.CALLBACKS.labels("inbound_sms", outcome).inc()
     return CallbackResult(outcome=outcome)
 
@@ -127,8 +128,8 @@ def unsubscribe(token: str, session: SessionDep):
     hash_ = service.unsubscribe_hash(token)
     if hash_ is None:
         return _page(*BAD_LINK, status_code=404)
-    service.opt_out(session, hash_=hash_, channel="email")
-    session.commit()
+    with unit_of_work(session):
+        service.opt_out(session, hash_=hash_, channel="email")
     return _page("You have unsubscribed", "<p>You will get no more reminder emails from us. "
                                           "Your keyworker has been told.</p>")
 

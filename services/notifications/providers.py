@@ -12,6 +12,7 @@ import smtplib
 import time
 from email.message import EmailMessage
 from email.utils import make_msgid
+from typing import Protocol
 
 import requests
 from notifications_python_client import NotificationsAPIClient
@@ -27,6 +28,19 @@ from shared.events import utcnow
 
 UNKNOWN = object()
 ADD_DEV_MESSAGE = insert(DevMessage.__table__)  # Core, built once
+
+
+class Provider(Protocol):
+    """What the send path needs of a provider: send, look up, and one capability."""
+
+    # True: "sending" is a row in our own database, written with the sent mark (the dev provider).
+    in_our_database: bool
+
+    def send(self, *, reference: str, to: str, message: Message) -> str:
+        """Hand the message over; our reference in, the provider's reference out (or a Failure)."""
+
+    def lookup(self, reference: str):
+        """The provider's reference of a message it already took, None if it took none, or UNKNOWN."""
 
 
 class TemporaryFailure(Exception):
@@ -158,7 +172,19 @@ class SmtpProvider:
         return UNKNOWN  # SMTP cannot say whether an interrupted message was taken
 
 
-def provider_for(channel: str, cfg: Settings, sessions: sessionmaker[Session]):
+_providers: dict[tuple[str, int, int], tuple[Provider, Settings]] = {}
+
+
+def provider_for(channel: str, cfg: Settings, sessions: sessionmaker[Session]) -> Provider:
+    """The one place a channel's provider is chosen, built once per process (a Notify client keeps its connections)."""
+    key = (channel, id(cfg), id(sessions))
+    hit = _providers.get(key)
+    if hit is None:
+        hit = _providers[key] = (_build(channel, cfg, sessions), cfg)  # cfg kept so its id stays unique
+    return hit[0]
+
+
+def _build(channel: str, cfg: Settings, sessions: sessionmaker[Session]) -> Provider:
     name = cfg.sms_provider if channel == "sms" else cfg.email_provider
     if name == "notify":
         return NotifyProvider(cfg)

@@ -41,6 +41,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.notifications import kinds
 from services.notifications.models import (
     CANCELLED,
     CREATED,
@@ -211,7 +212,7 @@ def dispatch_due(*, now: dt.datetime | None = None, batch: int | None = None) ->
         at = now or utcnow()
         with runtime.sessions() as session:
             query = (select(Reminder.id).where(Reminder.status == CREATED, Reminder.due_at <= at)
-                     .order_by(Reminder.kind == "follow_up", Reminder.meeting_start, Reminder.due_at).limit(batch))
+                     .order_by(Reminder.kind == kinds.FOLLOW_UP, Reminder.meeting_start, Reminder.due_at).limit(batch))
             if not is_sqlite(session.get_bind()):
                 query = query.with_for_update(skip_locked=True)  # SQLite: BEGIN IMMEDIATE serialises
             ids = list(session.scalars(query))
@@ -409,7 +410,7 @@ def _prepare(reminder_id: uuid.UUID, now: dt.datetime) -> tuple[Row, str, Messag
     if not reminder.in_doubt and reminder.sends >= runtime.settings.hourly_cap:
         allowed_at = aware(reminder.oldest_send) + dt.timedelta(hours=1, seconds=1)
         with send_transaction() as session:
-            if reminder.kind in ("day_before", "hours_before") and allowed_at >= aware(reminder.meeting_start):
+            if reminder.kind in kinds.BEFORE_MEETING and allowed_at >= aware(reminder.meeting_start):
                 _finish(session, reminder, status=CANCELLED, reason="hourly cap", event="reminder.cancelled")
                 return "cancelled: hourly cap"
             session.execute(update(_reminders).where(*_ours(reminder)).values(
@@ -441,7 +442,7 @@ def _reason_not_to_send(reminder: Row) -> tuple[str, str, str] | None:
     if reminder.opted_out:
         return CANCELLED, "opted out", "reminder.cancelled"
     if reminder.contact_found is None or reminder.contact is None or (
-            not reminder.active and reminder.kind != "meeting_cancelled"):
+            not reminder.active and not kinds.KINDS[reminder.kind].despite_cancellation):
         return CANCELLED, "no longer wanted", "reminder.cancelled"
     return None
 
@@ -527,19 +528,6 @@ def _fail(reminder: Row, *, status: str, reason: str) -> None:
         _finish(session, reminder, status=status, reason=reason, event="reminder.failed")
 
 
-_providers: dict[tuple[str, int, int], tuple[object, object]] = {}
-
-
-def provider_of(channel: str):
-    """The channel's provider, built once per process (a Notify client keeps its connections)."""
-    cfg, sessions = runtime.settings, send_sessions()
-    key = (channel, id(cfg), id(sessions))
-    hit = _providers.get(key)
-    if hit is None:
-        hit = _providers[key] = (provider_for(channel, cfg, sessions), cfg)  # cfg kept so its id stays unique
-    return hit[0]
-
-
 def send_reminder(*, reminder_id: uuid.UUID) -> str:
     """Send one due reminder at most once. Raises RetryLater after a temporary failure."""
     cfg = runtime.settings
@@ -548,7 +536,7 @@ def send_reminder(*, reminder_id: uuid.UUID) -> str:
         return prepared
     reminder, to, message = prepared
     rate_limit().acquire()  # shared by every send worker
-    provider = provider_of(reminder.channel)
+    provider = provider_for(reminder.channel, cfg, send_sessions())
     if reminder.in_doubt:
         found = provider.lookup(str(reminder.id))
         if found is UNKNOWN:

@@ -21,6 +21,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from services.notifications import kinds
 from services.notifications.config import Settings
 from services.notifications.models import (
     CANCELLED,
@@ -41,6 +42,7 @@ from services.notifications.runtime import runtime
 from services.notifications.schemas import DeliveryCallbackIn, InboundSmsIn
 from services.notifications.wording import plain_words
 from shared.crypto import FieldCipher, keyed_hash
+from shared.errors import DomainError
 from shared.events import (
     AttendanceReported,
     ContactDetails,
@@ -58,9 +60,7 @@ from shared.replica import get_meeting
 
 log = structlog.get_logger(__name__)
 
-PLANNED_KINDS = ("hours_before", "day_before", "follow_up")  # in priority order for the daily cap
-# Answers to a client's own text: sent at once, whatever the hour (the client has just written).
-ANSWER_KINDS = ("reply_ack", "help", "opted_in")
+PLANNED_KINDS = kinds.PLANNED  # in priority order for the daily cap
 QUIET_MARGIN = dt.timedelta(minutes=30)
 
 
@@ -192,12 +192,13 @@ def send_verdict(*, kind: str, start: dt.datetime, end: dt.datetime | None, time
     later than ``send_margin_minutes`` before the start; a follow-up not before the end. Quiet
     hours are the meeting's own wall clock; holding until they end is pointless for a reminder
     whose last useful moment comes first."""
-    if kind in ANSWER_KINDS:
+    timing = kinds.KINDS[kind].timing
+    if timing == kinds.ANSWER:
         return SEND, None, None  # an answer to the client's own text, at once
     latest = start - dt.timedelta(minutes=cfg.send_margin_minutes)
-    if kind == "confirmation":
+    if timing == kinds.CONFIRMATION:
         pass  # "who will text you and how to stop": useful whenever it arrives, but not in quiet hours
-    elif kind == "follow_up":
+    elif timing == kinds.AFTER:
         end = end or start + dt.timedelta(minutes=cfg.meeting_minutes)
         if now < end:
             return HOLD, end, "held: the meeting has not ended"
@@ -208,7 +209,7 @@ def send_verdict(*, kind: str, start: dt.datetime, end: dt.datetime | None, time
     local = now.astimezone(ZoneInfo(timezone))
     if in_quiet_hours(local, cfg):
         until = after_quiet_hours(local, cfg).astimezone(dt.UTC)
-        if kind not in ("follow_up", "confirmation") and until > latest:
+        if timing not in (kinds.AFTER, kinds.CONFIRMATION) and until > latest:
             return TOO_LATE, None, "too late: quiet hours end too close to the meeting"
         return HOLD, until, "held: quiet hours"
     return SEND, None, None
@@ -549,17 +550,21 @@ def classify(text: str) -> str:
     return next((keyword for keyword, phrases in KEYWORDS.items() if phrase in phrases), REPLY)
 
 
+class NotAText(DomainError, ValueError):
+    """A callback whose body or number is not a text message from a phone (422)."""
+
+
 def reply_text(message: str) -> str:
-    """The text as kept: control characters dropped; ValueError (422) if nothing is left or it is not text."""
+    """The text as kept: control characters dropped; NotAText if nothing is left or it is not text."""
     try:
         message.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise ValueError("message is not valid Unicode text (it holds a lone surrogate)") from exc
+        raise NotAText("message is not valid Unicode text (it holds a lone surrogate)") from exc
     text = _CONTROL.sub("", unicodedata.normalize("NFC", message)).strip()
     if not "".join(c for c in text if unicodedata.category(c) not in ("Cf", "Zs")):
-        raise ValueError("message is empty: there is nothing to pass on")
+        raise NotAText("message is empty: there is nothing to pass on")
     if len(text) > REPLY_MAX_CHARS:
-        raise ValueError(f"message is longer than {REPLY_MAX_CHARS} characters: not a text message")
+        raise NotAText(f"message is longer than {REPLY_MAX_CHARS} characters: not a text message")
     return text
 
 
@@ -643,14 +648,14 @@ def opt_in(session: Session, *, hash_: str, number: str, now: dt.datetime) -> st
 
 
 def inbound_sms(session: Session, *, inbound: InboundSmsIn, now: dt.datetime | None = None) -> str:
-    """A text from a client (docs/TEXT-REPLIES.md). Raises ValueError (422) for a body or number that is
+    """A text from a client (docs/TEXT-REPLIES.md). Raises NotAText (422) for a body or number that is
     not one; a replayed id changes nothing. The text itself is never logged."""
     now = now or utcnow()
     text = reply_text(inbound.message)
     try:
         number = normalise_mobile(inbound.source_number)
     except phonenumbers.NumberParseException as exc:
-        raise ValueError(f"source_number is not a phone number: {exc}") from exc
+        raise NotAText(f"source_number is not a phone number: {exc}") from exc
     session.add(InboundMessage(id=inbound.id, outcome="received", received_at=now))
     try:
         session.flush()

@@ -28,7 +28,8 @@ from zoneinfo import ZoneInfo
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from pydantic import BaseModel
 
-from shared.events import MeetingSnapshot
+from services.notifications.kinds import DATE, KINDS, TODAY_OR_DATE_TIME
+from shared.events import FELLOWSHIP_NAMES, MeetingSnapshot
 
 BUILT_IN_TEMPLATES = Path(__file__).parent / "templates"
 STOP_LINE = "Reply STOP to stop these messages"
@@ -45,13 +46,6 @@ SMS_MAX_FRAGMENTS = 3
 # that still fits a long joining note.
 EMAIL_SUBJECT_MAX_CHARS = 120
 EMAIL_BODY_MAX_CHARS = 3000
-
-FELLOWSHIP_NAMES = {
-    "aa": "Alcoholics Anonymous", "na": "Narcotics Anonymous", "ca": "Cocaine Anonymous", "smart": "SMART Recovery",
-    "al-anon": "Al-Anon Family Groups", "alateen": "Alateen", "fa": "Families Anonymous",
-    "smart-family-friends": "SMART Recovery Family & Friends", "ga": "Gamblers Anonymous",
-    "ma": "Marijuana Anonymous", "cma": "Crystal Meth Anonymous", "other": "mutual aid",
-}
 
 # What a discreet message must never contain, in normalised form (lower case, unaccented, with
 # spaces, dots, hyphens and slashes taken out), in three lists by how safely each can be looked for:
@@ -204,23 +198,6 @@ def joining_of(meeting: MeetingSnapshot, *, full: bool = True, url_notes: bool =
     return " ".join(parts) or None
 
 
-# Built in, never a deployment's file: what a client gets when nothing else may be sent.
-GENERIC_BODIES = {
-    "day_before": "Reminder: your meeting is tomorrow, {when}.",
-    "hours_before": "Reminder: your meeting starts {when}.",
-    "follow_up": "How did it go on {when}? Did you get there? Reply YES or NO. Your keyworker would be glad to hear "
-                 "from you.",
-    "confirmation": "Hello from {sender}. Your keyworker asked us to text you reminders about your meeting on {when}. "
-                    "Reply HELP for help.",
-    "reply_ack": "Thank you. Your message has been passed to your keyworker.",
-    "help": "These texts are from {sender}, sent for your keyworker about your meeting. For anything else, contact "
-            "your keyworker.",
-    "opted_in": "You will get reminders about your meeting again.",
-    "meeting_moved": "Change: your meeting has moved from {previous_when} to {when}.",
-    "meeting_cancelled": "Cancelled: your meeting on {when} will not take place. Your keyworker can help you find another.",
-}
-GENERIC_SUBJECTS = {"meeting_cancelled": "Cancelled: {when}", "meeting_moved": "Changed: now {when}",
-                    "follow_up": "How did it go?", "confirmation": "Reminders about your meeting on {when}"}
 SENDER_NAME = "FAMA reminders"
 
 
@@ -253,9 +230,8 @@ def _optional_parts(meeting: MeetingSnapshot, *, full: bool) -> Iterator[tuple[s
 
 def generic_message(*, kind: str, channel: str, when: str, previous_when: str = "", sender: str = SENDER_NAME) -> Message:
     """The discreet message of a kind that needs nothing from the meeting's own text."""
-    body = GENERIC_BODIES.get(kind, "Reminder: your meeting, {when}.").format(when=when, previous_when=previous_when,
-                                                                              sender=sender)
-    subject = GENERIC_SUBJECTS.get(kind, "Reminder: {when}").format(when=when)
+    body = KINDS[kind].generic_body.format(when=when, previous_when=previous_when, sender=sender)
+    subject = KINDS[kind].generic_subject.format(when=when)
     return _message(channel=channel, body=body, subject=subject)
 
 
@@ -265,10 +241,10 @@ def render(*, kind: str, channel: str, meeting: MeetingSnapshot, start: dt.datet
     tz = ZoneInfo(meeting.timezone)
     local = start.astimezone(tz)
     full = detail == "full"
-    if kind == "hours_before":
+    if KINDS[kind].when == TODAY_OR_DATE_TIME:
         today = (now or dt.datetime.now(dt.UTC)).astimezone(tz).date()
         when = f"today at {format_when(local, with_date=False)}" if local.date() == today else format_when(local)
-    elif kind in ("follow_up", "reply_ack", "help", "opted_in"):
+    elif KINDS[kind].when == DATE:
         when = format_when(local, with_time=False)
     else:
         when = format_when(local)
@@ -276,7 +252,8 @@ def render(*, kind: str, channel: str, meeting: MeetingSnapshot, start: dt.datet
     context = {
         "kind": kind, "full": full, "when": when, "previous_when": previous_when, "sender": sender,
         "meeting_name": meeting.name if full else "",
-        "fellowship_name": FELLOWSHIP_NAMES.get(meeting.fellowship, meeting.fellowship) if full else "",
+        "fellowship_name": ("mutual aid" if meeting.fellowship == "other"  # inside a sentence
+                            else FELLOWSHIP_NAMES.get(meeting.fellowship, meeting.fellowship)) if full else "",
     }
     env = _environment(templates_dir)
     for venue, joining in _optional_parts(meeting, full=full):

@@ -7,7 +7,6 @@ import uuid
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Query, status
-from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
 from services.referrals import audit, audit_page, service
@@ -27,6 +26,7 @@ from services.referrals.schemas import (
 )
 from shared import queues
 from shared.auth import CurrentPrincipal, Principal, Role, SiteStaff, ensure_site, require_roles
+from shared.db import unit_of_work
 from shared.events import Stage
 from shared.metrics import backbone_metrics
 from shared.pages import setup_pages
@@ -39,12 +39,6 @@ app = make_app(service="referrals", settings=runtime.settings, engine=lambda: ru
                title="FAMA referrals", description="The keyworker referral desk: referrals, their lifecycle and consent.")
 # /metrics: the outbox, the events queue, refused events and inbox lag (shared/metrics.py).
 app.state.metrics_registry.register(backbone_metrics(runtime, queues=[queues.events_queue("referrals")]))
-
-
-def unprocessable(exc: service.ReferralError) -> JSONResponse:
-    return JSONResponse({"detail": f"{exc.field}: {exc.message}",
-                         "errors": [{"field": exc.field, "message": exc.message, "type": "value_error"}]},
-                        status_code=422)
 
 
 def shown(session: Session, principal: Principal, referral: Referral) -> ReferralDetailOut:
@@ -67,17 +61,13 @@ def load_for(session: Session, principal: Principal, referral_id: uuid.UUID, *, 
 def create_referral(referral_in: ReferralIn, session: SessionDep, principal: SiteStaff):
     if principal.role == Role.admin:
         if not referral_in.site_id:
-            return unprocessable(service.ReferralError("site_id", "admins must say which site the referral is for"))
+            raise service.ReferralError("site_id", "admins must say which site the referral is for")
         site_id = referral_in.site_id
     else:
         site_id = principal.site
         ensure_site(principal, referral_in.site_id or site_id)
-    try:
+    with unit_of_work(session):
         referral = service.create_referral(session, referral_in=referral_in, site_id=site_id, by=principal.subject)
-    except service.ReferralError as exc:
-        session.rollback()
-        return unprocessable(exc)
-    session.commit()
     return shown(session, principal, referral)
 
 
@@ -100,10 +90,10 @@ def list_referrals(
                                           created_from=created_from, created_to=created_to, limit=limit, offset=offset)
     page = ReferralPage(items=[service.referral_out(r, reveal=service.reveals_contact(principal, r.site_id)) for r in items],
                         total=total, limit=limit, offset=offset)
-    for referral in items:
-        audit.record_contact_view(session, principal=principal, referral=referral, via="api", commit=False,
-                                  reveal=service.reveals_contact(principal, referral.site_id))
-    session.commit()
+    with unit_of_work(session):
+        for referral in items:
+            audit.record_contact_view(session, principal=principal, referral=referral, via="api", commit=False,
+                                      reveal=service.reveals_contact(principal, referral.site_id))
     return page
 
 
@@ -117,15 +107,8 @@ def get_referral(referral_id: uuid.UUID, session: SessionDep, principal: SiteSta
           responses={409: {"description": "Not allowed from the current stage; lists the allowed ones"}})
 def transition_referral(referral_id: uuid.UUID, transition_in: TransitionIn, session: SessionDep, principal: SiteStaff):
     referral = load_for(session, principal, referral_id, lock=True)
-    try:
+    with unit_of_work(session):
         service.transition_referral(session, referral=referral, transition_in=transition_in, by=principal.subject)
-    except service.IllegalTransition as exc:
-        session.rollback()
-        return JSONResponse({"detail": str(exc), "allowed": exc.allowed}, status_code=status.HTTP_409_CONFLICT)
-    except service.ReferralError as exc:
-        session.rollback()
-        return unprocessable(exc)
-    session.commit()
     return shown(session, principal, referral)
 
 
@@ -133,12 +116,8 @@ def transition_referral(referral_id: uuid.UUID, transition_in: TransitionIn, ses
 def withdraw_consent(referral_id: uuid.UUID, session: SessionDep, principal: SiteStaff):
     """Stop reminders and erase the contact details; the referral itself goes on. Repeating it changes nothing."""
     referral = load_for(session, principal, referral_id, lock=True)
-    try:
+    with unit_of_work(session):
         service.withdraw_consent(session, referral=referral, by=principal.subject)
-    except service.ConsentNotGiven as exc:
-        session.rollback()
-        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc
-    session.commit()
     return shown(session, principal, referral)
 
 

@@ -27,7 +27,8 @@ from services.referrals.models import Referral, ReferralReminder, meeting_replic
 from services.referrals.runtime import runtime
 from services.referrals.schemas import ReferralIn, TransitionIn
 from shared.auth import Principal, Role
-from shared.events import REFERRAL_STATUSES, MeetingSnapshot, Stage, utcnow
+from shared.db import unit_of_work
+from shared.events import FELLOWSHIP_NAMES, REFERRAL_STATUSES, REMINDER_KIND_LABELS, MeetingSnapshot, Stage, utcnow
 from shared.meeting_time import local_start, next_occurrence
 from shared.pages import PageForbidden, csrf_protected, make_templates, page_principal, require_page_roles
 
@@ -76,18 +77,11 @@ DETAIL_NAMES = {
     "discreet": "Discreet: the time and place only, no mention of the kind of meeting",
     "full": "Full: reminders may name the meeting, for example \u201cSMART Recovery\u201d",
 }
-REMINDER_KINDS = {"day_before": "The day before", "hours_before": "A few hours before",
-                  "follow_up": "Follow-up after the meeting", "meeting_moved": "Meeting moved",
-                  "meeting_cancelled": "Meeting cancelled"}
 REMINDER_STATUSES = {"scheduled": "Planned", "sent": "Sent", "delivered": "Delivered", "failed": "Not delivered",
                      "cancelled": "Cancelled", "held": "Held", "too-late": "Not sent: too late"}
 CHANNELS = {"sms": "Text message", "email": "Email"}
 HISTORY_ACTIONS = {"created": "Referral recorded", "transition": "Stage changed", "consent_withdrawn": "Consent withdrawn",
                    "contact_unreachable": "Contact details not reachable", "contact_erased": "Contact details erased"}
-FELLOWSHIPS = {"aa": "Alcoholics Anonymous", "na": "Narcotics Anonymous", "ca": "Cocaine Anonymous",
-               "smart": "SMART Recovery", "al-anon": "Al-Anon Family Groups", "alateen": "Alateen",
-               "fa": "Families Anonymous", "smart-family-friends": "SMART Recovery Family & Friends",
-               "ga": "Gamblers Anonymous", "ma": "Marijuana Anonymous", "cma": "Crystal Meth Anonymous"}
 ATTENDANCE = {"in_person": "In person", "hybrid": "In person and online", "online": "Online", "inactive": "Not running"}
 NOTICES = {
     "created": "Referral recorded.",
@@ -226,7 +220,7 @@ def meeting_choices(session: Session, *, site_id: str | None, query: str) -> lis
         words = query.lower().split()[:5]
 
         def text(m: MeetingSnapshot) -> str:
-            return " ".join(filter(None, (m.name, m.slug, m.fellowship, FELLOWSHIPS.get(m.fellowship), m.location,
+            return " ".join(filter(None, (m.name, m.slug, m.fellowship, FELLOWSHIP_NAMES.get(m.fellowship), m.location,
                                           m.formatted_address, m.postcode, m.site_id))).lower()
 
         return [m for m in meetings if all(w in text(m) for w in words)][:50]
@@ -242,7 +236,8 @@ def meeting_view(meeting: MeetingSnapshot, now: dt.datetime | None = None) -> di
     where = meeting.formatted_address or meeting.location
     if meeting.attendance_option == "online":
         where = "Online"
-    return {"slug": meeting.slug, "name": meeting.name, "fellowship": FELLOWSHIPS.get(meeting.fellowship, meeting.fellowship),
+    return {"slug": meeting.slug, "name": meeting.name,
+            "fellowship": FELLOWSHIP_NAMES.get(meeting.fellowship, meeting.fellowship),
             "when": meeting_time(meeting), "where": where, "attendance": ATTENDANCE.get(meeting.attendance_option, ""),
             "next": long_datetime(nxt) if nxt else None, "next_date": nxt.date().isoformat() if nxt else "",
             "site_id": meeting.site_id}
@@ -426,14 +421,14 @@ def create_referral(request: Request, session: SessionDep, principal: Desk, form
     else:
         if not errors:
             try:
-                referral = service.create_referral(session, referral_in=referral_in, site_id=site_id, by=principal.subject)
+                with unit_of_work(session):
+                    referral = service.create_referral(session, referral_in=referral_in, site_id=site_id,
+                                                       by=principal.subject)
             except service.ReferralError as exc:
-                session.rollback()
                 errors[FIELD_FOR.get(exc.field, exc.field)] = sentence(exc.message)
     if errors or referral is None:
         context = new_form_context(request, session, principal, values=values, errors=errors)
         return render(request, "new_referral.html", context, status_code=422)
-    session.commit()
     return RedirectResponse(f"/desk/referrals/{referral.id}?notice=created", status_code=303)
 
 
@@ -461,7 +456,7 @@ def referral_context(request: Request, session: Session, principal: Principal, r
                 "to": stage_name(h.to_stage), "reason": h.reason,
                 "accompanied": None if h.accompanied is None else ("Yes" if h.accompanied else "No")}
                for h in view.history]
-    reminders = [{"kind": REMINDER_KINDS.get(r.kind, r.kind), "channel": CHANNELS.get(r.channel, r.channel),
+    reminders = [{"kind": REMINDER_KIND_LABELS.get(r.kind, r.kind), "channel": CHANNELS.get(r.channel, r.channel),
                   "due": long_datetime(r.due_at) if r.due_at else "Not known",
                   "status": REMINDER_STATUSES.get(r.status, r.status),
                   "reason": r.reason} for r in view.reminders]
@@ -528,11 +523,12 @@ def move_referral(request: Request, referral_id: str, session: SessionDep, princ
         errors["reason"] = "Keep the reason to 500 characters or fewer"
     if not errors:
         try:
-            transition_in = TransitionIn(to=stage, reason=values["reason"] or None, accompanied=accompanied,
-                                         planned_date=planned)
-            service.transition_referral(session, referral=referral, transition_in=transition_in, by=principal.subject)
+            with unit_of_work(session):
+                transition_in = TransitionIn(to=stage, reason=values["reason"] or None, accompanied=accompanied,
+                                             planned_date=planned)
+                service.transition_referral(session, referral=referral, transition_in=transition_in,
+                                            by=principal.subject)
         except service.IllegalTransition:
-            session.rollback()
             referral = load_referral(session, principal, referral_id)
             return render(request, "referral.html", referral_context(
                 request, session, principal, referral,
@@ -546,11 +542,10 @@ def move_referral(request: Request, referral_id: str, session: SessionDep, princ
             for error in exc.errors():
                 errors.setdefault(str(error["loc"][0]) if error.get("loc") else "reason", sentence(error["msg"]))
     if errors:
-        session.rollback()
+        session.rollback()  # the lock taken to check the move
         referral = load_referral(session, principal, referral_id)
         return render(request, "referral.html", referral_context(request, session, principal, referral, errors=errors,
                                                                 failed=to, values=values), status_code=422)
-    session.commit()
     return RedirectResponse(f"/desk/referrals/{referral.id}?notice=moved", status_code=303)
 
 
@@ -558,14 +553,13 @@ def move_referral(request: Request, referral_id: str, session: SessionDep, princ
 def withdraw_consent(request: Request, referral_id: str, session: SessionDep, principal: Desk, _form: FormFields):
     referral = load_referral(session, principal, referral_id, lock=True)
     try:
-        service.withdraw_consent(session, referral=referral, by=principal.subject)
+        with unit_of_work(session):
+            service.withdraw_consent(session, referral=referral, by=principal.subject)
     except service.ConsentNotGiven:
-        session.rollback()
         referral = load_referral(session, principal, referral_id)
         return render(request, "referral.html", referral_context(
             request, session, principal, referral, problem="The client never consented to reminders, so there is "
                                                            "no consent to withdraw."), status_code=409)
-    session.commit()
     return RedirectResponse(f"/desk/referrals/{referral.id}?notice=consent-withdrawn", status_code=303)
 
 
@@ -576,8 +570,6 @@ NOTICES.update({
     "report-dismissed": "The client's report was set aside; the stage is unchanged.",
 })
 HISTORY_ACTIONS.setdefault("opted_in", "Client opted back in (texted START)")
-REMINDER_KINDS.update({"confirmation": "Confirmation of the referral", "reply_ack": "Thanks for a reply",
-                       "help": "Answer to HELP", "opted_in": "Answer to START"})
 REPORTS = {"attended": "The client says they went to the meeting",
            "not_attended": "The client says they did not go to the meeting"}
 REPORT_STATES = {"waiting": "Waiting for you to confirm", "confirmed": "Confirmed", "dismissed": "Set aside"}
@@ -597,9 +589,9 @@ def mark_seen(session: Session, principal: Principal, referral: Referral) -> Non
     """Replies (and a change to the meeting) are unread until a keyworker or site lead of the
     referral's own site has seen them."""
     if principal.role in (Role.keyworker, Role.site_lead) and principal.site == referral.site_id:
-        replies = service.mark_replies_seen(session, referral=referral, by=principal.subject)
-        if service.mark_meeting_change_seen(session, referral=referral) or replies:
-            session.commit()
+        with unit_of_work(session):
+            service.mark_replies_seen(session, referral=referral, by=principal.subject)
+            service.mark_meeting_change_seen(session, referral=referral)
 
 
 def _reply_id(value: str) -> uuid.UUID | None:
@@ -617,11 +609,12 @@ def confirm_report(request: Request, referral_id: str, reply_id: str, session: S
     accompanied = {"yes": True, "no": False}.get(form.get("accompanied", ""))
     key = _reply_id(reply_id)
     try:
-        if key is None:
-            raise service.ReferralError("reply", "that reply is not the client's report of attendance")
-        service.confirm_report(session, referral=referral, reply_id=key, by=principal.subject, accompanied=accompanied)
+        with unit_of_work(session):
+            if key is None:
+                raise service.ReferralError("reply", "that reply is not the client's report of attendance")
+            service.confirm_report(session, referral=referral, reply_id=key, by=principal.subject,
+                                   accompanied=accompanied)
     except (service.ReferralError, service.IllegalTransition) as exc:
-        session.rollback()
         referral = load_referral(session, principal, referral_id)
         problem = sentence(exc.message) if isinstance(exc, service.ReferralError) else (
             f"The referral is at \u201c{STAGE_NAMES[Stage(referral.business_status)]}\u201d, so this report cannot "
@@ -629,7 +622,6 @@ def confirm_report(request: Request, referral_id: str, reply_id: str, session: S
         unanswered = isinstance(exc, service.ReferralError) and exc.field == "accompanied"
         return render(request, "referral.html", referral_context(request, session, principal, referral,
                                                                 problem=problem), status_code=422 if unanswered else 409)
-    session.commit()
     return RedirectResponse(f"/desk/referrals/{referral.id}?notice=report-confirmed", status_code=303)
 
 
@@ -639,15 +631,14 @@ def dismiss_report(request: Request, referral_id: str, reply_id: str, session: S
     referral = load_referral(session, principal, referral_id, lock=True)
     key = _reply_id(reply_id)
     try:
-        if key is None:
-            raise service.ReferralError("reply", "that reply is not the client's report of attendance")
-        service.dismiss_report(session, referral=referral, reply_id=key, by=principal.subject)
+        with unit_of_work(session):
+            if key is None:
+                raise service.ReferralError("reply", "that reply is not the client's report of attendance")
+            service.dismiss_report(session, referral=referral, reply_id=key, by=principal.subject)
     except service.ReferralError as exc:
-        session.rollback()
         referral = load_referral(session, principal, referral_id)
         return render(request, "referral.html", referral_context(request, session, principal, referral,
                                                                 problem=sentence(exc.message)), status_code=409)
-    session.commit()
     return RedirectResponse(f"/desk/referrals/{referral.id}?notice=report-dismissed", status_code=303)
 
 

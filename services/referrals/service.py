@@ -61,6 +61,7 @@ from services.referrals.schemas import (
 )
 from shared.auth import Principal, Role
 from shared.crypto import FieldCipher
+from shared.errors import Conflict, InvalidInput
 from shared.events import (
     ENDED_STATUSES,
     ContactDetails,
@@ -123,16 +124,13 @@ ALLOWED: dict[Stage, tuple[Stage, ...]] = {
 REASON_REQUIRED = frozenset({Stage.on_hold, Stage.did_not_engage, Stage.declined})
 
 
-class ReferralError(ValueError):
+class ReferralError(InvalidInput):
     """Input the referral desk refuses; ``field`` names what was wrong (422)."""
 
-    def __init__(self, field: str, message: str):
-        super().__init__(message)
-        self.field = field
-        self.message = message
+    error_type = "value_error"
 
 
-class IllegalTransition(Exception):
+class IllegalTransition(Conflict):
     """A move the lifecycle does not allow (409); ``allowed`` lists those it does."""
 
     def __init__(self, from_stage: Stage, to_stage: Stage):
@@ -141,8 +139,11 @@ class IllegalTransition(Exception):
         super().__init__(f"a referral at {from_stage.value} ({STAGE_STATUS[from_stage]}) cannot move to "
                          f"{to_stage.value}; allowed: {options}")
 
+    def body(self) -> dict:
+        return {"detail": str(self), "allowed": self.allowed}
 
-class ConsentNotGiven(Exception):
+
+class ConsentNotGiven(Conflict):
     """Withdrawing a consent that was never recorded (409)."""
 
 

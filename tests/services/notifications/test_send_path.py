@@ -92,7 +92,7 @@ def test_a_send_records_the_message_the_sent_mark_and_the_event_together():
 
 def test_a_stalled_worker_whose_reminder_was_taken_over_sends_nothing():
     due = due_reminder()
-    provider = sending.provider_of("sms")
+    provider = sending.provider_for("sms", runtime.settings, sending.send_sessions())
     stalled, to, message = sending._prepare(due.id, utcnow())  # worker A claims, then stalls
     make_stale(due.id)
     taker, _, _ = sending._prepare(due.id, utcnow())  # worker B takes the stale row over
@@ -116,7 +116,7 @@ def test_a_late_failure_does_not_end_a_reminder_another_worker_holds():
 
 
 def test_the_dev_message_and_the_sent_mark_are_written_together_or_not_at_all():
-    provider = sending.provider_of("sms")
+    provider = sending.provider_for("sms", runtime.settings, sending.send_sessions())
     due = due_reminder()
     claimed, to, message = sending._prepare(due.id, utcnow())
     row = provider.take(reference=str(due.id), to=to, message=message)
