@@ -134,6 +134,15 @@ def rss_kb(pid: int) -> int:
     return total
 
 
+def rss_kb_one(pid: int) -> int:
+    """Resident memory of one process alone (0 once it has gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    except (FileNotFoundError, ProcessLookupError, StopIteration):
+        return 0
+
+
 class PeakMemory:
     """Samples every stack process's RSS (children included) twice a second; keeps the peak."""
 

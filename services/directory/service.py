@@ -8,6 +8,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from services.directory import answers
 from services.directory.geocode import Geocoder, default_geocoder
 from services.directory.models import Meeting, Site
 from services.directory.runtime import runtime
@@ -88,6 +89,7 @@ def create_meeting(session: Session, *, meeting_in: MeetingIn, source: str | Non
         meeting.source, meeting.active, meeting.withdrawn_reason, meeting.updated = source, True, None, now
     session.flush()
     runtime.outbox.record(session, "meeting.published", snapshot(meeting))
+    answers.changed(session)
     return meeting
 
 
@@ -110,6 +112,7 @@ def update_meeting(session: Session, *, slug: str, meeting_in: MeetingIn,
     meeting.updated = utcnow()
     session.flush()
     runtime.outbox.record(session, "meeting.updated", snapshot(meeting))
+    answers.changed(session)
     return meeting, True
 
 
@@ -126,6 +129,7 @@ def withdraw_meeting(session: Session, *, slug: str, reason: str | None = None) 
     session.flush()
     runtime.outbox.record(session, "meeting.withdrawn",
                           MeetingWithdrawn(slug=slug, reason=reason, meeting=snapshot(meeting)))
+    answers.changed(session)
     return meeting
 
 
