@@ -67,8 +67,12 @@ def create_referral(referral_in: ReferralIn, session: SessionDep, principal: Sit
     except service.ReferralError as exc:
         session.rollback()
         return unprocessable(exc)
+    # Read back before the commit, on the connection already held: after it, the answer would cost
+    # another connection and three more round trips for what this transaction has just written.
+    created = service.referral_out(referral, reveal=service.reveals_contact(principal, site_id), detail=True,
+                                   session=session)
     session.commit()
-    return service.referral_out(referral, reveal=service.reveals_contact(principal, site_id), detail=True, session=session)
+    return created
 
 
 @app.get("/referrals", response_model=ReferralPage, tags=["referrals"])
