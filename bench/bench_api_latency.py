@@ -5,9 +5,11 @@ production command (``SERVE``: the same uvicorn flags the README gives ops); ``b
 (one async route, nothing else) is served by the very same command. wrk (C, the Debian package
 ``wrk``; installed with apt-get when missing and run as root) keeps 8 connections busy on:
 
-- ``GET /meetings`` near one of 284 London outward codes, 10 km, with and without a day or
-  fellowship filter (public search; its per-address limit raised far above the load but still
-  counted in Redis);
+- ``GET /meetings`` near one of 12 London areas (156 different searches: each area with and
+  without a day or a fellowship), as the keyworkers of a region's services search in a busy minute;
+- ``GET /meetings`` near one of 284 London outward codes (852 different searches: few are asked
+  again within the minute a process keeps an answer, so this is the search computed anew);
+  the public search's per-address limit is raised far above the load but still counted in Redis;
 - ``GET /meetings/{slug}`` over all 2,400 meetings (the meeting page's JSON);
 - ``POST /referrals`` with consent and a distinct mobile, as the keyworker of the meeting's site.
 
@@ -37,9 +39,9 @@ from rich.table import Table
 
 CONNECTIONS = common.CONCURRENCY
 MEETINGS_FACTOR = 8.0  # 2,400 meetings around London
-# The production command (README, "Running in production"): every API is served like this.
-WORKERS = os.cpu_count() or 1
-SERVE = ["--workers", str(WORKERS), "--loop", "uvloop", "--http", "httptools", "--no-access-log"]
+# The production command (README, "Production and scaling"): one process per container, as many
+# containers as cores; each API process is served like this.
+SERVE = ["--loop", "uvloop", "--http", "httptools", "--no-access-log"]
 if os.environ.get("BENCH_SERVE") is not None:  # compare another command, e.g. BENCH_SERVE="" (uvicorn's defaults)
     SERVE = os.environ["BENCH_SERVE"].split()
 
@@ -173,7 +175,22 @@ def children(pid: int) -> list[int]:
     return found
 
 
+# Where the searches of a busy minute come from: a few services' neighbourhoods (the pilot
+# sites of one region), asked with and without a day or a fellowship.
+AREAS = ("CR0", "SE1", "N1", "W2", "E1", "SW9", "E8", "N7", "SE15", "NW1", "W12", "E14")
+
+
+def area_search_requests() -> list:
+    days = [f"&day={d}" for d in range(7)]
+    fellowships = [f"&fellowship={f}" for f in common.FELLOWSHIPS]
+    requests = [("GET", f"/meetings?near={code}&radius_km=10{extra}", None, None)
+                for code in AREAS for extra in ("", *days, *fellowships)]
+    random.Random(5).shuffle(requests)
+    return requests
+
+
 def search_requests() -> list:
+    """Every London outward code, with and without a filter: few searches asked twice in a minute."""
     rng = random.Random(3)
     outcodes = []
     with open(common.ROOT / "services/directory/data/uk-outcodes.csv") as f:
@@ -222,14 +239,15 @@ def run() -> None:
         server.wait("/" if name == "bare" else "/healthz")
     requests = {
         "bare": ("bare", [("GET", "/", None, None)]),
-        "search": ("directory", search_requests()),
+        "search (12 areas)": ("directory", area_search_requests()),
+        "search (852 different)": ("directory", search_requests()),
         "meeting": ("directory", [("GET", f"/meetings/{s}", None, None) for s in slugs]),
         "referrals": ("referrals", referral_requests(int(seconds * rounds * 400) + 1000)),
     }
     first_request = {name: rs[-1] for name, (_server, rs) in requests.items()}
     scripts = {name: (server, wrk_script(rs[:-1] if name == "referrals" else rs))
                for name, (server, rs) in requests.items()}
-    for name, (server, script) in scripts.items():  # each request kind answers as it should before it is timed
+    for name, (server, _script) in scripts.items():  # each request kind answers as it should before it is timed
         method, path, headers, body = first_request[name]
         response = httpx.request(method, servers[server].url + path, headers=headers, content=body)
         if response.status_code not in (200, 201):

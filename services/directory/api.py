@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Body, Depends, HTTPException, Query, Request, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, Response
+from prometheus_client import Counter
 from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -52,6 +53,9 @@ app = make_app(service="directory", settings=runtime.settings, engine=lambda: ru
                title="FAMA directory", description="Mutual-aid meetings, pilot sites and engagement counters.")
 # /metrics: the outbox, the events queue, refused events and inbox lag (shared/metrics.py).
 app.state.metrics_registry.register(backbone_metrics(runtime, queues=[queues.events_queue("directory")]))
+# How often the public search and meeting JSON were answered from what this process kept (answers.py).
+kept_answers = Counter("fama_directory_public_answers_total", "Public searches and meetings answered, by whether "
+                       "the answer kept for the minute served", ["kept"], registry=app.state.metrics_registry)
 
 
 def _errors_response(errors: list[dict]) -> JSONResponse:
@@ -131,6 +135,7 @@ async def _kept_answer(request: Request, make) -> Response:
     stamp = await answers.stamp(async_redis(request.app))
     key = f"{request.scope['path']}?{request.scope['query_string'].decode('latin-1')}"
     body = answers.answers.get(key, stamp) if stamp is not None else None
+    kept_answers.labels("yes" if body is not None else "no").inc()
     if body is None:
         model = await run_in_threadpool(make)
         body = model.model_dump_json(by_alias=True).encode()
