@@ -7,7 +7,11 @@ it (their inbox rows' processed_at). In the same run one worker of the same kind
 Celery tasks over the same Redis: the ratio says how far the pipeline is from the broker's
 ceiling. Peak memory of every process is sampled throughout.
 
-    .venv/bin/python bench/bench_pipeline.py [REFERRALS]   (default 600)
+Then, with the queues drained, referrals arrive at a steady STEADY_RATE a second (default 20)
+for STEADY_SECONDS (default 30): the latency from each POST to planned-and-counted when the
+pipeline keeps up (its p95 is a target: under 1 s).
+
+    .venv/bin/python bench/bench_pipeline.py [REFERRALS] [STEADY_RATE] [STEADY_SECONDS]   (default 600, 20, 30)
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from rich.table import Table
 
 def run() -> None:
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 600
+    steady_rate = float(sys.argv[2]) if len(sys.argv) > 2 else 20.0
+    steady_seconds = float(sys.argv[3]) if len(sys.argv) > 3 else 30.0
     loaded = common.load_data(1.0)
     stack = common.start_stack()
     memory = common.PeakMemory(stack)
@@ -28,6 +34,8 @@ def run() -> None:
         created = common.create_referrals(stack, count)
         done = common.pipeline_completion(created)
         per_referral = common.events_per_referral()
+        steady_posted = common.create_referrals(stack, int(steady_rate * steady_seconds), rate=steady_rate)
+        steady = common.pipeline_completion(steady_posted)
     finally:
         peaks = memory.stop()
         stack.stop()
@@ -42,6 +50,9 @@ def run() -> None:
     t.add_row("pipeline event deliveries/s", f"{done['rate'] * per_referral:.0f}")
     t.add_row("ratio: referrals/s to no-op tasks/s", f"{done['rate'] / noop['rate']:.3f}")
     t.add_row("ratio: event deliveries/s to no-op tasks/s", f"{done['rate'] * per_referral / noop['rate']:.2f}")
+    t.add_row(f"steady {steady_rate:.0f} referrals/s for {steady_seconds:.0f} s: POST p50 / p95 (ms)",
+              f"{steady_posted['p50']:.0f} / {steady_posted['p95']:.0f}")
+    t.add_row("steady: latency POST to planned + counted, p50 / p95 (s)", f"{steady['p50']:.2f} / {steady['p95']:.2f}")
     common.show(t)
     memory.peaks = peaks
     common.show(memory.table("Peak memory during the pipeline run"))

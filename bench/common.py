@@ -134,6 +134,15 @@ def rss_kb(pid: int) -> int:
     return total
 
 
+def rss_kb_one(pid: int) -> int:
+    """Resident memory of one process alone (0 once it has gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    except (FileNotFoundError, ProcessLookupError, StopIteration):
+        return 0
+
+
 class PeakMemory:
     """Samples every stack process's RSS (children included) twice a second; keeps the peak."""
 
@@ -285,6 +294,39 @@ def closed_loop(requests: list, send, concurrency: int = CONCURRENCY, seconds: f
             "p95": percentile(latencies, 95) * 1000, "statuses": statuses, "starts": starts, "seconds": took}
 
 
+def open_loop(requests: list, send, rate: float, concurrency: int = 32) -> dict:
+    """Send request i at i / ``rate`` seconds from the start (threads with one httpx client each)."""
+    import queue
+
+    todo: queue.Queue = queue.Queue()
+    lock, latencies, statuses, starts = threading.Lock(), [], {}, {}
+
+    def worker():
+        with httpx.Client(timeout=60) as client:
+            while (request := todo.get()) is not None:
+                t0, wall = time.perf_counter(), time.time()
+                code = send(client, request)
+                with lock:
+                    latencies.append(time.perf_counter() - t0)
+                    statuses[code] = statuses.get(code, 0) + 1
+                    starts[id(request)] = wall
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    began = time.perf_counter()
+    for i, request in enumerate(requests):
+        time.sleep(max(0.0, began + i / rate - time.perf_counter()))
+        todo.put(request)
+    for _ in threads:
+        todo.put(None)
+    for t in threads:
+        t.join()
+    took = time.perf_counter() - began
+    return {"count": len(latencies), "rate": len(latencies) / took, "p50": percentile(latencies, 50) * 1000,
+            "p95": percentile(latencies, 95) * 1000, "statuses": statuses, "starts": starts, "seconds": took}
+
+
 def search(stack, seconds: float = 10.0) -> dict:
     """Public meeting search near an outward code, with and without a day filter."""
     queries = [{"near": pc, "radius_km": 10, "limit": 20, **({"day": d} if d is not None else {})}
@@ -293,8 +335,11 @@ def search(stack, seconds: float = 10.0) -> dict:
     return closed_loop(queries, lambda c, q: c.get(url, params=q).status_code, seconds=seconds)
 
 
-def create_referrals(stack, count: int, factor_label: str = "") -> dict:
-    """POST ``count`` referrals (consent and a distinct mobile) to meetings of the loaded set."""
+def create_referrals(stack, count: int, factor_label: str = "", rate: float | None = None) -> dict:
+    """POST ``count`` referrals (consent and a distinct mobile) to meetings of the loaded set.
+
+    As fast as 8 clients go, or with ``rate``, at that steady rate (referral i is sent at i / rate
+    seconds, whatever the answers before it: an open loop, as keyworkers do not wait for each other)."""
     from tests.support.auth import auth
 
     slugs = [r[0] for r in sql("referrals", "SELECT slug FROM meeting_replica ORDER BY slug")]
@@ -317,7 +362,7 @@ def create_referrals(stack, count: int, factor_label: str = "") -> dict:
         return response.status_code
 
     errors: list[str] = []
-    result = closed_loop(bodies, send)
+    result = closed_loop(bodies, send) if rate is None else open_loop(bodies, send, rate)
     if result["statuses"].get(201, 0) < count:
         raise RuntimeError(f"referrals refused: {result['statuses']}; first: {errors[:1]}")
     result["references"] = {b["client_reference"]: result["starts"].get(id(b)) for b in bodies}

@@ -78,5 +78,8 @@ def configure_logging(level: str | None = None) -> None:
     root.setLevel(level)
     # Uvicorn and Celery set up their own plain-text handlers: route them through ours.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "celery", "celery.task"):
-        logging.getLogger(name).handlers[:] = []
-        logging.getLogger(name).propagate = True
+        logger = logging.getLogger(name)
+        if name == "uvicorn.access" and not logger.handlers and not logger.propagate:
+            continue  # `uvicorn --no-access-log` turned it off: it stays off
+        logger.handlers[:] = []
+        logger.propagate = True

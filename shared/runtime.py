@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
@@ -21,6 +21,7 @@ from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import Engine, MetaData
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from shared import db, queues
 from shared.celery_app import make_celery
@@ -92,13 +93,22 @@ class ServiceRuntime:
         with db.transaction(self.sessions) as session:
             yield session
 
-    def get_session(self) -> Iterator[Session]:
-        """FastAPI dependency: one session per request, closed afterwards."""
+    async def get_session(self) -> AsyncIterator[Session]:
+        """FastAPI dependency: one session per request, closed afterwards.
+
+        ``async`` so that making and closing it costs no worker thread (a plain generator costs
+        two, on top of the endpoint's): a new session is only an object until its first query.
+        Only a session that still holds a connection when the endpoint is done (a read, or work
+        after a commit) is closed in a thread, since handing the connection back is a round trip
+        (a rollback) that must not stall the event loop."""
         session = self.sessions()
         try:
             yield session
         finally:
-            session.close()
+            if session.in_transaction():
+                await run_in_threadpool(session.close)
+            else:
+                session.close()
 
     def migrate(self) -> None:
         db.migrate(self.migrations_dir, self.settings.database_url)

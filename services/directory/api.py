@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 from email.utils import format_datetime, parsedate_to_datetime
@@ -11,12 +12,13 @@ from typing import Annotated, Any, Literal
 from fastapi import Body, Depends, HTTPException, Query, Request, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, Response
+from prometheus_client import Counter
 from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from services.directory import admin_api, engagement, feeds, search, service
+from services.directory import admin_api, answers, engagement, feeds, search, service
 from services.directory.admin import setup_admin
 from services.directory.models import Meeting
 from services.directory.pages import router as pages_router
@@ -30,7 +32,6 @@ from services.directory.schemas import (
     ImportReport,
     MeetingAdminOut,
     MeetingIn,
-    MeetingOut,
     MeetingPage,
     MeetingResult,
     SearchIn,
@@ -46,7 +47,7 @@ from shared.meeting_time import meeting_guide_weekday
 from shared.metrics import backbone_metrics
 from shared.pages import setup_pages
 from shared.types import InputDate
-from shared.web import PublicRateLimit, make_app
+from shared.web import PublicRateLimit, async_redis, make_app
 
 SessionDep = Annotated[Session, Depends(runtime.get_session)]
 
@@ -54,6 +55,9 @@ app = make_app(service="directory", settings=runtime.settings, engine=lambda: ru
                title="FAMA directory", description="Mutual-aid meetings, pilot sites and engagement counters.")
 # /metrics: the outbox, the events queue, refused events and inbox lag (shared/metrics.py).
 app.state.metrics_registry.register(backbone_metrics(runtime, queues=[queues.events_queue("directory")]))
+# How often the public search and meeting JSON were answered from what this process kept (answers.py).
+kept_answers = Counter("fama_directory_public_answers_total", "Public searches and meetings answered, by whether "
+                       "the answer kept for the minute served", ["kept"], registry=app.state.metrics_registry)
 
 
 def _errors_response(errors: list[dict]) -> JSONResponse:
@@ -72,8 +76,8 @@ async def invalid_model(_request: Request, exc: ValidationError):
 
 @app.get("/meetings", response_model=MeetingPage, tags=["meetings"],
          summary="Search meetings (public)", dependencies=[PublicRateLimit])
-def search_meetings(
-    session: SessionDep,
+async def search_meetings(
+    request: Request,
     near: Annotated[str | None, Query(description="UK postcode (full or outward code), UK town, village or city "
                                                   "('Newport, Isle of Wight' where several share the name) "
                                                   "or 'lat,lng'", max_length=60)] = None,
@@ -92,6 +96,29 @@ def search_meetings(
     offset: Annotated[int | None, Query(ge=0)] = None,
     page: Annotated[int | None, Query(ge=1, description="1-based page of `limit` results (instead of offset)")] = None,
 ):
+    return await _kept_answer(request, functools.partial(
+        _search_page, near=near, radius_km=radius_km, day=day, date=date, starts_after=starts_after,
+        starts_before=starts_before, fellowship=fellowship, types=types, attendance=attendance, q=q, sort=sort,
+        limit=limit, offset=offset, page=page))
+
+
+async def _kept_answer(request: Request, make) -> Response:
+    """The answer kept for this path and query in this minute (services/directory/answers.py), or
+    ``make()``'s, made in a worker thread and kept."""
+    stamp = await answers.stamp(async_redis(request.app))
+    key = f"{request.scope['path']}?{request.scope['query_string'].decode('latin-1')}"
+    body = answers.answers.get(key, stamp) if stamp is not None else None
+    kept_answers.labels("yes" if body is not None else "no").inc()
+    if body is None:
+        model = await run_in_threadpool(make)
+        body = model.model_dump_json(by_alias=True).encode()
+        if stamp is not None:
+            answers.answers.put(key, stamp, body)
+    return Response(body, media_type="application/json")
+
+
+def _search_page(*, near, radius_km, day, date, starts_after, starts_before, fellowship, types, attendance, q, sort,
+                 limit, offset, page) -> MeetingPage:
     codes = [c.strip() for value in types for c in value.split(",") if c.strip()]
     unknown = [c for c in codes if c not in TYPE_NAMES]
     if unknown:
@@ -120,36 +147,42 @@ def search_meetings(
     search_in = SearchIn(near=near, radius_km=radius_km, days=days, starts_after=starts_after,
                          starts_before=starts_before, fellowship=fellowship, types=codes, attendance=attendance,
                          q=q, sort=sort, limit=limit, offset=offset, now=now)
-    found = search.search_meetings(session, search_in=search_in)
+    # The session is closed here, in the endpoint's thread: giving its connection back is a round trip.
+    with runtime.sessions() as session:
+        found = search.search_meetings(session, search_in=search_in)
     return MeetingPage(total=found["total"], limit=limit, offset=offset, near=found["near"],
                        results=[_result(m, d, now) for m, d in found["results"]],
                        beyond=[_result(m, d, now) for m, d in found["beyond"]])
 
 
 def _result(meeting, distance: float | None, now: dt.datetime) -> MeetingResult:
-    return MeetingResult.model_validate({
-        **MeetingOut.model_validate(meeting).model_dump(exclude={"type_names"}),
-        "distance_km": None if distance is None else round(distance, 2),
-        "happening": search.happening(meeting, now),
-        **_next_start(meeting, now),
-    })
+    result = MeetingResult.model_validate(meeting, from_attributes=True)
+    result.distance_km = None if distance is None else round(distance, 2)
+    result.happening = search.happening(meeting, now)
+    _set_next_start(result, meeting, now)
+    return result
 
 
 @app.get("/meetings/{slug}", response_model=MeetingResult, tags=["meetings"],
          summary="One meeting (public)", dependencies=[PublicRateLimit])
-def get_meeting(slug: str, session: SessionDep):
-    meeting = service.get_meeting(session, slug)
-    return MeetingResult.model_validate({
-        **MeetingOut.model_validate(meeting).model_dump(exclude={"type_names"}),
-        **(_next_start(meeting) if meeting.active else {}),
-    })
+async def get_meeting(request: Request, slug: str):
+    return await _kept_answer(request, functools.partial(_meeting, slug))
 
 
-def _next_start(meeting, now: dt.datetime | None = None) -> dict:
+def _meeting(slug: str) -> MeetingResult:
+    with runtime.sessions() as session:  # closed in this thread, like the search's
+        meeting = service.get_meeting(session, slug)
+    result = MeetingResult.model_validate(meeting, from_attributes=True)
+    if meeting.active:
+        _set_next_start(result, meeting)
+    return result
+
+
+def _set_next_start(result: MeetingResult, meeting, now: dt.datetime | None = None) -> None:
     start = search.next_start(meeting, now)
-    if start is None:
-        return {}
-    return {"next_start_local": start.isoformat(), "next_start_utc": start.astimezone(dt.UTC).isoformat()}
+    if start is not None:
+        result.next_start_local = start.isoformat()
+        result.next_start_utc = start.astimezone(dt.UTC).isoformat()
 
 
 @app.post("/meetings", response_model=MeetingAdminOut, status_code=status.HTTP_201_CREATED, tags=["meetings"])

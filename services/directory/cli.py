@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy import delete, func, insert, select
 
-from services.directory import feeds, geocode, service
+from services.directory import answers, feeds, geocode, service
 from services.directory.models import Meeting, Postcode
 from services.directory.runtime import runtime
 from services.directory.schemas import MeetingIn
@@ -85,6 +85,7 @@ def postcodes(
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh, runtime.transaction() as session:
             session.execute(delete(Postcode))
+            answers.changed(session)  # a full postcode is now placed exactly: searches near one change
             loaded = 0
             with _progress() as progress:
                 task = progress.add_task("Loading postcodes", total=None)

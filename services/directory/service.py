@@ -8,6 +8,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from services.directory import answers
 from services.directory.geocode import Geocoder, default_geocoder
 from services.directory.models import Meeting, MeetingChange, Site
 from services.directory.runtime import runtime
@@ -89,6 +90,7 @@ def create_meeting(session: Session, *, meeting_in: MeetingIn, source: str | Non
     session.flush()
     record_change(session, slug=meeting.slug, by=by, action="created" if meeting.created_at == now else "republished")
     runtime.outbox.record(session, "meeting.published", snapshot(meeting))
+    answers.changed(session)
     return meeting
 
 
@@ -113,6 +115,7 @@ def update_meeting(session: Session, *, slug: str, meeting_in: MeetingIn,
     record_change(session, slug=slug, by=by, action="updated",
                   fields=[k for k in changed if k not in ("types_key", "cell")])
     runtime.outbox.record(session, "meeting.updated", snapshot(meeting))
+    answers.changed(session)
     return meeting, True
 
 
@@ -130,6 +133,7 @@ def withdraw_meeting(session: Session, *, slug: str, reason: str | None = None, 
     record_change(session, slug=slug, by=by, action="withdrawn", reason=reason)
     runtime.outbox.record(session, "meeting.withdrawn",
                           MeetingWithdrawn(slug=slug, reason=reason, meeting=snapshot(meeting)))
+    answers.changed(session)
     return meeting
 
 

@@ -68,7 +68,13 @@ def create_referral(referral_in: ReferralIn, session: SessionDep, principal: Sit
         ensure_site(principal, referral_in.site_id or site_id)
     with unit_of_work(session):
         referral = service.create_referral(session, referral_in=referral_in, site_id=site_id, by=principal.subject)
-    return shown(session, principal, referral)
+        # The answer is read before the commit, on the connection already held (after it, it would cost
+        # another connection and more round trips), and the view goes in the audit trail in the same commit.
+        reveal = service.reveals_contact(principal, site_id)
+        created = service.referral_out(referral, reveal=reveal, detail=True, session=session)
+        audit.record_contact_view(session, principal=principal, referral=referral, reveal=reveal, via="api",
+                                  commit=False)
+    return created
 
 
 @app.get("/referrals", response_model=ReferralPage, tags=["referrals"])

@@ -33,3 +33,21 @@ def test_emails_are_masked_also_url_encoded(email):
 ])
 def test_ids_times_and_counts_are_left_alone(harmless):
     assert scrub_text(harmless) == harmless
+
+
+def test_uvicorn_no_access_log_stays_off_and_other_uvicorn_logs_are_json(monkeypatch):
+    """`uvicorn --no-access-log` empties and detaches uvicorn.access before the app is imported;
+    FAMA's logging set-up must not attach it again (it did: every request was logged anyway)."""
+    import logging
+
+    import shared.logs
+
+    access, error = logging.getLogger("uvicorn.access"), logging.getLogger("uvicorn.error")
+    for logger in (access, error):
+        monkeypatch.setattr(logger, "handlers", [])
+        monkeypatch.setattr(logger, "propagate", False)
+    monkeypatch.setattr(logging.getLogger(), "handlers", list(logging.getLogger().handlers))
+    monkeypatch.setattr(shared.logs, "_configured", False)
+    shared.logs.configure_logging("INFO")
+    assert not access.hasHandlers()  # uvicorn checks exactly this before writing an access line
+    assert error.propagate and error.hasHandlers()  # errors still go out as JSON lines

@@ -1,0 +1,286 @@
+"""API tail latency at 8 connections, driven by wrk, against a bare FastAPI route in the same run.
+
+The directory and referrals APIs run on Postgres with 2,400 meetings, each served by the
+production command (``SERVE``: the same uvicorn flags the README gives ops); ``bench/bare_app.py``
+(one async route, nothing else) is served by the very same command. wrk (C, the Debian package
+``wrk``; installed with apt-get when missing and run as root) keeps 8 connections busy on:
+
+- ``GET /meetings`` near one of 12 London areas (156 different searches: each area with and
+  without a day or a fellowship), as the keyworkers of a region's services search in a busy minute;
+- ``GET /meetings`` near one of 284 London outward codes (852 different searches: few are asked
+  again within the minute a process keeps an answer, so this is the search computed anew);
+  the public search's per-address limit is raised far above the load but still counted in Redis;
+- ``GET /meetings/{slug}`` over all 2,400 meetings (the meeting page's JSON);
+- ``POST /referrals`` with consent and a distinct mobile, as the keyworker of the meeting's site.
+
+Rounds alternate (bare, search, meeting, referrals) so the machine's other load hits every side
+alike; ratios are per round, then the median and spread are printed.
+
+    .venv/bin/python bench/bench_api_latency.py [SECONDS_PER_RUN] [ROUNDS]   (default 10 s, 3)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import common
+import httpx
+from rich.table import Table
+
+CONNECTIONS = common.CONCURRENCY
+MEETINGS_FACTOR = 8.0  # 2,400 meetings around London
+# The production command (README, "Production and scaling"): one process per container, as many
+# containers as cores; each API process is served like this.
+SERVE = ["--loop", "uvloop", "--http", "httptools", "--no-access-log"]
+if os.environ.get("BENCH_SERVE") is not None:  # compare another command, e.g. BENCH_SERVE="" (uvicorn's defaults)
+    SERVE = os.environ["BENCH_SERVE"].split()
+
+LUA = """
+local requests, i = {REQUESTS}, 0
+init = function(args) i = math.random(#requests) end
+request = function()
+  i = i % #requests + 1
+  local r = requests[i]
+  return wrk.format(r[1], r[2], r[3], r[4])
+end
+done = function(summary, latency, _)
+  local e = summary.errors
+  io.write(string.format("FAMA-RESULT {\\"requests\\": %d, \\"seconds\\": %f, \\"p50\\": %f, \\"p99\\": %f, "
+    .. "\\"max\\": %f, \\"non2xx\\": %d, \\"errors\\": %d}\\n", summary.requests, summary.duration / 1e6,
+    latency:percentile(50) / 1e3, latency:percentile(99) / 1e3, latency.max / 1e3, e.status,
+    e.connect + e.read + e.write + e.timeout))
+end
+"""
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print("installing wrk with apt-get", flush=True)
+        subprocess.run(["apt-get", "update", "-qq"], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True, stdout=subprocess.DEVNULL,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        return shutil.which("wrk")
+    sys.exit("wrk is not installed: Debian/Ubuntu: sudo apt-get install wrk; Fedora: sudo dnf install wrk; "
+             "macOS: brew install wrk")
+
+
+def lua_string(value: str) -> str:
+    return json.dumps(value)  # a JSON string literal is a Lua string literal for this ASCII text
+
+
+def wrk_script(requests: list[tuple[str, str, dict | None, str | None]]) -> str:
+    rows = []
+    for method, path, headers, body in requests:
+        h = "{" + ", ".join(f"[{lua_string(k)}] = {lua_string(v)}" for k, v in (headers or {}).items()) + "}"
+        rows.append(f"{{{lua_string(method)}, {lua_string(path)}, {h}, {lua_string(body) if body else 'nil'}}}")
+    path = Path(tempfile.mkstemp(prefix="fama-wrk-", suffix=".lua")[1])
+    path.write_text(LUA.replace("{REQUESTS}", "{\n" + ",\n".join(rows) + "\n}"))
+    return str(path)
+
+
+def run_wrk(wrk: str, base: str, script: str, seconds: float) -> dict:
+    out = subprocess.run([wrk, "-t2", f"-c{CONNECTIONS}", f"-d{seconds:.0f}s", "--timeout", "10s", "-s", script, base],
+                         capture_output=True, text=True, check=True).stdout
+    match = re.search(r"FAMA-RESULT (\{.*\})", out)
+    if not match:
+        raise RuntimeError(f"wrk printed no result:\n{out}")
+    result = json.loads(match.group(1))
+    result["rate"] = result["requests"] / result["seconds"]
+    return result
+
+
+class Server:
+    """One uvicorn command (``SERVE``) for an app, on a free port."""
+
+    def __init__(self, name: str, app: str):
+        from tests.support.stack import free_port
+
+        self.name, self.port = name, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(f"/tmp/fama-bench-{common.RUN}-{name}.log", "w")  # noqa: SIM115
+        # BENCH_PYSPY=/path/to/py-spy: sample every server into /tmp/fama-bench-<run>-<name>.folded (profiling)
+        spy = os.environ.get("BENCH_PYSPY")
+        profile = [spy, "record", "--subprocesses", "--nonblocking", "-r", "200", "-f", "raw", "-o",
+                   f"/tmp/fama-bench-{common.RUN}-{name}.folded", "--"] if spy else []
+        self.proc = subprocess.Popen([*profile, sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port",
+                                      str(self.port), *SERVE], cwd=common.ROOT, env=dict(os.environ),
+                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.pid = self.proc.pid
+
+    def wait(self, path: str) -> None:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(self.url + path, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} did not start: {Path(self.log.name).read_text()[-2000:]}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        import signal
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT if os.environ.get("BENCH_PYSPY") else signal.SIGTERM)
+            self.proc.wait(timeout=30)
+
+
+class Memory:
+    """Samples every process of each server (the uvicorn master and its workers) twice a second."""
+
+    def __init__(self, servers: dict[str, Server]):
+        import threading
+
+        self.servers, self.largest, self.processes = servers, {}, {}
+        self._stop = threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            for name, server in self.servers.items():
+                pids = [server.pid, *children(server.pid)]
+                self.processes[name] = max(self.processes.get(name, 0), len(pids))
+                for pid in pids:
+                    self.largest[name] = max(self.largest.get(name, 0), common.rss_kb_one(pid))
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def children(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        try:
+            with open(f"/proc/{todo[0]}/task/{todo[0]}/children") as f:
+                kids = [int(c) for c in f.read().split()]
+        except FileNotFoundError:
+            kids = []
+        found += kids
+        todo = todo[1:] + kids
+    return found
+
+
+# Where the searches of a busy minute come from: a few services' neighbourhoods (the pilot
+# sites of one region), asked with and without a day or a fellowship.
+AREAS = ("CR0", "SE1", "N1", "W2", "E1", "SW9", "E8", "N7", "SE15", "NW1", "W12", "E14")
+
+
+def area_search_requests() -> list:
+    days = [f"&day={d}" for d in range(7)]
+    fellowships = [f"&fellowship={f}" for f in common.FELLOWSHIPS]
+    requests = [("GET", f"/meetings?near={code}&radius_km=10{extra}", None, None)
+                for code in AREAS for extra in ("", *days, *fellowships)]
+    random.Random(5).shuffle(requests)
+    return requests
+
+
+def search_requests() -> list:
+    """Every London outward code, with and without a filter: few searches asked twice in a minute."""
+    rng = random.Random(3)
+    outcodes = []
+    with open(common.ROOT / "services/directory/data/uk-outcodes.csv") as f:
+        next(f)
+        for line in f:
+            code, lat, lng = line.strip().split(",")
+            if 51.35 < float(lat) < 51.65 and -0.45 < float(lng) < 0.25:
+                outcodes.append(code)
+    requests = []
+    for code in outcodes:
+        for extra in ("", f"&day={rng.randrange(7)}", f"&fellowship={rng.choice(common.FELLOWSHIPS)}"):
+            requests.append(("GET", f"/meetings?near={code}&radius_km=10{extra}", None, None))
+    rng.shuffle(requests)
+    return requests
+
+
+def referral_requests(count: int) -> list:
+    from tests.support.auth import auth
+
+    site_of = dict(common.sql("directory", "SELECT slug, site_id FROM meetings"))
+    slugs = [r[0] for r in common.sql("referrals", "SELECT slug FROM meeting_replica ORDER BY slug")]
+    headers = {s: {**auth("keyworker", s), "Content-Type": "application/json"} for s in common.SITES}
+    tag = "".join(random.choice("ABCDEFGHJK") for _ in range(3))
+    requests = []
+    for i in range(count):
+        slug = slugs[i % len(slugs)]
+        body = {"meeting_slug": slug, "client_reference": f"W{tag}-{i:06d}", "support": "none",
+                "mobile": f"07911 {100000 + i % 900000:06d}", "consent": {"to_reminders": True, "wording_version": "2025-01"}}
+        requests.append(("POST", "/referrals", headers[site_of[slug]], json.dumps(body)))
+    return requests
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} ({min(values):.2f}–{max(values):.2f})"
+
+
+def run() -> None:
+    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 10.0
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    wrk = ensure_wrk()
+    loaded = common.load_data(MEETINGS_FACTOR)
+    slugs = [r[0] for r in common.sql("directory", "SELECT slug FROM meetings")]
+    servers = {"bare": Server("bare", "bench.bare_app:app"), "directory": Server("directory", "services.directory.api:app"),
+               "referrals": Server("referrals", "services.referrals.api:app")}
+    for name, server in servers.items():
+        server.wait("/" if name == "bare" else "/healthz")
+    requests = {
+        "bare": ("bare", [("GET", "/", None, None)]),
+        "search (12 areas)": ("directory", area_search_requests()),
+        "search (852 different)": ("directory", search_requests()),
+        "meeting": ("directory", [("GET", f"/meetings/{s}", None, None) for s in slugs]),
+        "referrals": ("referrals", referral_requests(int(seconds * rounds * 400) + 1000)),
+    }
+    first_request = {name: rs[-1] for name, (_server, rs) in requests.items()}
+    scripts = {name: (server, wrk_script(rs[:-1] if name == "referrals" else rs))
+               for name, (server, rs) in requests.items()}
+    for name, (server, _script) in scripts.items():  # each request kind answers as it should before it is timed
+        method, path, headers, body = first_request[name]
+        response = httpx.request(method, servers[server].url + path, headers=headers, content=body)
+        if response.status_code not in (200, 201):
+            raise RuntimeError(f"{name}: {method} {path} answered {response.status_code}: {response.text[:300]}")
+    memory = Memory(servers)
+    results: dict[str, list[dict]] = {k: [] for k in scripts}
+    load = []
+    try:
+        for _ in range(rounds):
+            for name, (server, script) in scripts.items():
+                results[name].append(run_wrk(wrk, servers[server].url, script, seconds))
+                load.append(os.getloadavg()[0])
+    finally:
+        memory.stop()
+        for server in servers.values():
+            server.stop()
+    t = Table("endpoint", "req/s per round", "p50 ms", "p99 ms per round", "max ms", "non-2xx", "errors",
+              "throughput : bare, median (min–max)",
+              title=f"wrk, {CONNECTIONS} connections, {seconds:.0f} s × {rounds} rounds, {loaded['meetings']} meetings, "
+                    f"uvicorn {' '.join(SERVE)} ({common.machine()}; load average during runs "
+                    f"{min(load):.1f}–{max(load):.1f})")
+    bare = [r["rate"] for r in results["bare"]]
+    for name, rs in results.items():
+        ratio = spread([r["rate"] / b for r, b in zip(rs, bare, strict=True)]) if name != "bare" else "1"
+        t.add_row(name, " / ".join(f"{r['rate']:.0f}" for r in rs), " / ".join(f"{r['p50']:.1f}" for r in rs),
+                  " / ".join(f"{r['p99']:.1f}" for r in rs), f"{max(r['max'] for r in rs):.0f}",
+                  str(sum(r["non2xx"] for r in rs)), str(sum(r["errors"] for r in rs)), ratio)
+    common.show(t)
+    m = Table("server", "processes", "peak RSS of the largest process (MiB)", title="Peak memory")
+    for name in servers:
+        m.add_row(name, str(memory.processes.get(name, 0)), f"{memory.largest.get(name, 0) / 1024:.0f}")
+    common.show(m)
+
+
+if __name__ == "__main__":
+    common.main(run)

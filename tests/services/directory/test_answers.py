@@ -1,0 +1,82 @@
+"""Public answers kept for the minute (services/directory/answers.py): served again only while
+nothing they show has changed, whichever process changed it."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from services.directory.api import app
+from tests.services.directory.helpers import meeting
+from tests.support.auth import auth
+
+pytestmark = pytest.mark.usefixtures("clean_state")
+client = TestClient(app)
+ADMIN = auth("admin")
+ROOT = Path(__file__).resolve().parents[3]
+SEARCH = {"near": "CR0", "radius_km": 10}
+
+
+def kept(answer: str) -> float:
+    text = client.get("/metrics").text
+    found = re.search(rf'^fama_directory_public_answers_total\{{kept="{answer}"\}} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def well_inside_a_minute() -> None:
+    """Answers are kept for the minute they were made in: start a test's requests early in one."""
+    if time.time() % 60 > 45:
+        time.sleep(61 - time.time() % 60)
+
+
+def slugs(response) -> list[str]:
+    assert response.status_code == 200, response.text
+    return [m["slug"] for m in response.json()["results"]]
+
+
+def test_the_same_search_in_the_same_minute_is_answered_from_what_was_kept():
+    assert client.post("/meetings", json=meeting(), headers=ADMIN).status_code == 201
+    well_inside_a_minute()
+    first = client.get("/meetings", params=SEARCH)
+    before = kept("yes"), kept("no")
+    again = client.get("/meetings", params=SEARCH)
+    assert again.content == first.content
+    assert again.headers["content-type"] == "application/json"
+    assert (kept("yes"), kept("no")) == (before[0] + 1, before[1])
+    # Another search is made afresh.
+    assert slugs(client.get("/meetings", params={**SEARCH, "day": 2})) == ["croydon-smart-tuesday"]
+    assert kept("no") == before[1] + 1
+
+
+def test_a_meeting_added_or_changed_here_shows_in_the_next_answer():
+    assert client.post("/meetings", json=meeting(), headers=ADMIN).status_code == 201
+    well_inside_a_minute()
+    assert slugs(client.get("/meetings", params=SEARCH)) == ["croydon-smart-tuesday"]
+    assert client.get("/meetings/croydon-smart-tuesday").json()["time"] == "14:00"
+    assert client.post("/meetings", json=meeting(slug="croydon-aa-friday", fellowship="aa", day=5),
+                       headers=ADMIN).status_code == 201
+    assert client.patch("/meetings/croydon-smart-tuesday", json={"time": "18:00"}, headers=ADMIN).status_code == 200
+    assert sorted(slugs(client.get("/meetings", params=SEARCH))) == ["croydon-aa-friday", "croydon-smart-tuesday"]
+    assert client.get("/meetings/croydon-smart-tuesday").json()["time"] == "18:00"
+
+
+def test_a_meeting_withdrawn_by_another_process_is_gone_from_the_next_answer():
+    assert client.post("/meetings", json=meeting(), headers=ADMIN).status_code == 201
+    well_inside_a_minute()
+    assert slugs(client.get("/meetings", params=SEARCH)) == ["croydon-smart-tuesday"]
+    assert client.get("/meetings/croydon-smart-tuesday").json()["active"] is True
+    # Another API process (or the CLI) withdraws it: this process's own counter does not move.
+    withdraw = ("from services.directory import service\n"
+                "from services.directory.runtime import runtime\n"
+                "with runtime.transaction() as session:\n"
+                "    service.withdraw_meeting(session, slug='croydon-smart-tuesday', reason='venue closed')\n")
+    subprocess.run([sys.executable, "-c", withdraw], cwd=ROOT, env=dict(os.environ), check=True, timeout=120)
+    assert slugs(client.get("/meetings", params=SEARCH)) == []
+    assert client.get("/meetings/croydon-smart-tuesday").json()["active"] is False
