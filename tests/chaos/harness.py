@@ -432,6 +432,33 @@ def phase_table(phases: list[str], attempts: list[Attempt], per_referral: dict, 
     return "\n".join(lines), totals
 
 
+def expected_plan(slug: str, planned_date: dt.date, created_at: dt.datetime) -> dict[str, dt.datetime]:
+    """When notifications should have planned each reminder of a referral made at ``created_at``."""
+    from services.notifications import service as notifications_service
+    from services.notifications.models import meeting_replica
+    from services.notifications.runtime import runtime as notifications
+    from shared.replica import get_meeting
+
+    with notifications.sessions() as session:
+        meeting = get_meeting(session, meeting_replica, slug)
+    return notifications_service.plan_times(meeting=meeting, planned_date=planned_date, now=created_at,
+                                            cfg=notifications.settings)
+
+
+def outstanding(stream: Stream, machine: TimeMachine, engines: dict) -> dict:
+    """What is still on its way (all zero / empty once the system has settled)."""
+    machine.pull()
+    return {
+        "posts pending": sum(a.outcome == "pending" for a in stream.attempts) + (not stream.done.is_set()),
+        "referrals not planned": scalar(engines["referrals"], "SELECT count(*) FROM referrals")
+        - scalar(engines["notifications"], "SELECT count(*) FROM referral_contacts WHERE planned"),
+        "reminders not done": dict(rows(engines["notifications"], "SELECT status, count(*) FROM reminders "
+                                   "WHERE status IN ('created', 'queued', 'sending') GROUP BY 1")),
+        "unrelayed": {name: unrelayed(e) for name, e in engines.items() if unrelayed(e)},
+        "unconsumed": unconsumed(engines),
+    }
+
+
 def per_referral_truth(referrals_engine, notifications_engine, planned_due: dict, expected_plan) -> dict:
     """For each client reference: rows in referrals, reminders planned vs expected, sends."""
     sends = Counter({ref: n for ref, n in rows(notifications_engine,

@@ -18,12 +18,9 @@ import httpx
 import pytest
 
 from services.directory.runtime import runtime as directory
-from services.notifications import service as notifications_service
-from services.notifications.models import meeting_replica as notifications_replica
 from services.notifications.runtime import runtime as notifications
 from services.referrals.runtime import runtime as referrals
 from shared.meeting_time import meeting_guide_weekday
-from shared.replica import get_meeting
 from tests.chaos import harness
 from tests.chaos.harness import ChaosStack, PhoneScanner, PrivateRedis, Stream, TimeMachine
 from tests.services.notifications.support import ANY_HOUR
@@ -59,33 +56,11 @@ def meetings_ahead() -> list[dict]:
     return out
 
 
-def expected_plan(slug: str, planned_date: dt.date, created_at: dt.datetime) -> dict[str, dt.datetime]:
-    with notifications.sessions() as session:
-        meeting = get_meeting(session, notifications_replica, slug)
-    return notifications_service.plan_times(meeting=meeting, planned_date=planned_date, now=created_at,
-                                            cfg=notifications.settings)
-
-
-def progress(stream: Stream, machine: TimeMachine, engines: dict) -> dict:
-    """What is still on its way (all zero / empty once the system has settled)."""
-    machine.pull()
-    n = harness.scalar
-    return {
-        "posts pending": sum(a.outcome == "pending" for a in stream.attempts) + (not stream.done.is_set()),
-        "referrals not planned": n(engines["referrals"], "SELECT count(*) FROM referrals")
-        - n(engines["notifications"], "SELECT count(*) FROM referral_contacts WHERE planned"),
-        "reminders not done": dict(harness.rows(engines["notifications"], "SELECT status, count(*) FROM reminders "
-                                   "WHERE status IN ('created', 'queued', 'sending') GROUP BY 1")),
-        "unrelayed": {name: harness.unrelayed(e) for name, e in engines.items() if harness.unrelayed(e)},
-        "unconsumed": harness.unconsumed(engines),
-    }
-
-
 def settle(stream: Stream, machine: TimeMachine, engines: dict, timeout: float, timeline: list,
            stack: ChaosStack, broker: PrivateRedis, prefix: str) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        state = progress(stream, machine, engines)
+        state = harness.outstanding(stream, machine, engines)
         if not any(state.values()):
             return
         if time.monotonic() > deadline:
@@ -205,7 +180,7 @@ def test_nothing_lost_or_doubled_under_faults(redis_prefix, capsys):
 
         # --- ground truth --------------------------------------------------------------
         per_referral = harness.per_referral_truth(engines["referrals"], engines["notifications"],
-                                                  machine.planned_due, expected_plan)
+                                                  machine.planned_due, harness.expected_plan)
         table, totals = harness.phase_table(phases, stream.attempts, per_referral, notes)
         outcomes = {a.outcome for a in stream.attempts}
         with capsys.disabled():

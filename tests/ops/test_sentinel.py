@@ -21,14 +21,11 @@ import pytest
 import redis
 
 from services.directory.runtime import runtime as directory
-from services.notifications import service as notifications_service
-from services.notifications.models import meeting_replica
 from services.notifications.runtime import runtime as notifications
 from services.referrals.runtime import runtime as referrals
 from shared import redis_client
 from shared.celery_app import make_celery
 from shared.meeting_time import meeting_guide_weekday
-from shared.replica import get_meeting
 from shared.settings import ServiceSettings
 from tests.chaos import harness
 from tests.chaos.harness import ChaosStack, Stream, TimeMachine
@@ -232,20 +229,6 @@ def meetings_ahead() -> list[dict]:
     return [{**m, "day": day} for m in MEETINGS]
 
 
-def outstanding(stream: Stream, machine: TimeMachine, engines: dict) -> dict:
-    """What is still on its way: all zero or empty once the system has settled."""
-    machine.pull()
-    n = harness.scalar
-    return {
-        "posts pending": sum(a.outcome == "pending" for a in stream.attempts) + (not stream.done.is_set()),
-        "referrals not planned": n(engines["referrals"], "SELECT count(*) FROM referrals")
-        - n(engines["notifications"], "SELECT count(*) FROM referral_contacts WHERE planned"),
-        "reminders not sent": n(engines["notifications"], "SELECT count(*) FROM reminders WHERE status <> 'sent'"),
-        "unrelayed": {name: harness.unrelayed(e) for name, e in engines.items() if harness.unrelayed(e)},
-        "unconsumed": harness.unconsumed(engines),
-    }
-
-
 @pytest.mark.timeout(900)
 @pytest.mark.usefixtures("clean_state")
 def test_nothing_lost_or_doubled_through_a_sentinel_failover(sentinel_deployment, redis_prefix, capsys):
@@ -281,7 +264,7 @@ def test_nothing_lost_or_doubled_through_a_sentinel_failover(sentinel_deployment
 
         stream.done.wait(timeout=300)
         deadline = time.monotonic() + 420
-        while any((state := outstanding(stream, machine, engines)).values()):
+        while any((state := harness.outstanding(stream, machine, engines)).values()):
             assert time.monotonic() < deadline, f"not settled after the failover: {state}"
             time.sleep(1.0)
         machine.stop()
@@ -292,7 +275,7 @@ def test_nothing_lost_or_doubled_through_a_sentinel_failover(sentinel_deployment
         assert len(outcomes) == REFERRALS and set(outcomes) <= {"created", "ambiguous"}, outcomes
         assert sum(a.phase == "failover" for a in stream.attempts) >= REFERRALS // 2
         truth = harness.per_referral_truth(engines["referrals"], engines["notifications"], machine.planned_due,
-                                           _expected_plan)
+                                           harness.expected_plan)
         created = {a.reference for a in stream.attempts if a.outcome == "created"}
         assert created <= set(truth), f"answered 201 and missing: {sorted(created - set(truth))}"
         assert all(info["rows"] == 1 for info in truth.values()), "a referral is stored twice"
@@ -316,10 +299,3 @@ def test_nothing_lost_or_doubled_through_a_sentinel_failover(sentinel_deployment
             stream.stop()
         machine.stop()
         stack.stop()
-
-
-def _expected_plan(slug, planned_date, created_at):
-    with notifications.sessions() as session:
-        meeting = get_meeting(session, meeting_replica, slug)
-    return notifications_service.plan_times(meeting=meeting, planned_date=planned_date, now=created_at,
-                                            cfg=notifications.settings)
