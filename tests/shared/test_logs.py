@@ -1,6 +1,7 @@
 """The log scrubber masks contact details however they are written (the review's misses)."""
 
 import pytest
+import structlog
 
 from shared.logs import scrub_text
 
@@ -47,7 +48,12 @@ def test_uvicorn_no_access_log_stays_off_and_other_uvicorn_logs_are_json(monkeyp
         monkeypatch.setattr(logger, "handlers", [])
         monkeypatch.setattr(logger, "propagate", False)
     monkeypatch.setattr(logging.getLogger(), "handlers", list(logging.getLogger().handlers))
+    monkeypatch.setattr(logging.getLogger(), "level", logging.getLogger().level)
     monkeypatch.setattr(shared.logs, "_configured", False)
-    shared.logs.configure_logging("INFO")
-    assert not access.hasHandlers()  # uvicorn checks exactly this before writing an access line
-    assert error.propagate and error.hasHandlers()  # errors still go out as JSON lines
+    before = structlog.get_config()
+    try:
+        shared.logs.configure_logging("INFO")
+        assert not access.hasHandlers()  # uvicorn checks exactly this before writing an access line
+        assert error.propagate and error.hasHandlers()  # errors still go out as JSON lines
+    finally:  # the rest of the run keeps its own logging (structlog.testing.capture_logs needs it uncached)
+        structlog.configure(**before)
