@@ -12,6 +12,7 @@ cookie (signed double submit), which another site can neither read nor make.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 import secrets
@@ -111,6 +112,35 @@ async def csrf_protected(request: Request) -> None:
 
 async def _csrf_always(request: Request) -> None:
     await check_form_token(request, always=True)
+
+
+def render(templates: Jinja2Templates, request: Request, name: str, context: dict,
+           status_code: int = 200) -> HTMLResponse:
+    return templates.TemplateResponse(request, name, context, status_code=status_code)
+
+
+# --- words and times (GOV.UK style) ------------------------------------------------------
+
+DAYS = ("Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday")
+
+
+def clock(value: dt.time | dt.datetime) -> str:
+    """14:00 -> 2:00pm; 12:00 -> 12:00pm (midday)."""
+    hour = value.hour % 12 or 12
+    return f"{hour}:{value.minute:02d}{'am' if value.hour < 12 else 'pm'}"
+
+
+def parse_date(value: str) -> dt.date | None:
+    """2026-11-16 (what a date field sends) or 16/11/2026 (typed); None when empty, ValueError when not a date."""
+    value = value.strip()
+    if not value:
+        return None
+    for fmt in ("%Y-%m-%d", "%d/%m/%Y", "%d-%m-%Y", "%d %m %Y"):
+        try:
+            return dt.datetime.strptime(value, fmt).date()
+        except ValueError:
+            continue
+    raise ValueError(value)
 
 
 def make_templates(service_templates: Path) -> Jinja2Templates:

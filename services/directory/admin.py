@@ -22,14 +22,14 @@ from starlette.concurrency import run_in_threadpool
 from services.directory import feed_sources, feeds, service
 from services.directory.admin_api import add_source
 from services.directory.models import ChangeRequest, FeedSource, ImportRun, Meeting, MeetingChange, Site
-from services.directory.pages import DAYS, render
+from services.directory.pages import templates
 from services.directory.reference import FELLOWSHIPS, TYPE_NAMES
 from services.directory.runtime import runtime
 from services.directory.schemas import FeedSourceIn, MeetingIn, SiteIn
 from shared.auth import Principal, Role
 from shared.db import unit_of_work
 from shared.events import utcnow
-from shared.pages import PageForbidden, check_form_token, csrf_protected, page_principal, require_page_roles
+from shared.pages import DAYS, PageForbidden, check_form_token, csrf_protected, page_principal, render, require_page_roles
 from shared.web import PublicRateLimit
 
 router = APIRouter(prefix="/admin", include_in_schema=False, dependencies=[Depends(csrf_protected)])
@@ -79,7 +79,7 @@ def setup_admin(app) -> None:
 
     @app.exception_handler(PageNotFound)
     async def not_found(request: Request, exc: PageNotFound):
-        return render(request, "message.html", {"title": "Page not found", "message": exc.message,
+        return render(templates, request, "message.html", {"title": "Page not found", "message": exc.message,
                                                 "principal": page_principal(request)}, status_code=404)
 
 
@@ -127,7 +127,7 @@ def index(request: Request, session: SessionDep, principal: AdminOrLead):
     if principal.role == Role.site_lead:
         return RedirectResponse(f"/admin/sites/{principal.site}", status_code=303)
     held = session.scalars(select(ImportRun).where(ImportRun.status == "held").order_by(ImportRun.id)).all()
-    return render(request, "admin_index.html", {
+    return render(templates, request, "admin_index.html", {
         "title": "Administration", "principal": principal, "held": held, "open_requests": open_requests(session),
         "counts": {"meetings": session.scalar(select(func.count()).select_from(Meeting).where(Meeting.active.is_(True))),
                    "sites": session.scalar(select(func.count()).select_from(Site)),
@@ -148,7 +148,7 @@ def meetings(request: Request, session: SessionDep, principal: Admin, q: str = "
     page_no = min(int(page) if page.isdigit() and int(page) > 0 else 1, pages)
     rows = session.scalars(query.order_by(Meeting.active.desc(), Meeting.name).limit(PAGE_SIZE)
                            .offset((page_no - 1) * PAGE_SIZE)).all()
-    return render(request, "admin_meetings.html", {
+    return render(templates, request, "admin_meetings.html", {
         "title": "Meetings", "principal": principal, "rows": rows, "q": q[:100], "total": total, "page": page_no,
         "pages": pages, "days": DAYS,
         "prev_url": f"?{urlencode({'q': q, 'page': page_no - 1})}" if page_no > 1 else None,
@@ -199,7 +199,7 @@ def meeting_page(request: Request, session: Session, principal: Principal, meeti
                               .order_by(MeetingChange.id.desc()).limit(100)).all() if meeting else []
     requests = session.scalars(select(ChangeRequest).where(ChangeRequest.meeting_slug == meeting.slug)
                                .order_by(ChangeRequest.id.desc()).limit(20)).all() if meeting else []
-    return render(request, "admin_meeting.html", {
+    return render(templates, request, "admin_meeting.html", {
         "title": f"{'Error: ' if errors else ''}{meeting.name if meeting else 'New meeting'}", "principal": principal,
         "meeting": meeting, "values": values if values is not None else meeting_form_values(meeting),
         "errors": errors or {}, "labels": MEETING_LABELS, "days": DAYS, "attendance": ATTENDANCE,
@@ -278,7 +278,7 @@ async def withdraw_meeting(request: Request, slug: str, session: SessionDep, pri
 def sites(request: Request, session: SessionDep, principal: AdminOrLead):
     if principal.role == Role.site_lead:
         return RedirectResponse(f"/admin/sites/{principal.site}", status_code=303)
-    return render(request, "admin_sites.html", {"title": "Pilot sites", "principal": principal,
+    return render(templates, request, "admin_sites.html", {"title": "Pilot sites", "principal": principal,
                                                 "rows": session.scalars(select(Site).order_by(Site.region, Site.name)).all()})
 
 
@@ -292,7 +292,7 @@ def site_page(request: Request, session: Session, principal: Principal, site: Si
     linked = session.scalars(select(Meeting).where(Meeting.site_id == site.id, Meeting.active.is_(True))
                              .order_by(Meeting.name)).all() if site else []
     editable = tuple(SITE_LABELS) if principal.role == Role.admin else LEAD_SITE_FIELDS
-    return render(request, "admin_site.html", {
+    return render(templates, request, "admin_site.html", {
         "title": f"{'Error: ' if errors else ''}{site.name if site else 'New pilot site'}", "principal": principal,
         "site": site, "values": values, "errors": errors or {}, "labels": SITE_LABELS, "editable": editable,
         "linked": linked, "notice": notice, "is_admin": principal.role == Role.admin}, status_code=status_code)
@@ -362,7 +362,7 @@ def feeds_page(request: Request, session: Session, principal: Principal, *, valu
     sources = session.scalars(select(FeedSource).order_by(FeedSource.id)).all()
     last = {s.id: session.scalar(select(ImportRun).where(ImportRun.source_id == s.id).order_by(ImportRun.id.desc())
                                  .limit(1)) for s in sources}
-    return render(request, "admin_feeds.html", {
+    return render(templates, request, "admin_feeds.html", {
         "title": f"{'Error: ' if errors else ''}Feed sources", "principal": principal, "sources": sources,
         "last": last, "when": when, "run_status": RUN_STATUS, "labels": FEED_LABELS, "fellowships": FELLOWSHIPS,
         "values": values or {"fellowship": "aa", "timezone": "Europe/London", "every_hours": "24"},
@@ -395,7 +395,7 @@ def feed_page(request: Request, session: Session, principal: Principal, source: 
               problem: str | None = None, status_code: int = 200) -> HTMLResponse:
     runs = session.scalars(select(ImportRun).where(ImportRun.source_id == source.id)
                            .order_by(ImportRun.id.desc()).limit(30)).all()
-    return render(request, "admin_feed.html", {
+    return render(templates, request, "admin_feed.html", {
         "title": f"{'Error: ' if problem else ''}Feed source {source.id}", "principal": principal, "source": source,
         "runs": runs, "when": when, "run_status": RUN_STATUS, "problem": problem,
         "live": feed_sources.live_meetings(session, source.id)}, status_code=status_code)
@@ -444,7 +444,7 @@ def load_run(session: Session, run_id: str) -> ImportRun:
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
 def run_detail(request: Request, run_id: str, session: SessionDep, principal: Admin):
     run = load_run(session, run_id)
-    return render(request, "admin_run.html", {"title": f"Import of {run.source_id}", "principal": principal,
+    return render(templates, request, "admin_run.html", {"title": f"Import of {run.source_id}", "principal": principal,
                                               "run": run, "report": run.report or {}, "when": when,
                                               "run_status": RUN_STATUS})
 
@@ -472,7 +472,7 @@ def problems(request: Request, session: SessionDep, principal: Admin, show: str 
     rows = session.scalars(query).all()
     names = dict(session.execute(select(Meeting.slug, Meeting.name)
                                  .where(Meeting.slug.in_({r.meeting_slug for r in rows}))).all()) if rows else {}
-    return render(request, "admin_problems.html", {
+    return render(templates, request, "admin_problems.html", {
         "title": "Reported problems", "principal": principal, "rows": rows, "names": names, "kinds": PROBLEM_KINDS,
         "when": when, "show": show})
 
@@ -503,7 +503,7 @@ def prune_closed_requests(now: dt.datetime | None = None) -> int:
 
 def problem_page(request: Request, meeting: Meeting, *, values: dict[str, str] | None = None,
                  errors: dict[str, str] | None = None, status_code: int = 200) -> HTMLResponse:
-    return render(request, "problem.html", {
+    return render(templates, request, "problem.html", {
         "title": f"{'Error: ' if errors else ''}Report a problem with {meeting.name}",
         "principal": page_principal(request), "meeting": meeting, "kinds": PROBLEM_KINDS, "values": values or {},
         "errors": errors or {}}, status_code=status_code)
@@ -540,7 +540,7 @@ async def report_problem(request: Request, slug: str, session: SessionDep):
         session.add(ChangeRequest(meeting_slug=meeting.slug, at=utcnow(), kind=form["kind"],
                                   description=form["description"],
                                   reported_by=principal.subject if principal else "public", status="open"))
-    return render(request, "message.html", {
+    return render(templates, request, "message.html", {
         "title": "Thank you", "principal": principal,
         "message": "Your report has been sent to the people who keep this directory up to date. They will check it "
                    "and correct the meeting.",

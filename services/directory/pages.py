@@ -30,7 +30,7 @@ from services.directory.schemas import SearchIn
 from shared.auth import Principal, Role
 from shared.events import utcnow
 from shared.meeting_time import meeting_guide_weekday, next_occurrence
-from shared.pages import OptionalPagePrincipal, PageForbidden, make_templates, require_page_roles
+from shared.pages import DAYS, OptionalPagePrincipal, PageForbidden, clock, make_templates, parse_date, render, require_page_roles
 from shared.web import PublicRateLimit
 
 templates = make_templates(Path(__file__).parent / "templates")
@@ -39,7 +39,6 @@ SessionDep = Annotated[Session, Depends(runtime.get_session)]
 
 PAGE_SIZE = 10
 KM_PER_MILE = 1.609344
-DAYS = ("Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday")
 DAY_VALUES = {name.lower(): number for number, name in enumerate(DAYS)}
 DISTANCES = ("1", "2", "5", "10", "25", "50")  # miles
 DEFAULT_DISTANCE = "5"
@@ -68,12 +67,6 @@ CLOCK = re.compile(r"^(\d{1,2})(?:[:.](\d{2}))?\s*(am|pm)?$", re.I)
 
 
 # --- words and times -------------------------------------------------------------------
-
-def clock(value: dt.time | dt.datetime) -> str:
-    """14:00 -> 2:00pm (GOV.UK style); 12:00 -> 12:00pm (midday)."""
-    hour = value.hour % 12 or 12
-    return f"{hour}:{value.minute:02d}{'am' if value.hour < 12 else 'pm'}"
-
 
 def when_next(start: dt.datetime) -> str:
     """Tuesday 24 November, 2:00pm (the meeting's local time)."""
@@ -148,10 +141,6 @@ def meeting_view(meeting: Meeting, distance_km: float | None = None, now: dt.dat
         "booking_required": meeting.booking_required,
         "happening": HAPPENING.get(search.happening(meeting, now or utcnow())) if start else None,
     }
-
-
-def render(request: Request, name: str, context: dict, status_code: int = 200) -> HTMLResponse:
-    return templates.TemplateResponse(request, name, context, status_code=status_code)
 
 
 # --- find a meeting ----------------------------------------------------------------------
@@ -298,7 +287,7 @@ def find_meeting(request: Request, session: SessionDep, principal: OptionalPageP
                                                           if k not in ("near", "distance", "sort")}, doseq=True)
     if errors:
         context["title"] = "Error: Find a meeting"
-    return render(request, "find.html", context, status_code=422 if errors else 200)
+    return render(templates, request, "find.html", context, status_code=422 if errors else 200)
 
 
 def near_note(near: dict | None) -> str | None:
@@ -397,7 +386,7 @@ def meeting_calendar(request: Request, slug: str, session: SessionDep, principal
     except service.NotFound:
         meeting = None
     if meeting is None or not _running(meeting) or meeting.day is None or meeting.time is None:
-        return render(request, "message.html", {
+        return render(templates, request, "message.html", {
             "title": "No calendar entry", "principal": principal,
             "message": "This meeting has no regular time to add to a calendar: it is not running, or it is by "
                        "appointment. Search again to find another.",
@@ -411,13 +400,13 @@ def meeting_page(request: Request, slug: str, session: SessionDep, principal: Op
     try:
         meeting = service.get_meeting(session, slug[:200])
     except service.NotFound:
-        return render(request, "message.html", {
+        return render(templates, request, "message.html", {
             "title": "Meeting not found", "principal": principal,
             "message": "There is no meeting at this address. It may have been removed: search again to find another.",
         }, status_code=404)
     # Back to the same results: rebuilt from known fields only, never echoed as it came.
     known = [(k, v) for k, v in parse_qsl(back[:500]) if k in (*SEARCH_FIELDS, "page")]
-    return render(request, "meeting.html", {
+    return render(templates, request, "meeting.html", {
         "title": meeting.name, "principal": principal, "meeting": meeting, "view": meeting_view(meeting),
         "upcoming": upcoming(meeting) if _running(meeting) else [],
         "calendar_url": f"/meeting/{quote(meeting.slug)}.ics"
@@ -463,25 +452,17 @@ _dashboard_roles = require_page_roles(Role.commissioner, Role.admin, Role.site_l
 DashboardPrincipal = Annotated[Principal, Depends(_dashboard_roles)]
 
 
-def parse_date(value: str) -> dt.date | None:
-    """2026-11-16 (what a date field sends) or 16/11/2026 (typed)."""
-    for fmt in ("%Y-%m-%d", "%d/%m/%Y", "%d-%m-%Y", "%d %m %Y"):
-        try:
-            return dt.datetime.strptime(value.strip(), fmt).date()
-        except ValueError:
-            continue
-    return None
-
-
 def read_dashboard_filters(params) -> tuple[dict[str, str], dict[str, str], dict]:
     values = {name: params.get(name, "").strip()[:40] for name in DASHBOARD_FIELDS}
     errors: dict[str, str] = {}
     dates: dict[str, dt.date | None] = {}
     for name, what in (("from", "start"), ("to", "end")):
-        dates[name] = parse_date(values[name]) if values[name] else None
-        if values[name] and dates[name] is None:
+        try:
+            dates[name] = parse_date(values[name])
+        except ValueError:
+            dates[name] = None
             errors[name] = f"Enter the {what} date as a real date, like 16/11/2026"
-        elif dates[name]:
+        if dates[name]:
             values[name] = dates[name].isoformat()
     if dates["from"] and dates["to"] and dates["from"] > dates["to"]:
         errors["to"] = "The end date must be the same as or after the start date"
@@ -585,7 +566,7 @@ def dashboard(request: Request, session: SessionDep, principal: DashboardPrincip
     if not errors:
         data = dashboard_data(session, scope, filters)
         context.update(data=data, charts=dashboard_charts(data))
-    return render(request, "dashboard.html", context, status_code=422 if errors else 200)
+    return render(templates, request, "dashboard.html", context, status_code=422 if errors else 200)
 
 
 @router.get("/dashboard/engagement.csv")

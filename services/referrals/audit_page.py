@@ -12,10 +12,10 @@ from fastapi.responses import HTMLResponse
 from sqlalchemy.orm import Session
 
 from services.referrals import audit
-from services.referrals.pages import long_datetime, render
+from services.referrals.pages import long_datetime, templates
 from services.referrals.runtime import runtime
 from shared.auth import Principal, Role
-from shared.pages import require_page_roles
+from shared.pages import render, require_page_roles
 
 router = APIRouter(prefix="/desk/audit", include_in_schema=False)
 SessionDep = Annotated[Session, Depends(runtime.get_session)]
@@ -52,7 +52,7 @@ def audit_trail(request: Request, session: SessionDep, principal: Readers, refer
     filters = {k: v for k, v in (("referral", referral), ("actor", actor), ("site", site), ("since", since),
                                  ("until", until)) if v}
     pages = max(1, -(-total // PAGE_SIZE))
-    return render(request, "audit.html", {
+    return render(templates, request, "audit.html", {
         "title": f"{'Error: ' if errors else ''}Audit trail", "principal": principal, "errors": errors,
         "filters": filters, "is_admin": principal.role == Role.admin, "total": total,
         "entries": [{"at": long_datetime(r.at), "actor": r.actor, "role": (r.actor_role or "").replace("_", " "),

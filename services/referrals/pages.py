@@ -30,7 +30,17 @@ from shared.auth import Principal, Role
 from shared.db import unit_of_work
 from shared.events import FELLOWSHIP_NAMES, REFERRAL_STATUSES, REMINDER_KIND_LABELS, MeetingSnapshot, Stage, utcnow
 from shared.meeting_time import local_start, next_occurrence
-from shared.pages import PageForbidden, csrf_protected, make_templates, page_principal, require_page_roles
+from shared.pages import (
+    DAYS,
+    PageForbidden,
+    clock,
+    csrf_protected,
+    make_templates,
+    page_principal,
+    parse_date,
+    render,
+    require_page_roles,
+)
 
 templates = make_templates(Path(__file__).parent / "templates")
 # Every form here is refused without this browser's form token when signed in by the cookie.
@@ -38,7 +48,6 @@ router = APIRouter(prefix="/desk", include_in_schema=False, dependencies=[Depend
 SessionDep = Annotated[Session, Depends(runtime.get_session)]
 LONDON = ZoneInfo("Europe/London")
 PAGE_SIZE = 20
-DAYS = ("Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday")
 
 # Plain English for the words the service stores.
 STAGE_NAMES = {
@@ -91,12 +100,6 @@ NOTICES = {
 
 
 # --- words and times -------------------------------------------------------------------
-
-def clock(value: dt.time | dt.datetime) -> str:
-    """14:00 -> 2:00pm (GOV.UK style)."""
-    hour = value.hour % 12 or 12
-    return f"{hour}:{value.minute:02d}{'am' if value.hour < 12 else 'pm'}"
-
 
 def long_date(value: dt.date) -> str:
     """Tuesday 24 November 2026."""
@@ -193,10 +196,6 @@ async def form_fields(request: Request) -> dict[str, str]:
 FormFields = Annotated[dict[str, str], Depends(form_fields)]
 
 
-def render(request: Request, name: str, context: dict, status_code: int = 200) -> HTMLResponse:
-    return templates.TemplateResponse(request, name, context, status_code=status_code)
-
-
 # --- meetings from the replica ---------------------------------------------------------
 
 def meetings_by_slug(session: Session, slugs: set[str]) -> dict[str, tuple[MeetingSnapshot, bool]]:
@@ -287,7 +286,7 @@ def desk(request: Request, session: SessionDep, principal: Desk, status: str = "
              "reminders": reminder_state(r, reminders.get(r.id, {}))} for r in items]
     filters = {k: v for k, v in (("status", status), ("stage", stage), ("meeting", meeting), ("site", site)) if v}
     pages = max(1, -(-total // PAGE_SIZE))
-    return render(request, "desk.html", {
+    return render(templates, request, "desk.html", {
         "title": f"{'Error: ' if errors else ''}Referrals", "principal": principal,
         "rows": rows, "total": total, "errors": errors,
         "filters": filters, "statuses": [(s, STATUS_NAMES.get(s, s)) for s in REFERRAL_STATUSES],
@@ -370,7 +369,7 @@ def new_form_context(request: Request, session: Session, principal: Principal, *
 @router.get("/new", response_class=HTMLResponse)
 def new_referral(request: Request, session: SessionDep, principal: Desk, meeting: str = "", q: str = ""):
     values = {"meeting": meeting[:200], "support": "none", "reminder_detail": "discreet"}
-    return render(request, "new_referral.html", new_form_context(request, session, principal, values=values,
+    return render(templates, request, "new_referral.html", new_form_context(request, session, principal, values=values,
                                                                  errors={}, query=q[:100].strip()))
 
 
@@ -428,7 +427,7 @@ def create_referral(request: Request, session: SessionDep, principal: Desk, form
                 errors[FIELD_FOR.get(exc.field, exc.field)] = sentence(exc.message)
     if errors or referral is None:
         context = new_form_context(request, session, principal, values=values, errors=errors)
-        return render(request, "new_referral.html", context, status_code=422)
+        return render(templates, request, "new_referral.html", context, status_code=422)
     return RedirectResponse(f"/desk/referrals/{referral.id}?notice=created", status_code=303)
 
 
@@ -480,21 +479,9 @@ def referral_context(request: Request, session: Session, principal: Principal, r
 @router.get("/referrals/{referral_id}", response_class=HTMLResponse)
 def show_referral(request: Request, referral_id: str, session: SessionDep, principal: Desk, notice: str = ""):
     referral = load_referral(session, principal, referral_id)
-    response = render(request, "referral.html", referral_context(request, session, principal, referral, notice=notice))
+    response = render(templates, request, "referral.html", referral_context(request, session, principal, referral, notice=notice))
     mark_seen(session, principal, referral)
     return response
-
-
-def parse_date(value: str) -> dt.date | None:
-    """YYYY-MM-DD (date inputs) or DD/MM/YYYY (typed where there is no date picker)."""
-    if not value:
-        return None
-    for fmt in ("%Y-%m-%d", "%d/%m/%Y", "%d-%m-%Y", "%d %m %Y"):
-        try:
-            return dt.datetime.strptime(value, fmt).date()
-        except ValueError:
-            continue
-    raise ValueError(value)
 
 
 @router.post("/referrals/{referral_id}/transitions", response_class=HTMLResponse)
@@ -512,7 +499,7 @@ def move_referral(request: Request, referral_id: str, session: SessionDep, princ
     accompanied = {"yes": True, "no": False}.get(values["accompanied"])
     if to not in Stage._value2member_map_:
         session.rollback()
-        return render(request, "referral.html", referral_context(
+        return render(templates, request, "referral.html", referral_context(
             request, session, principal, referral, problem="Choose one of the actions below."), status_code=400)
     stage = Stage(to)
     if stage in service.REASON_REQUIRED and not values["reason"]:
@@ -530,7 +517,7 @@ def move_referral(request: Request, referral_id: str, session: SessionDep, princ
                                             by=principal.subject)
         except service.IllegalTransition:
             referral = load_referral(session, principal, referral_id)
-            return render(request, "referral.html", referral_context(
+            return render(templates, request, "referral.html", referral_context(
                 request, session, principal, referral,
                 problem=f"This referral cannot move to \u201c{STAGE_NAMES[stage]}\u201d from "
                         f"\u201c{STAGE_NAMES[Stage(referral.business_status)]}\u201d. Someone may have changed it "
@@ -544,7 +531,7 @@ def move_referral(request: Request, referral_id: str, session: SessionDep, princ
     if errors:
         session.rollback()  # the lock taken to check the move
         referral = load_referral(session, principal, referral_id)
-        return render(request, "referral.html", referral_context(request, session, principal, referral, errors=errors,
+        return render(templates, request, "referral.html", referral_context(request, session, principal, referral, errors=errors,
                                                                 failed=to, values=values), status_code=422)
     return RedirectResponse(f"/desk/referrals/{referral.id}?notice=moved", status_code=303)
 
@@ -557,7 +544,7 @@ def withdraw_consent(request: Request, referral_id: str, session: SessionDep, pr
             service.withdraw_consent(session, referral=referral, by=principal.subject)
     except service.ConsentNotGiven:
         referral = load_referral(session, principal, referral_id)
-        return render(request, "referral.html", referral_context(
+        return render(templates, request, "referral.html", referral_context(
             request, session, principal, referral, problem="The client never consented to reminders, so there is "
                                                            "no consent to withdraw."), status_code=409)
     return RedirectResponse(f"/desk/referrals/{referral.id}?notice=consent-withdrawn", status_code=303)
@@ -620,7 +607,7 @@ def confirm_report(request: Request, referral_id: str, reply_id: str, session: S
             f"The referral is at \u201c{STAGE_NAMES[Stage(referral.business_status)]}\u201d, so this report cannot "
             "change it. Choose one of the actions below, or set the report aside.")
         unanswered = isinstance(exc, service.ReferralError) and exc.field == "accompanied"
-        return render(request, "referral.html", referral_context(request, session, principal, referral,
+        return render(templates, request, "referral.html", referral_context(request, session, principal, referral,
                                                                 problem=problem), status_code=422 if unanswered else 409)
     return RedirectResponse(f"/desk/referrals/{referral.id}?notice=report-confirmed", status_code=303)
 
@@ -637,7 +624,7 @@ def dismiss_report(request: Request, referral_id: str, reply_id: str, session: S
             service.dismiss_report(session, referral=referral, reply_id=key, by=principal.subject)
     except service.ReferralError as exc:
         referral = load_referral(session, principal, referral_id)
-        return render(request, "referral.html", referral_context(request, session, principal, referral,
+        return render(templates, request, "referral.html", referral_context(request, session, principal, referral,
                                                                 problem=sentence(exc.message)), status_code=409)
     return RedirectResponse(f"/desk/referrals/{referral.id}?notice=report-dismissed", status_code=303)
 
@@ -674,7 +661,7 @@ def work_queue(request: Request, session: SessionDep, principal: Desk, mine: str
         rows = [{"referral": r, "since": long_date(at) if isinstance(at, dt.date) and not isinstance(at, dt.datetime)
                  else long_datetime(at)} for r, at in queue[kind]]
         sections.append({"kind": kind, "heading": heading, "hint": hint, "rows": rows})
-    return render(request, "queue.html", {
+    return render(templates, request, "queue.html", {
         "title": f"{'Error: ' if errors else ''}Needs attention", "principal": principal, "errors": errors,
         "sections": sections, "total": sum(len(s["rows"]) for s in sections), "mine": mine_only,
         "client": reference, "site": site if principal.role == Role.admin else "",
