@@ -20,6 +20,13 @@ NAMING = {
 }
 
 
+def aware(value: dt.datetime | None) -> dt.datetime | None:
+    """A naive datetime read as UTC (what UTCDateTime does for columns; for values that are not columns)."""
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
 class UTCDateTime(TypeDecorator):
     """An aware UTC datetime on every database (SQLite drops the offset; this restores it)."""
 
@@ -27,9 +34,7 @@ class UTCDateTime(TypeDecorator):
     cache_ok = True
 
     def process_bind_param(self, value, dialect):
-        if value is not None and value.tzinfo is None:
-            value = value.replace(tzinfo=dt.UTC)
-        return value
+        return aware(value)
 
     def process_result_value(self, value, dialect):
         if value is not None:

@@ -42,6 +42,7 @@ from services.notifications.runtime import runtime
 from services.notifications.schemas import DeliveryCallbackIn, InboundSmsIn
 from services.notifications.wording import plain_words
 from shared.crypto import FieldCipher, keyed_hash
+from shared.db import aware
 from shared.errors import DomainError
 from shared.events import (
     AttendanceReported,
@@ -66,13 +67,6 @@ QUIET_MARGIN = dt.timedelta(minutes=30)
 
 def settings() -> Settings:
     return runtime.settings
-
-
-def aware(value: dt.datetime | None) -> dt.datetime | None:
-    """Datetimes are stored in UTC; SQLite hands them back naive."""
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
 # --- contact details -------------------------------------------------------------------

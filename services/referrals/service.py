@@ -377,10 +377,6 @@ def apply_opt_out(session: Session, *, event: Event) -> int:
 REMINDER_RANK = {"scheduled": 0, "held": 0, "sent": 1, "delivered": 2, "failed": 2, "too-late": 2, "cancelled": 2}
 
 
-def _aware(value: dt.datetime) -> dt.datetime:
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-
-
 def record_reminder_fact(session: Session, *, event: Event) -> None:
     """reminder.*: keep the referral's local view of its reminders (and reachability)."""
     fact: ReminderFact = event.parsed()
@@ -396,7 +392,7 @@ def record_reminder_fact(session: Session, *, event: Event) -> None:
                                      status_event_at=at))
         session.flush()
     else:
-        stored_at = _aware(row.status_event_at)
+        stored_at = row.status_event_at
         newer = at >= stored_at
         if fact.due_at is not None and (row.due_at is None or newer):
             row.due_at = fact.due_at
@@ -412,15 +408,15 @@ def _update_reachability(session: Session, *, fact: ReminderFact, status: str, a
     if referral is None:
         return
     if status == "delivered":
-        if referral.contact_unreachable_at is not None and at > _aware(referral.contact_unreachable_at):
+        if referral.contact_unreachable_at is not None and at > referral.contact_unreachable_at:
             referral.contact_unreachable_at = None
             referral.contact_unreachable_reason = None
         return
     last_delivered = session.scalar(select(func.max(ReferralReminder.status_event_at)).where(
         ReferralReminder.referral_id == referral.id, ReferralReminder.status == "delivered"))
-    if last_delivered is not None and _aware(last_delivered) > at:
+    if last_delivered is not None and last_delivered > at:
         return  # a later reminder got through: the contact is reachable
-    if referral.contact_unreachable_at is not None and _aware(referral.contact_unreachable_at) >= at:
+    if referral.contact_unreachable_at is not None and referral.contact_unreachable_at >= at:
         return
     first = referral.contact_unreachable_at is None
     referral.contact_unreachable_at = at

@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from services.notifications.service import aware
+from shared.db import aware
 from shared.events import utcnow
 from tests.services.notifications.support import (
     by_kind,

@@ -21,8 +21,8 @@ from services.notifications import sending
 from services.notifications.api import app
 from services.notifications.models import Reminder, meeting_replica
 from services.notifications.runtime import runtime
-from services.notifications.service import aware
 from shared import queues
+from shared.db import aware
 from shared.events import utcnow
 from tests.services.notifications.notify_server import API_KEY, NotifyServer
 from tests.services.notifications.support import (
