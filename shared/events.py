@@ -21,7 +21,7 @@ import uuid
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 AttendanceOption = Literal["in_person", "hybrid", "online", "inactive"]
 
@@ -144,11 +144,18 @@ class ReferralStatusChanged(Payload):
     from_business_status: str | None = None
     business_status: str | None = None
     accompanied: bool | None = None
-    reason: str | None = None
     # The (new) planned first meeting date, when the transition set one.
     planned_date: dt.date | None = None
     # True when a keyworker made this move by confirming the client's own report of attendance.
     client_reported: bool | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_old_reason(cls, data: Any) -> Any:
+        """Messages from before the free-text ``reason`` left this contract still parse (it is dropped, never read)."""
+        if isinstance(data, dict) and "reason" in data:
+            data = {key: value for key, value in data.items() if key != "reason"}
+        return data
 
 
 class ReferralConsentWithdrawn(Payload):
