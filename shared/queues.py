@@ -20,7 +20,6 @@ def events_batch_task(service: str) -> str:
     return f"{service}.handle_events"
 
 
-DIRECTORY_EVENTS = events_queue("directory")
 REFERRALS_EVENTS = events_queue("referrals")
 NOTIFICATIONS_EVENTS = events_queue("notifications")
 # Immediate sends of due reminders: their own queue so send workers scale separately.
