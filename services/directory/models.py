@@ -11,7 +11,8 @@ from shared.db import UTCDateTime, make_metadata
 from shared.events import utcnow
 
 
-def cipher() -> FieldCipher:
+def at_rest_cipher() -> FieldCipher:
+    """Personal data at rest: site champions' and facilitators' details (DIRECTORY_ENCRYPTION_KEYS)."""
     return cipher_for(get_settings().encryption_keys)
 
 
@@ -29,9 +30,9 @@ class Site(Base):
     host_agency: Mapped[str] = mapped_column(String(200))
     region: Mapped[str] = mapped_column(String(100), index=True)
     # The champion is a member of staff; their contact details are still encrypted at rest.
-    champion_name: Mapped[str | None] = mapped_column(EncryptedText(cipher))
-    champion_email: Mapped[str | None] = mapped_column(EncryptedText(cipher))
-    champion_phone: Mapped[str | None] = mapped_column(EncryptedText(cipher))
+    champion_name: Mapped[str | None] = mapped_column(EncryptedText(at_rest_cipher))
+    champion_email: Mapped[str | None] = mapped_column(EncryptedText(at_rest_cipher))
+    champion_phone: Mapped[str | None] = mapped_column(EncryptedText(at_rest_cipher))
     address: Mapped[str | None] = mapped_column(Text)
     postcode: Mapped[str | None] = mapped_column(String(10))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
@@ -99,8 +100,8 @@ class Meeting(Base):
     booking_required: Mapped[bool] = mapped_column(Boolean, default=False)
     peer_led: Mapped[bool] = mapped_column(Boolean, default=False)
     partnership: Mapped[bool] = mapped_column(Boolean, default=False)
-    facilitator_name: Mapped[str | None] = mapped_column(EncryptedText(cipher))
-    facilitator_contact: Mapped[str | None] = mapped_column(EncryptedText(cipher))
+    facilitator_name: Mapped[str | None] = mapped_column(EncryptedText(at_rest_cipher))
+    facilitator_contact: Mapped[str | None] = mapped_column(EncryptedText(at_rest_cipher))
     # Feed source name for imports (matching is on slug within a source); None = entered here.
     source: Mapped[str | None] = mapped_column(String(100))
     active: Mapped[bool] = mapped_column(Boolean, default=True)

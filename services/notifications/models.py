@@ -23,6 +23,7 @@ meeting_replica = meeting_replica_table(Base.metadata)
 
 
 def at_rest_cipher() -> FieldCipher:
+    """Personal data at rest: contact details and recipients (NOTIFICATIONS_ENCRYPTION_KEYS)."""
     return cipher_for(get_settings().encryption_keys)
 
 

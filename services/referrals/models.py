@@ -20,8 +20,8 @@ class Base(DeclarativeBase):
 meeting_replica = meeting_replica_table(Base.metadata)
 
 
-def contact_cipher() -> FieldCipher:
-    """The at-rest cipher for contact details (REFERRALS_ENCRYPTION_KEYS)."""
+def at_rest_cipher() -> FieldCipher:
+    """Personal data at rest: contact details and reply texts (REFERRALS_ENCRYPTION_KEYS)."""
     return cipher_for(get_settings().encryption_keys)
 
 
@@ -49,8 +49,8 @@ class Referral(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), index=True)
 
-    mobile: Mapped[str | None] = mapped_column(EncryptedText(contact_cipher))  # E.164
-    email: Mapped[str | None] = mapped_column(EncryptedText(contact_cipher))
+    mobile: Mapped[str | None] = mapped_column(EncryptedText(at_rest_cipher))  # E.164
+    email: Mapped[str | None] = mapped_column(EncryptedText(at_rest_cipher))
     reminder_detail: Mapped[str] = mapped_column(String(10), default="discreet")
     consent_to_reminders: Mapped[bool] = mapped_column(Boolean, default=False)
     consent_recorded_by: Mapped[str | None] = mapped_column(String(200))
@@ -140,7 +140,7 @@ class ClientReply(Base):
     referral_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("referrals.id", ondelete="CASCADE"), index=True)
     received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)
     # Up to 1,600 characters of any script: room for its ciphertext.
-    text: Mapped[str | None] = mapped_column(EncryptedText(contact_cipher, length=12000))
+    text: Mapped[str | None] = mapped_column(EncryptedText(at_rest_cipher, length=12000))
     # attended / not_attended: the client's own report; None for any other reply.
     attendance: Mapped[str | None] = mapped_column(String(16))
     # waiting / confirmed / dismissed, for a report only.
