@@ -75,7 +75,7 @@ class Workers:
     def __init__(self, queue: str, env: dict[str, str] | None = None, n: int = 2, concurrency: int = 1):
         self.procs = []
         for i in range(n):
-            args = [sys.executable, "-m", "celery", "-A", "services.notifications.tasks", "worker", "-Q", queue,
+            args = [sys.executable, "-m", "celery", "-A", "bench.notifications_worker", "worker", "-Q", queue,
                     "-c", str(concurrency), "-P", "prefork", "-n", f"bench{i}-{RUN}@%h", "--without-gossip", "--without-mingle",
                     "--without-heartbeat", "--loglevel", "WARNING"]
             log = open(f"/tmp/fama-bench-{RUN}-{queue}-{i}.log", "w")  # noqa: SIM115

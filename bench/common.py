@@ -408,7 +408,7 @@ def noop_rate(count: int = 2000) -> dict:
     rt = runtime("notifications")
     queue = "bench.noop"
     client = redis.Redis.from_url(REDIS_URL)
-    args = [sys.executable, "-m", "celery", "-A", "services.notifications.tasks", "worker", "-Q", queue, "-c", "1",
+    args = [sys.executable, "-m", "celery", "-A", "bench.notifications_worker", "worker", "-Q", queue, "-c", "1",
             "-P", "prefork", "-n", f"noop-{RUN}@%h", "--without-gossip", "--without-mingle", "--loglevel", "WARNING"]
     log = open(f"/tmp/fama-bench-{RUN}-noop.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(args, cwd=ROOT, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT,

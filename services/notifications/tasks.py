@@ -35,8 +35,3 @@ def send_reminders(task, reminder_ids: list[str]) -> list[str]:
     if errors:
         raise next((e for e in errors if isinstance(e, RETRYABLE)), errors[0])
     return outcomes
-
-
-@celery.task(name="notifications.noop", acks_late=True)
-def noop() -> None:
-    """Does nothing: the baseline the dispatch benchmark compares the send path with."""
