@@ -3,6 +3,7 @@ cannot be forged from another site, no caching of signed-in pages."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from typing import Annotated
 
@@ -11,7 +12,7 @@ from fastapi import Depends, Request
 from fastapi.testclient import TestClient
 
 from shared.auth import Principal, Role, issue_token
-from shared.pages import HERE, make_templates, require_page_roles, setup_pages
+from shared.pages import HERE, make_templates, parse_date, require_page_roles, setup_pages
 from shared.settings import ServiceSettings
 from shared.web import make_app
 
@@ -157,3 +158,10 @@ def test_pages_allow_no_inline_script_or_style(client):
     for name in ("base.html", "login.html", "message.html", "signout.html"):
         source = (HERE / "templates" / name).read_text()
         assert "<style" not in source and "<script" not in source and "style=" not in source, name
+
+
+def test_parse_date_reads_what_date_fields_send_and_what_people_type_and_refuses_the_rest():
+    assert parse_date("2026-11-16") == parse_date(" 16/11/2026 ") == dt.date(2026, 11, 16)
+    assert parse_date("") is None
+    with pytest.raises(ValueError):
+        parse_date("31/02/2026")
