@@ -432,6 +432,16 @@ def phase_table(phases: list[str], attempts: list[Attempt], per_referral: dict, 
     return "\n".join(lines), totals
 
 
+def publish_meetings(stack: Stack, engines: dict, meetings: list[dict]) -> None:
+    """Create the meetings through the directory API (admin) and wait until both replicas hold them."""
+    for meeting in meetings:
+        response = httpx.post(f"{stack.urls['directory']}/meetings", json=meeting, headers=auth("admin"), timeout=30)
+        assert response.status_code == 201, response.text
+    for name in ("referrals", "notifications"):
+        wait_for(lambda n=name: scalar(engines[n], "SELECT count(*) FROM meeting_replica") == len(meetings),
+                 timeout=120, what=f"the {name} replica to hold the meetings")
+
+
 def expected_plan(slug: str, planned_date: dt.date, created_at: dt.datetime) -> dict[str, dt.datetime]:
     """When notifications should have planned each reminder of a referral made at ``created_at``."""
     from services.notifications import service as notifications_service

@@ -93,12 +93,7 @@ def test_nothing_lost_or_doubled_under_faults(redis_prefix, capsys):
         t_start = time.monotonic()
         stack.start_all()
         meetings = meetings_ahead()
-        for meeting in meetings:
-            response = httpx.post(f"{stack.urls['directory']}/meetings", json=meeting, headers=auth("admin"), timeout=30)
-            assert response.status_code == 201, response.text
-        for name in ("referrals", "notifications"):
-            wait_for(lambda n=name: harness.scalar(engines[n], "SELECT count(*) FROM meeting_replica") == len(meetings),
-                     timeout=60, what=f"the {name} replica to hold the meetings")
+        harness.publish_meetings(stack, engines, meetings)
         startup = time.monotonic() - t_start
 
         stream = Stream(stack.urls["referrals"], meetings, REFERRALS, rate=2 * REFERRALS / PLANNED_SECONDS).start()

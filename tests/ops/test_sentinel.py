@@ -16,7 +16,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 import redis
 
@@ -30,7 +29,6 @@ from shared.settings import ServiceSettings
 from tests.chaos import harness
 from tests.chaos.harness import ChaosStack, Stream, TimeMachine
 from tests.services.notifications.support import ANY_HOUR
-from tests.support.auth import auth
 from tests.support.processes import wait_for
 from tests.support.stack import free_port
 
@@ -246,12 +244,7 @@ def test_nothing_lost_or_doubled_through_a_sentinel_failover(sentinel_deployment
     try:
         stack.start_all()  # every API answers /readyz: its Redis check found the master through the sentinels
         meetings = meetings_ahead()
-        for meeting in meetings:
-            response = httpx.post(f"{stack.urls['directory']}/meetings", json=meeting, headers=auth("admin"), timeout=30)
-            assert response.status_code == 201, response.text
-        for name in ("referrals", "notifications"):
-            wait_for(lambda n=name: harness.scalar(engines[n], "SELECT count(*) FROM meeting_replica") == len(meetings),
-                     timeout=120, what=f"the {name} replica to hold the meetings")
+        harness.publish_meetings(stack, engines, meetings)
 
         stream = Stream(stack.urls["referrals"], meetings, REFERRALS, rate=3.0, allowed=REFERRALS // 3).start()
         machine.run_every(2.0)
