@@ -58,14 +58,12 @@ def count_refused(client: redis.Redis, *, prefix: str, consumer: str, reason: st
         log.warning("metrics.count_failed", metric="events_refused", error=type(exc).__name__)
 
 
-def observe_lag(client: redis.Redis, *, prefix: str, consumer: str, seconds: float) -> None:
-    """An event entered the consumer's inbox ``seconds`` after it occurred: add it to the histogram."""
+def lag_commands(pipe, *, prefix: str, consumer: str, seconds: float) -> None:
+    """Queue on ``pipe`` (a Redis pipeline) the histogram update for an event that entered the
+    consumer's inbox ``seconds`` after it occurred; the caller sends it with the event's receipt."""
     bucket = next((str(b) for b in LAG_BUCKETS if seconds <= b), "+Inf")
     key = lag_key(prefix, consumer)
-    try:
-        client.pipeline(transaction=False).hincrby(key, bucket, 1).hincrbyfloat(key, "sum", max(seconds, 0.0)).execute()
-    except redis.RedisError as exc:
-        log.warning("metrics.count_failed", metric="inbox_lag", error=type(exc).__name__)
+    pipe.hincrby(key, bucket, 1).hincrbyfloat(key, "sum", max(seconds, 0.0))
 
 
 def queue_keys(prefix: str, queue: str) -> list[str]:

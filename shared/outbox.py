@@ -111,10 +111,15 @@ def receipt_key(prefix: str, subscriber: str, event_id) -> str:
     return f"{prefix}fama:receipt:{subscriber}:{event_id}"
 
 
+def receipt_commands(client, prefix: str, subscriber: str, event_id) -> None:
+    """The receipt a consumer leaves once the event is in its inbox (on a client or a pipeline)."""
+    client.set(receipt_key(prefix, subscriber, event_id), 1, ex=RECEIPT_TTL_SECONDS)
+
+
 def leave_receipt(client, prefix: str, subscriber: str, event_id) -> None:
     """Called by a consumer once the event is in its inbox (processed now or before)."""
     try:
-        client.set(receipt_key(prefix, subscriber, event_id), 1, ex=RECEIPT_TTL_SECONDS)
+        receipt_commands(client, prefix, subscriber, event_id)
     except Exception as exc:  # the producer will send again; the inbox absorbs it
         log.warning("outbox.receipt_failed", event_id=str(event_id), error=type(exc).__name__)
 

@@ -29,8 +29,8 @@ from shared.events import Event
 from shared.inbox import Handler, consume, inbox_table, refused
 from shared.inbox import prune as prune_inbox
 from shared.logs import configure_logging
-from shared.metrics import count_refused, observe_lag, seconds_since
-from shared.outbox import Outbox, leave_receipt, outbox_table
+from shared.metrics import count_refused, lag_commands, seconds_since
+from shared.outbox import Outbox, outbox_table, receipt_commands
 from shared.redis_client import redis_client
 from shared.settings import ServiceSettings
 
@@ -157,10 +157,16 @@ class ServiceRuntime:
         event = event or Event.model_validate(body)
         with self.sessions() as session:
             processed = consume(session, self.inbox_table, event, handlers)
-        leave_receipt(self.redis, self.settings.redis_key_prefix, self.name, event.event_id)
+        # The receipt and (for a new event) the inbox lag go to Redis in one round trip.
+        prefix = self.settings.redis_key_prefix
+        pipe = self.redis.pipeline(transaction=False)
+        receipt_commands(pipe, prefix, self.name, event.event_id)
         if processed:
-            observe_lag(self.redis, prefix=self.settings.redis_key_prefix, consumer=self.name,
-                        seconds=seconds_since(event.occurred_at))
+            lag_commands(pipe, prefix=prefix, consumer=self.name, seconds=seconds_since(event.occurred_at))
+        try:
+            pipe.execute()
+        except redis.RedisError as exc:  # the producer will send again; the inbox absorbs it
+            log.warning("outbox.receipt_failed", event_id=str(event.event_id), error=type(exc).__name__)
         return processed
 
     def handle_batch(self, bodies: list[dict], handlers: dict[str, Handler]) -> int:
