@@ -43,7 +43,7 @@ from services.directory.schemas import (
 from shared import queues
 from shared.auth import AdminOnly, CurrentPrincipal, Role
 from shared.db import unit_of_work
-from shared.events import utcnow
+from shared.events import MeetingException, utcnow
 from shared.meeting_time import closures_before, meeting_guide_weekday
 from shared.metrics import backbone_metrics
 from shared.pages import setup_pages
@@ -187,7 +187,7 @@ def _set_next_start(result: MeetingResult, meeting, now: dt.datetime | None = No
         result.next_start_local = start.isoformat()
         result.next_start_utc = start.astimezone(dt.UTC).isoformat()
         result.next_note, result.next_changed = occurrence.note, occurrence.changed
-        result.closed_before_next = [{"date": c.date, "closed": True, "note": c.note}
+        result.closed_before_next = [MeetingException(date=c.date, note=c.note)
                                      for c in closures_before(meeting, after=now, until=start)]
 
 
