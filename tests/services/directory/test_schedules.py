@@ -164,3 +164,62 @@ def test_closing_and_reopening_a_date_is_recorded_and_published():
         history = [(c.action, c.fields, c.reason) for c in session.query(MeetingChange).order_by(MeetingChange.id)]
     assert history[1] == ("updated", "exceptions", "Closed Tue 29 December: Christmas (added)")
     assert history[3] == ("updated", "exceptions", "Tue 29 December: at 12:00 (removed)")
+
+
+# --- pages: the schedule in plain English, closures visible, the calendar file --------------------
+
+def _page_text(html_text: str) -> str:
+    from tests.services.directory.test_pages import text
+    return text(html_text)
+
+
+def _coming(weekday: int) -> dt.date:
+    """A date on that Meeting Guide weekday between 8 and 14 days from now (in the future whatever the hour)."""
+    start = dt.datetime.now(UTC).date() + dt.timedelta(days=8)
+    return next(start + dt.timedelta(days=i) for i in range(7) if (start + dt.timedelta(days=i)).isoweekday() % 7 == weekday)
+
+
+def test_meeting_page_and_result_card_say_the_schedule_and_the_closed_date():
+    first = _coming(2)
+    add(slug="fortnightly", name="Fortnightly SMART", day=None, time="14:00", end_time="15:30",
+        rrule="FREQ=WEEKLY;INTERVAL=2;BYDAY=TU", dtstart=first.isoformat(),
+        exceptions=[{"date": first.isoformat(), "closed": True, "note": "Hall booked"}])
+    add(slug="first-tuesday", name="Monthly AA", fellowship="aa", day=None, time="19:00",
+        rrule="FREQ=MONTHLY;BYDAY=1TU", dtstart=first.isoformat())
+    add(slug="one-off", name="Recovery Day", day=None, time="11:00", end_time=None, dtstart=first.isoformat())
+    page = _page_text(client.get("/meeting/fortnightly").text)
+    closed = f"Closed {first:%a} {first.day} {first:%B}: Hall booked"
+    after = first + dt.timedelta(days=14)
+    assert "Every other Tuesday, 2:00pm to 3:30pm" in page
+    assert f"{closed} — next: Tuesday {after.day} {after:%B}, 2:00pm" in page
+    assert f"{first:%a} {first.day} {first:%B}: closed (Hall booked)" in page  # in the next meetings list
+    assert "First Tuesday of the month, 7:00pm" in _page_text(client.get("/meeting/first-tuesday").text)
+    assert f"One-off: {first:%a} {first.day} {first:%B}, 11:00am" in _page_text(client.get("/meeting/one-off").text)
+    cards = _page_text(client.get("/?near=CR0&distance=5").text)
+    assert "Every other Tuesday" in cards and f"{closed} — next:" in cards and "First Tuesday of the month" in cards
+
+
+def test_the_calendar_file_repeats_as_the_schedule_does_without_the_closed_date():
+    from icalendar import Calendar
+
+    first = _coming(2)
+    changed = first + dt.timedelta(days=28)
+    add(slug="fortnightly", day=None, time="14:00", end_time="15:30", rrule="FREQ=WEEKLY;INTERVAL=2;BYDAY=TU",
+        dtstart=first.isoformat(),
+        exceptions=[{"date": (first + dt.timedelta(days=14)).isoformat(), "closed": True, "note": "Christmas"},
+                    {"date": changed.isoformat(), "closed": False, "time": "12:00", "note": "early"}])
+    response = client.get("/meeting/fortnightly.ics")
+    assert response.status_code == 200
+    series, instance = [c for c in Calendar.from_ical(response.content).walk("VEVENT")]
+    assert series["rrule"]["FREQ"] == ["WEEKLY"] and series["rrule"]["INTERVAL"] == [2]
+    assert series["rrule"]["BYDAY"] == ["TU"]
+    assert series.decoded("dtstart").date() == first
+    assert [d.dt.date() for d in series["exdate"].dts] == [first + dt.timedelta(days=14)]
+    assert instance["uid"] == series["uid"]
+    assert instance.decoded("recurrence-id").date() == changed
+    assert instance.decoded("dtstart").strftime("%H:%M") == "12:00"
+    add(slug="one-off", day=None, time="11:00", dtstart=first.isoformat())
+    [one] = Calendar.from_ical(client.get("/meeting/one-off.ics").content).walk("VEVENT")
+    assert "rrule" not in one and one.decoded("dtstart").date() == first
+    add(slug="past", day=None, time="11:00", dtstart="2026-01-03")
+    assert client.get("/meeting/past.ics").status_code == 404
