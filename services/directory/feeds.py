@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from services.directory import service
 from services.directory.config import get_settings
+from services.directory.feed_schedules import schedule_export, schedule_import
 from services.directory.geocode import Geocoder, normalise_postcode
 from services.directory.models import Meeting
 from services.directory.reference import TYPE_NAMES
@@ -307,6 +308,7 @@ def parse_row(row, *, fellowship: str, timezone: str) -> list[MeetingIn]:
     for name in ("website", "url", "conference_url", "feedback_url"):
         if base[name] and not re.match(r"^https?://", base[name], re.I):
             base[name] = None  # not a web address: dropped rather than losing the meeting
+    base.update(schedule_import(row))
     meetings = []
     for day in days:
         meeting_slug = slug if len(days) == 1 else f"{slug}-{DAY_NAMES[day]}"
@@ -384,6 +386,7 @@ def export_row(meeting: Meeting) -> dict:
     row["fellowship"] = meeting.fellowship
     if meeting.postcode:
         row["postcode"] = meeting.postcode
+    row.update(schedule_export(meeting))
     return row
 
 
