@@ -2,7 +2,7 @@
 
 The spec says only a weekly ``day`` and ``time``, so a plain weekly meeting goes out exactly as
 before. A meeting that is not simply weekly, or has dated closures or changes, keeps ``day``/``time``
-(its weekday and usual time, what a Meeting Guide app can show) and adds (docs/FEEDS.md):
+(its weekday and usual time, what a Meeting Guide app can show) and adds (docs/SCHEDULES.md):
 
 - ``rrule``: its RFC 5545 RRULE value, e.g. ``FREQ=MONTHLY;BYDAY=1TU``;
 - ``dtstart``: the rule's first date, or a one-off meeting's date (``YYYY-MM-DD``);
