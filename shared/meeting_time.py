@@ -33,6 +33,8 @@ ORDINALS = {1: "First", 2: "Second", 3: "Third", 4: "Fourth", 5: "Fifth", -1: "L
 # RRULE parts a meeting's schedule may use: enough for fortnightly, monthly by weekday and an end.
 RULE_PARTS = frozenset({"FREQ", "INTERVAL", "BYDAY", "BYSETPOS", "UNTIL", "COUNT", "WKST"})
 SEARCH_YEARS = 5  # a schedule whose next occurrence is further away than this is treated as ended
+# Dates a schedule may use (a rule's first date, UNTIL, an exception's date): far enough for any meeting.
+FIRST_DATE, LAST_DATE = dt.date(1970, 1, 1), dt.date(2200, 12, 31)
 
 
 def parse_hhmm(value: str) -> dt.time:
@@ -122,7 +124,7 @@ def _dates_from(meeting: Any, first: dt.date):
     if dtstart is not None:
         dtstart = _as_date(dtstart)
     if rule:
-        limit = dt.datetime.combine(first + dt.timedelta(days=366 * SEARCH_YEARS), dt.time(0, 0))
+        limit = dt.datetime.combine(min(first, LAST_DATE) + dt.timedelta(days=366 * SEARCH_YEARS), dt.time(0, 0))
         for when in _rule(rule, dtstart).xafter(dt.datetime.combine(first, dt.time(0, 0)), inc=True):
             if when > limit:
                 return
@@ -136,6 +138,8 @@ def _dates_from(meeting: Any, first: dt.date):
         return
     date = first + dt.timedelta(days=(day - meeting_guide_weekday(first)) % 7)
     for _ in range(53 * SEARCH_YEARS):
+        if date > LAST_DATE:
+            return
         yield date
         date += dt.timedelta(days=7)
 
@@ -197,6 +201,8 @@ def closures_before(meeting: Any, *, after: dt.datetime, until: dt.datetime) -> 
 
 def occurrence_on(meeting: Any, date: dt.date) -> Occurrence | None:
     """The meeting's occurrence on ``date`` (closed or not), None when it does not meet that day."""
+    if not FIRST_DATE <= date <= LAST_DATE:
+        return None
     timezone = _get(meeting, "timezone") or "Europe/London"
     midnight = dt.datetime.combine(date, dt.time(0, 0), ZoneInfo(timezone)) - dt.timedelta(hours=1)
     for occurrence in occurrences(meeting, after=midnight, include_closed=True, limit=2):
@@ -290,9 +296,11 @@ def normal_rule(rule: str) -> str:
         if not re.match(r"^\d{8}(T\d{6}Z?)?$", until):
             raise ValueError("UNTIL must be a date as YYYYMMDD")
         try:
-            dt.date(int(until[:4]), int(until[4:6]), int(until[6:8]))
+            last = dt.date(int(until[:4]), int(until[4:6]), int(until[6:8]))
         except ValueError as exc:
             raise ValueError(f"UNTIL {until[:8]} is not a real date") from exc
+        if not FIRST_DATE <= last <= LAST_DATE:
+            raise ValueError(f"UNTIL must be between {FIRST_DATE.year} and {LAST_DATE.year}")
         parts["UNTIL"] = until[:8]
     if parts.get("INTERVAL") == "1":
         del parts["INTERVAL"]
@@ -316,6 +324,10 @@ def check_schedule(*, day: int | None, time: str | None, rrule: str | None, dtst
     """
     if rrule and dtstart is None:
         raise ScheduleError("dtstart", "a schedule rule needs its first date (dtstart, YYYY-MM-DD)")
+    for field, date in [("dtstart", dtstart), *(("exceptions", e["date"]) for e in exceptions)]:
+        if date is not None and not FIRST_DATE <= date <= LAST_DATE:
+            raise ScheduleError(field, f"{date.isoformat()} is out of range: give a date between "
+                                       f"{FIRST_DATE.year} and {LAST_DATE.year}")
     if (rrule or dtstart is not None) and not time:
         raise ScheduleError("time", "a scheduled meeting needs a start time (HH:MM)")
     if rrule:

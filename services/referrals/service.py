@@ -200,6 +200,8 @@ def plan_date(meeting: MeetingSnapshot, planned: dt.date | None, now: dt.datetim
         days = ("Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday")
         raise ReferralError("planned_date", f"the meeting is on {days[meeting.day]}s; {planned.isoformat()} is a "
                             f"{days[meeting_guide_weekday(planned)]}")
+    if planned < today:
+        raise ReferralError("planned_date", f"{planned.isoformat()} is in the past")
     occurrence = occurrence_on(meeting, planned) if meeting.time else None
     if meeting.time and occurrence is None:
         raise ReferralError("planned_date", f"the meeting ({describe(meeting)}) does not meet on {long_date(planned)}")

@@ -158,3 +158,17 @@ def test_check_schedule_says_what_is_wrong(given, field, words):
     with pytest.raises(ScheduleError) as caught:
         check_schedule(**values)
     assert caught.value.field == field and words in caught.value.message
+
+
+@pytest.mark.parametrize(("given", "field"), [
+    ({"rrule": "FREQ=WEEKLY;BYDAY=TU;UNTIL=99991231", "dtstart": dt.date(2026, 12, 1)}, "rrule"),
+    ({"rrule": "FREQ=WEEKLY;BYDAY=TU", "dtstart": dt.date(1, 1, 2)}, "dtstart"),
+    ({"dtstart": dt.date(9999, 12, 31)}, "dtstart"),
+    ({"day": 5, "exceptions": [{"date": dt.date(9999, 12, 31)}]}, "exceptions"),
+])
+def test_dates_out_of_any_meeting_range_are_refused_not_computed(given, field):
+    values = {"day": None, "time": "19:00", "rrule": None, "dtstart": None, "exceptions": [], **given}
+    with pytest.raises(ScheduleError) as caught:
+        check_schedule(**values)
+    assert caught.value.field == field and ("out of range" in caught.value.message or "between" in caught.value.message)
+    assert occurrence_on(_meeting(day=5), dt.date(9999, 12, 31)) is None
