@@ -1,4 +1,5 @@
-"""Next occurrences of weekly meetings across the BST/GMT changes (Europe/London)."""
+"""When meetings happen: weekly ones across the BST/GMT changes (Europe/London), and schedules that are not
+simply weekly (fortnightly, monthly, one-off) with dated closures and changes."""
 
 from __future__ import annotations
 
@@ -172,3 +173,20 @@ def test_dates_out_of_any_meeting_range_are_refused_not_computed(given, field):
         check_schedule(**values)
     assert caught.value.field == field and ("out of range" in caught.value.message or "between" in caught.value.message)
     assert occurrence_on(_meeting(day=5), dt.date(9999, 12, 31)) is None
+
+
+def test_a_meeting_event_from_before_schedules_parses_as_weekly_and_a_new_one_carries_its_schedule():
+    from shared.events import MeetingSnapshot
+
+    old = {"slug": "monday", "name": "Monday AA", "fellowship": "aa", "day": 1, "time": "19:30",
+           "timezone": "Europe/London", "types": [], "attendance_option": "in_person", "active": True}
+    snapshot = MeetingSnapshot.model_validate(old)
+    assert (snapshot.rrule, snapshot.dtstart, snapshot.exceptions) == (None, None, [])
+    assert describe(snapshot) == "Every Monday"
+    after = dt.datetime(2026, 12, 1, tzinfo=UTC)
+    assert next_meeting(snapshot, after=after).date == dt.date(2026, 12, 7)
+    new = MeetingSnapshot.model_validate({**old, "rrule": "FREQ=MONTHLY;BYDAY=-1MO", "dtstart": "2026-12-01",
+                                          "exceptions": [{"date": "2026-12-28", "closed": True, "note": "Christmas"}]})
+    again = MeetingSnapshot.model_validate_json(new.model_dump_json())
+    assert again == new and describe(again) == "Last Monday of the month"
+    assert next_meeting(again, after=after).date == dt.date(2027, 1, 25)  # 28 December is closed
