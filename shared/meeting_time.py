@@ -189,7 +189,42 @@ def next_meeting(meeting: Any, *, after: dt.datetime) -> Occurrence | None:
             return None
         start = next_occurrence(day, time, _get(meeting, "timezone") or "Europe/London", after)
         return Occurrence(date=start.date(), start=start, end_time=_get(meeting, "end_time"))
-    return next(occurrences(meeting, after=after, limit=1), None)
+    key = _schedule_key(meeting)
+    if key is None:
+        return None
+    coming = _upcoming(key, after.astimezone(ZoneInfo(key[3])).date())
+    found = next((o for o in coming if o.start > after and not o.closed), None)
+    if found is not None or len(coming) < UPCOMING:
+        return found
+    return next(occurrences(meeting, after=after, limit=1), None)  # a long run of closed dates
+
+
+# How many occurrences from a date are kept per schedule: search asks each scheduled meeting's next one
+# on every request, and python-dateutil takes a fraction of a millisecond to say it.
+UPCOMING = 6
+
+
+def _schedule_key(meeting: Any) -> tuple | None:
+    """What a meeting's occurrences depend on, hashable."""
+    time = _get(meeting, "time")
+    if not time:
+        return None
+    dtstart = _get(meeting, "dtstart")
+    changes = tuple(sorted((str(d), bool(c.get("closed")), c.get("time"), c.get("end_time"), c.get("note"))
+                           for d, c in exceptions_of(meeting).items()))
+    return (_get(meeting, "day"), time, _get(meeting, "end_time"), _get(meeting, "timezone") or "Europe/London",
+            _get(meeting, "rrule"), None if dtstart is None else _as_date(dtstart), changes)
+
+
+@functools.lru_cache(maxsize=16384)
+def _upcoming(key: tuple, first: dt.date) -> tuple[Occurrence, ...]:
+    """The first ``UPCOMING`` occurrences (closed ones included) dated ``first`` or later."""
+    day, time, end_time, timezone, rule, dtstart, changes = key
+    meeting = {"day": day, "time": time, "end_time": end_time, "timezone": timezone, "rrule": rule,
+               "dtstart": dtstart, "exceptions": [{"date": d, "closed": closed, "time": t, "end_time": e, "note": n}
+                                                  for d, closed, t, e, n in changes]}
+    midnight = dt.datetime.combine(first, dt.time(0, 0), ZoneInfo(timezone)) - dt.timedelta(seconds=1)
+    return tuple(occurrences(meeting, after=midnight, include_closed=True, limit=UPCOMING))
 
 
 def closures_before(meeting: Any, *, after: dt.datetime, until: dt.datetime) -> list[Occurrence]:
@@ -203,14 +238,11 @@ def occurrence_on(meeting: Any, date: dt.date) -> Occurrence | None:
     """The meeting's occurrence on ``date`` (closed or not), None when it does not meet that day."""
     if not FIRST_DATE <= date <= LAST_DATE:
         return None
-    timezone = _get(meeting, "timezone") or "Europe/London"
-    midnight = dt.datetime.combine(date, dt.time(0, 0), ZoneInfo(timezone)) - dt.timedelta(hours=1)
-    for occurrence in occurrences(meeting, after=midnight, include_closed=True, limit=2):
-        if occurrence.date == date:
-            return occurrence
-        if occurrence.date > date:
-            return None
-    return None
+    key = _schedule_key(meeting)
+    if key is None:
+        return None
+    coming = _upcoming(key, date)
+    return coming[0] if coming and coming[0].date == date else None
 
 
 def ics_lines(meeting: Any) -> dict[str, Any]:
