@@ -80,8 +80,10 @@ class RowError(ValueError):
 def load_feed(text: str | bytes) -> list:
     try:
         data = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise FeedError(f"the feed is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise FeedError("the feed is not valid JSON: it is nested too deeply") from exc
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, a number too long to read
+        raise FeedError(f"the feed is not valid JSON: {str(exc)[:200]}") from exc
     if not isinstance(data, list):
         raise FeedError(f"a Meeting Guide feed is a JSON list of meetings, this is a JSON {type(data).__name__}")
     return data
@@ -315,8 +317,12 @@ def _attendance(fields: dict, codes: list[str], approximate: bool | None, latitu
     (type TC) or only an area; neither is inactive."""
     online = bool(fields["conference_url"] or fields["conference_phone"])
     closed = "TC" in codes
-    located = not closed and approximate is not True and bool(
-        fields["formatted_address"] or fields["address"] or latitude not in (None, ""))
+    if approximate is None:  # not stated: a street, or an address of four parts or more, is a place (TSML UI's rule)
+        located = bool(fields["address"] or len((fields["formatted_address"] or "").split(",")) >= 4)
+    else:
+        located = not approximate and bool(fields["formatted_address"] or fields["address"]
+                                           or latitude not in (None, ""))
+    located = located and not closed
     if online:
         return "hybrid" if located else "online"
     if located or not (closed or approximate):
