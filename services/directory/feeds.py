@@ -445,7 +445,9 @@ def _meeting_in(values: dict, left_out: list[str]) -> MeetingIn:
             if field in ROW_FIELDS or field not in values or values[field] in (None, [], False):
                 raise RowError(message) from exc
             shown = values[field]
-            left_out.append(f"{message} (the value {str(shown)[:60]!r} is left out)")
+            # A contact's details are personal: the report (kept with the import run) does not repeat them.
+            value = "the value" if field.startswith("contact_") else f"the value {str(shown)[:60]!r}"
+            left_out.append(f"{message} ({value} is left out)")
             values = {**values, field: [] if isinstance(shown, list) else None}
     raise RowError("the row has too many wrong values")
 

@@ -430,5 +430,35 @@ def test_bad_rows_are_rejected_one_by_one_with_their_reasons():
     left_out = " | ".join(r["reason"] for r in report["left_out"] if r["slug"] == "deep")
     for what in ("notes", "updated", "email", "contact_1_email", "feedback_url", "end_time"):
         assert what in left_out, what
+    assert "'not an email'" in left_out and "nobody" not in left_out  # a contact's value is not repeated
     deep = exported()["deep"]
     assert deep["regions"] == ["Chicago"] and "notes" not in deep and "end_time" not in deep
+
+
+# --- the demo data ----------------------------------------------------------------------------------------------
+
+def test_the_demo_meetings_are_listed_by_tsml_ui_as_what_they_are():
+    from services.directory.seed import PILOT_SITES, seed_demo
+
+    seed_demo()
+    out = exported()
+    assert len(out) == 6 * len(PILOT_SITES)
+    shown = tsml_ui_sees(list(out.values()), timezone="Europe/London")
+    assert set(shown) == set(out)  # none dropped for want of an address
+    online = {slug: row for slug, row in out.items() if row["attendance_option"] == "online"}
+    assert len(online) == len(PILOT_SITES) == 9
+    for slug, row in online.items():
+        # What the spec asks of an online meeting: its link, and only the area it belongs to.
+        assert row["conference_url"].startswith("https://meet.jit.si/") and row["approximate"] == "yes"
+        assert not {"address", "location", "latitude", "longitude", "postal_code"} & set(row), slug
+        assert row["formatted_address"].endswith(", UK") and row["region"] and row["sub_region"]
+        assert (shown[slug]["online"], shown[slug]["in_person"], shown[slug]["active"]) == (True, False, True)
+    for slug, row in out.items():
+        if slug in online:
+            continue
+        for field in ("location", "address", "city", "postal_code", "country", "region", "latitude"):
+            assert row.get(field), (slug, field)
+        assert row["approximate"] == "no" and shown[slug]["in_person"] and shown[slug]["map"]
+        assert shown[slug]["online"] == (row["attendance_option"] == "hybrid")
+    regions = {tuple(m["regions"]) for m in shown.values()}
+    assert ("North West", "Kendal") in regions and ("London", "Croydon") in regions
