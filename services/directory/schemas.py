@@ -79,7 +79,7 @@ class MeetingIn(BaseModel):
         default_factory=list, max_length=10, description="Hierarchical regions, most general first")
     sub_sub_region: Text = _opt(120)
     address_approximate: bool | None = Field(
-        None, description="The feed's `approximate`: is the address only an area? None: not stated")
+        None, strict=True, description="The feed's `approximate`: is the address only an area? None: not stated")
     listing_updated: dt.datetime | None = Field(None, description="The feed's `updated` (UTC)")
     feed_slug: str | None = Field(None, max_length=200, pattern=SLUG_PATTERN,
                                   description="Slug of the multi-day feed row this meeting is one day of")
@@ -103,6 +103,14 @@ class MeetingIn(BaseModel):
     contact_3_email: str | None = Field(None, max_length=200, pattern=EMAIL_PATTERN)
     contact_3_phone: Text = _opt(64)
     # --- end of the feed round-trip fields ---
+
+    @field_validator("listing_updated", mode="before")
+    @classmethod
+    def date_and_time(cls, value):
+        """A date and time, not a number of seconds (which pydantic would otherwise take)."""
+        if isinstance(value, int | float):
+            raise ValueError("give a date and time such as 2026-01-05T10:00:00Z")
+        return value
 
     @field_validator("types")
     @classmethod
@@ -215,6 +223,30 @@ class MeetingAdminOut(MeetingOut):
     facilitator_name: str | None
     facilitator_contact: str | None
     withdrawn_reason: str | None
+    # --- the feed round-trip fields (MeetingIn), for admins to see what the feed will say ---
+    regions: list[str] = []
+    sub_sub_region: str | None = None
+    address_approximate: bool | None = None
+    listing_updated: dt.datetime | None = None
+    feed_slug: str | None = None
+    edit_url: str | None = None
+    homegroup_online: str | None = None
+    feedback_emails: list[str] = []
+    entity: str | None = None
+    entity_email: str | None = None
+    entity_location: str | None = None
+    entity_logo: str | None = None
+    entity_phone: str | None = None
+    entity_url: str | None = None
+    contact_1_name: str | None = None
+    contact_1_email: str | None = None
+    contact_1_phone: str | None = None
+    contact_2_name: str | None = None
+    contact_2_email: str | None = None
+    contact_2_phone: str | None = None
+    contact_3_name: str | None = None
+    contact_3_email: str | None = None
+    contact_3_phone: str | None = None
 
 
 class MeetingResult(MeetingOut):

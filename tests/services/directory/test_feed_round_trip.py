@@ -462,3 +462,18 @@ def test_the_demo_meetings_are_listed_by_tsml_ui_as_what_they_are():
         assert shown[slug]["online"] == (row["attendance_option"] == "hybrid")
     regions = {tuple(m["regions"]) for m in shown.values()}
     assert ("North West", "Kendal") in regions and ("London", "Croydon") in regions
+
+
+def test_an_admin_sets_the_feed_fields_through_the_api_and_the_feed_says_them():
+    body = meeting(slug="croydon-aa", regions=["London", "Croydon"], entity="Croydon Intergroup",
+                   entity_url="https://croydon-aa.example.org", contact_1_name="Sam", contact_1_phone="020 7946 0000")
+    created = client.post("/meetings", json=body, headers=ADMIN)
+    assert created.status_code == 201, created.text
+    assert created.json()["regions"] == ["London", "Croydon"] and created.json()["contact_1_name"] == "Sam"
+    patched = client.patch("/meetings/croydon-aa", json={"regions": ["London", "Croydon", "Centre"]}, headers=ADMIN)
+    assert patched.status_code == 200 and patched.json()["entity"] == "Croydon Intergroup"
+    row = exported()["croydon-aa"]
+    assert (row["regions"], row["entity_url"], row["contact_1_phone"]) == (
+        ["London", "Croydon", "Centre"], "https://croydon-aa.example.org", "020 7946 0000")
+    assert client.patch("/meetings/croydon-aa", json={"regions": ["x" * 121]}, headers=ADMIN).status_code == 422
+    assert client.patch("/meetings/croydon-aa", json={"contact_1_email": "nobody"}, headers=ADMIN).status_code == 422
