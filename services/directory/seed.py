@@ -64,7 +64,7 @@ def demo_meeting(*, site_id: str, town: str, region: str, postcode: str, lat: fl
         attendance_option=attendance, site_id=site_id, location=venue,
         address=street if venue else None, city=town if venue else None, postal_code=postcode if venue else None,
         country=COUNTRY, region=region, sub_region=town,
-        formatted_address=f"{venue}, {street}, {town} {postcode}, {COUNTRY}" if venue else f"{town}, {COUNTRY}",
+        formatted_address=f"{street}, {town} {postcode}, {COUNTRY}" if venue else f"{town}, {COUNTRY}",
         postcode=postcode if venue else None,
         latitude=round(lat + offset[0], 5) if offset else None,
         longitude=round(lng + offset[1], 5) if offset else None,
