@@ -1,13 +1,13 @@
 """meeting schedules: RFC 5545 rule, first date and dated exceptions (closures and changes)
 
-Revision ID: 0008_meeting_schedules
-Revises: 0007_postcodes
+Revision ID: 0009_meeting_schedules
+Revises: 0008_feed_round_trip
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008_meeting_schedules"
-down_revision = "0007_postcodes"
+revision = "0009_meeting_schedules"
+down_revision = "0008_feed_round_trip"
 branch_labels = None
 depends_on = None
 
