@@ -62,7 +62,8 @@ def test_a_row_with_a_schedule_fama_cannot_follow_is_rejected_with_its_reason():
              "dtstart": "2026-12-01"}]
     with runtime.transaction() as session:
         report = feeds.import_feed(session, rows=rows, source="other")
-    assert report.created == 1
-    reasons = {r.slug: r.reason for r in report.rejected}
-    assert "FREQ must be WEEKLY" in reasons["daily"] and "date" in reasons["bad-date"]
-    assert schedules()["fine"][2] == "FREQ=WEEKLY;INTERVAL=2;BYDAY=TU"
+    # A rule FAMA cannot follow refuses the row; an impossible date is left out (and said), as any bad value.
+    assert report.created == 2
+    assert [(r.slug, "FREQ must be WEEKLY" in r.reason) for r in report.rejected] == [("daily", True)]
+    assert [(r.slug, "2026-02-30" in r.reason) for r in report.left_out] == [("bad-date", True)]
+    assert schedules()["bad-date"][4] == [] and schedules()["fine"][2] == "FREQ=WEEKLY;INTERVAL=2;BYDAY=TU"
