@@ -286,16 +286,3 @@ def test_shared_rate_limit_holds_across_workers(redis_client, redis_prefix):
     for t in threads:
         t.join()
     assert 38 <= len(sent) <= 42
-
-
-def test_hourly_cap_per_number_defers(monkeypatch):
-    monkeypatch.setattr(runtime.settings, "hourly_cap", 1)
-    rid = planned_in_process()
-    planned = by_kind(rid)
-    make_due([planned["day_before"].id, planned["follow_up"].id])
-    set_queued(planned["day_before"].id, planned["follow_up"].id)
-    assert sending.send_reminder(reminder_id=planned["day_before"].id) == "sent"
-    assert sending.send_reminder(reminder_id=planned["follow_up"].id) == "deferred: hourly cap"
-    deferred = reminder(planned["follow_up"].id)
-    assert deferred.status == "created" and deferred.due_at > utcnow() + dt.timedelta(minutes=59)
-    assert len(dev_messages()) == 1
