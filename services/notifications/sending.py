@@ -57,7 +57,7 @@ from services.notifications.models import (
     Reminder,
     meeting_replica,
 )
-from services.notifications.providers import UNKNOWN, Handover, PermanentFailure, Record, TemporaryFailure, provider_for
+from services.notifications.providers import UNKNOWN, PermanentFailure, Provider, Record, TemporaryFailure, provider_for
 from services.notifications.runtime import runtime
 from services.notifications.service import HOLD, SEND, aware, fact, send_verdict, unsubscribe_url
 from services.notifications.wording import Message, render
@@ -502,9 +502,9 @@ def _mark_sent(reminder: Row, provider_ref: str, *, record: Record | None = None
     return True
 
 
-def _send_and_mark(provider, reminder: Row, to: str, message: Message) -> str:
-    """Hand the message to the provider and mark the reminder sent."""
-    handover: Handover = provider.send(reference=str(reminder.id), to=to, message=message)
+def _send_and_mark(provider: Provider, reminder: Row, to: str, message: Message) -> str:
+    """Hand the message to the provider and mark the reminder sent (the same steps for every provider)."""
+    handover = provider.send(reference=str(reminder.id), to=to, message=message)
     if _mark_sent(reminder, handover.provider_ref, record=handover.record) or handover.record is None:
         return "sent"
     return "skipped: taken over"  # another worker took the row over before our record was written: its send counts
