@@ -89,6 +89,22 @@ class ServiceRuntime:
         return factory
 
     @contextmanager
+    def reads(self) -> Iterator[Session]:
+        """A session that only reads. On Postgres its statements run in autocommit, each seeing what
+        was committed when it ran: no BEGIN before them and no ROLLBACK to give the connection back
+        (two of a public search's four round trips). Elsewhere, an ordinary session."""
+        if self.engine.dialect.name != "postgresql":
+            with self.sessions() as session:
+                yield session
+            return
+        with Session(bind=self._autocommit_engine) as session:
+            yield session
+
+    @cached_property
+    def _autocommit_engine(self) -> Engine:
+        return self.engine.execution_options(isolation_level="AUTOCOMMIT")
+
+    @contextmanager
     def transaction(self) -> Iterator[Session]:
         with db.transaction(self.sessions) as session:
             yield session
@@ -117,7 +133,7 @@ class ServiceRuntime:
         """Forget settings, engine and Celery app (tests that change the environment)."""
         if "engine" in self.__dict__:
             self.engine.dispose()
-        for attr in ("settings", "engine", "celery", "outbox", "sessions", "redis"):
+        for attr in ("settings", "engine", "_autocommit_engine", "celery", "outbox", "sessions", "redis"):
             self.__dict__.pop(attr, None)
 
     def register_event_task(self, handlers: dict[str, Handler]):
