@@ -41,7 +41,7 @@ CONNECTIONS = common.CONCURRENCY
 MEETINGS_FACTOR = 8.0  # 2,400 meetings around London
 # The production command (README, "Production and scaling"): one process per container, as many
 # containers as cores; each API process is served like this.
-SERVE = ["--loop", "uvloop", "--http", "httptools", "--no-access-log"]
+SERVE = list(common.SERVE)
 if os.environ.get("BENCH_SERVE") is not None:  # compare another command, e.g. BENCH_SERVE="" (uvicorn's defaults)
     SERVE = os.environ["BENCH_SERVE"].split()
 

@@ -40,6 +40,8 @@ BASE = {"meetings": 300, "referrals": 2000, "reminders": 6000}
 SITES = ("croydon", "sheffield", "birmingham", "norwich", "gateshead", "solihull")
 FELLOWSHIPS = ("aa", "na", "ca", "smart", "al-anon")
 console = Console(width=200)
+# The production command's options (README, "Serving the APIs"): every bench serves the APIs with them.
+SERVE = ("--loop", "uvloop", "--http", "httptools", "--no-access-log")
 
 
 def setup() -> None:
@@ -92,7 +94,7 @@ def sql(service: str, statement: str, **params):
 def start_stack():
     from tests.support.stack import Stack
 
-    stack = Stack()
+    stack = Stack(serve=SERVE)
     names = stack.NAMES
 
     def start(name):
