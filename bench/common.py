@@ -136,6 +136,29 @@ def rss_kb(pid: int) -> int:
     return total
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and all its descendants (a prefork worker and its pool):
+    what the work cost, which hardly depends on what else the machine runs (its wall time does)."""
+    ticks, total, todo = os.sysconf("SC_CLK_TCK"), 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo += [int(c) for c in f.read().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
+def deliveries() -> int:
+    """Event deliveries so far (inbox rows of referral and reminder events, every service)."""
+    return sum(sql(s, "SELECT count(*) FROM inbox WHERE event_type LIKE 'referral.%' OR event_type LIKE 'reminder.%'")[0][0]
+               for s in SERVICES)
+
+
 def rss_kb_one(pid: int) -> int:
     """Resident memory of one process alone (0 once it has gone)."""
     try:
@@ -426,14 +449,15 @@ def noop_rate(count: int = 2000) -> dict:
             if time.monotonic() > deadline:
                 raise RuntimeError("no-op worker did not start")
             time.sleep(0.1)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), tree_cpu_seconds(proc.pid)
         with rt.celery.producer_or_acquire() as producer:
             for _ in range(count):
                 rt.celery.send_task("notifications.noop", queue=queue, producer=producer)
         while not drained():
             time.sleep(0.02)
         took = time.perf_counter() - started
-        return {"count": count, "rate": count / took, "seconds": took}
+        return {"count": count, "rate": count / took, "seconds": took,
+                "cpu_ms": (tree_cpu_seconds(proc.pid) - cpu) * 1000 / count}
     finally:
         import signal
 
