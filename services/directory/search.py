@@ -21,7 +21,8 @@ from services.directory.geocode import (
     normalise_postcode,
 )
 from services.directory.models import Meeting, Postcode
-from services.directory.schemas import SearchIn
+from services.directory.schemas import MeetingResult, SearchIn
+from shared.crypto import EncryptedText
 from shared.errors import InvalidInput
 from shared.events import utcnow
 from shared.meeting_time import meeting_guide_weekday, next_occurrence, parse_hhmm
@@ -263,15 +264,18 @@ def _near(lat: float, lng: float, radius_km: float, inner_km: float) -> tuple[li
     return where, values
 
 
-# What a public answer shows of a meeting: every column but the private ones (the facilitator's
-# name and contact are encrypted: decrypting them for every result would be wasted, and wrong).
-PRIVATE_COLUMNS = frozenset({"facilitator_name", "facilitator_contact", "withdrawn_reason"})
+# What a public answer reads of a meeting: every column but the withdrawal reason and the encrypted
+# ones a public result does not show (the facilitator's and the feed contacts' names, emails and
+# phones: decrypting them for every result would be wasted, and they must not leak into it).
+PRIVATE_COLUMNS = frozenset({"withdrawn_reason"})
 
 
 @functools.cache
 def public_columns() -> tuple:
+    shown = MeetingResult.model_fields.keys()
     return tuple(getattr(Meeting, attr.key) for attr in Meeting.__mapper__.column_attrs
-                 if attr.key not in PRIVATE_COLUMNS)
+                 if attr.key not in PRIVATE_COLUMNS
+                 and (attr.key in shown or not isinstance(attr.columns[0].type, EncryptedText)))
 
 
 @functools.cache
