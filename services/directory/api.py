@@ -160,12 +160,17 @@ def _search_page(*, near, radius_km, day, date, starts_after, starts_before, fel
 def _result(meeting, distance: float | None, now: dt.datetime) -> MeetingResult:
     """A search's row (search.public_columns) as a result: one validation of a dict, which pydantic
     does in its Rust core (reading a row's attributes one by one cost a third of a search)."""
-    start = search.next_start(meeting, now)
+    occurrence = search.next_of(meeting, now)
+    start = occurrence.start if occurrence is not None else None
+    scheduled = {} if meeting.weekly or occurrence is None else {
+        "next_note": occurrence.note, "next_changed": occurrence.changed,
+        "closed_before_next": [{"date": c.date, "note": c.note}
+                               for c in closures_before(meeting, after=now, until=start)]}
     return MeetingResult.model_validate({
         **meeting._mapping, "distance_km": None if distance is None else round(distance, 2),
         "happening": search.happening(meeting, now),
         "next_start_local": start.isoformat() if start is not None else None,
-        "next_start_utc": start.astimezone(dt.UTC).isoformat() if start is not None else None})
+        "next_start_utc": start.astimezone(dt.UTC).isoformat() if start is not None else None, **scheduled})
 
 
 @app.get("/meetings/{slug}", response_model=MeetingResult, tags=["meetings"],

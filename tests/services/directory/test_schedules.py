@@ -91,8 +91,13 @@ def test_a_closed_date_is_skipped_visibly_and_in_progress_follows_a_changed_time
     assert search.happening(friday, dt.datetime(2026, 12, 25, 19, 30, tzinfo=UTC)) is None  # closed
     assert search.happening(friday, dt.datetime(2026, 12, 18, 19, 30, tzinfo=UTC)) == "in_progress"
     # The API's search result says what was skipped.
+    from sqlalchemy import select
+
     from services.directory.api import _result
-    result = _result(friday, None, christmas_eve)
+    from services.directory.models import Meeting
+    with runtime.sessions() as session:
+        row = session.execute(select(*search.public_columns()).where(Meeting.slug == "friday")).one()
+    result = _result(row, None, christmas_eve)
     assert [(c.date, c.note) for c in result.closed_before_next] == [(dt.date(2026, 12, 25), "Christmas")]
     assert result.next_note == "early" and result.next_changed is True
 
