@@ -350,7 +350,10 @@ def search_meetings(session: Session, *, search_in: SearchIn, geocoder: Geocoder
     soonest = search_in.sort == "soonest"
     # Meetings with a schedule (few): their next occurrences; those with none (or none open on the date
     # searched) are left out in SQL, so every order and page below stays SQL's.
-    scheduled = _scheduled(session, [Meeting.weekly.is_(False), *conditions], search_in, now)
+    # The weekly flag alone first: only its index can answer that (the filters' own indexes would scan).
+    scheduled_ids = session.scalars(select(Meeting.id).where(Meeting.weekly.is_(False))).all()
+    scheduled = _scheduled(session, [Meeting.id.in_(scheduled_ids), *conditions], search_in, now) \
+        if scheduled_ids else {}
     over = [i for i, occurrence in scheduled.items() if occurrence is None]
     if over:
         conditions.append(Meeting.id.not_in(over))
