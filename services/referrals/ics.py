@@ -49,12 +49,19 @@ def _shown(text: str | None, *, full: bool) -> str | None:
 
 
 def place_of(meeting: MeetingSnapshot, *, full: bool) -> str | None:
-    """Venue and address (or postcode), those parts that may be shown; None for an online meeting."""
+    """Venue and address (or postcode), those parts that may be shown; None for an online meeting.
+
+    In discreet mode the address goes in part by part: "Community Recovery Hub, Croydon, CR0"
+    keeps "Croydon, CR0", so a telling venue name does not cost the client the street and town.
+    """
     if meeting.attendance_option == "online":
         return None
-    parts = [_shown(meeting.location, full=full), _shown(meeting.formatted_address, full=full)
-             or _shown(meeting.postcode, full=full)]
-    return ", ".join(p for p in parts if p) or None
+    venue = _shown(meeting.location, full=full)
+    address = [part.strip() for part in (meeting.formatted_address or "").split(",")]
+    address = [part for part in address if _shown(part, full=full) and part != venue]
+    if not address and (postcode := _shown(meeting.postcode, full=full)):
+        address = [postcode]
+    return ", ".join(filter(None, [venue, *address])) or None
 
 
 def joining_lines(meeting: MeetingSnapshot, *, full: bool) -> list[str]:
