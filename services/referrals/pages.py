@@ -28,15 +28,7 @@ from services.referrals.runtime import runtime
 from services.referrals.schemas import ReferralIn, TransitionIn
 from shared.auth import Principal, Role
 from shared.db import unit_of_work
-from shared.events import (
-    ENDED_STATUSES,
-    FELLOWSHIP_NAMES,
-    REFERRAL_STATUSES,
-    REMINDER_KIND_LABELS,
-    MeetingSnapshot,
-    Stage,
-    utcnow,
-)
+from shared.events import FELLOWSHIP_NAMES, REFERRAL_STATUSES, REMINDER_KIND_LABELS, MeetingSnapshot, Stage, utcnow
 from shared.meeting_time import local_start, next_occurrence
 from shared.pages import (
     DAYS,
@@ -643,7 +635,7 @@ def dismiss_report(request: Request, referral_id: str, reply_id: str, session: S
 def calendar_refusal(referral: Referral, found: tuple[MeetingSnapshot, bool] | None,
                      now: dt.datetime | None = None) -> str | None:
     """Why the planned session cannot go in a calendar, or None if it can."""
-    if referral.status in ENDED_STATUSES:
+    if referral.ended_at is not None:  # completed, failed, cancelled or entered in error
         return "This referral has ended, so there is no planned session to add to a calendar."
     if found is None or not found[1]:
         return "The meeting is no longer listed, so there is no session to add to a calendar."

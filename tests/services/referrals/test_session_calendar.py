@@ -10,9 +10,12 @@ import pytest
 from fastapi.testclient import TestClient
 from icalendar import Calendar
 
+from services.referrals import service
 from services.referrals.api import app
 from services.referrals.models import Referral
 from services.referrals.runtime import runtime
+from services.referrals.schemas import TransitionIn
+from shared.events import Stage
 from tests.services.referrals.conftest import EMAIL, MOBILE_E164, next_weekday, publish_meeting, withdraw_meeting
 from tests.services.referrals.test_pages import KEYWORKER, Page, get, make_referral
 from tests.support.auth import auth
@@ -87,7 +90,8 @@ def test_no_entry_once_the_referral_ended_or_the_meeting_went(client):
     meeting = publish_meeting(**VENUE)
     ended = make_referral("CRY-0044")
     with runtime.transaction() as session:
-        session.get(Referral, ended).status = "cancelled"
+        service.transition_referral(session, referral=session.get(Referral, ended), by="kw-1",
+                                    transition_in=TransitionIn(to=Stage.declined, reason="Does not want to go"))
     response = download(client, ended)
     assert response.status_code == 404 and "This referral has ended" in Page(response).text
     assert not get(client, f"/desk/referrals/{ended}").has("session-calendar")
