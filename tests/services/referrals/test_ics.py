@@ -7,10 +7,23 @@ import re
 import uuid
 from zoneinfo import ZoneInfo
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from icalendar import Calendar
 
 from services.referrals.ics import planned_session_calendar
-from shared.events import MeetingSnapshot
+from shared.events import FELLOWSHIP_NAMES, MeetingSnapshot
+# The notifications tests' own spellings of the giveaway words (case, spacing, accents, look-alikes, widths).
+from tests.services.notifications.test_wording import (
+    AROUND,
+    CLEAN,
+    FREE_TEXT,
+    GIVEAWAYS,
+    URL,
+    neutral_text,
+    still_says,
+    variant,
+)
 
 # Independent of shared/discretion.py's lists: what must never show on a shared phone or calendar.
 FORBIDDEN = ("smart", "recovery", "alcohol", "alcoholics", "drink", "drug", "anonymous", "aa", "na", "narcotics",
@@ -139,3 +152,20 @@ def test_full_detail_names_the_meeting_when_the_client_chose_it():
     assert str(event["url"]) == "https://find.example.org/meeting/croydon-smart-tuesday"
     assert str(event["location"]).startswith("AA Hall, ")
     assert "class" not in event
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), word=st.sampled_from(GIVEAWAYS), field=st.sampled_from(FREE_TEXT),
+       attendance=st.sampled_from(("in_person", "hybrid", "online")), fellowship=st.sampled_from(sorted(FELLOWSHIP_NAMES)),
+       before=neutral_text, after=neutral_text, around=st.tuples(st.sampled_from(AROUND), st.sampled_from(AROUND)))
+def test_no_spelling_of_a_fellowship_or_recovery_word_reaches_a_discreet_calendar_entry(
+        data, word, field, attendance, fellowship, before, after, around):
+    text = f"{before}{around[0]}{data.draw(variant(word))}{around[1]}{after}"
+    cal = calendar(**{**CLEAN, "slug": "s", "fellowship": fellowship, "attendance_option": attendance, field: text})
+    shown = words_shown(cal)
+    assert not still_says(shown, word), (field, text, shown)
+    assert not still_says(shown, FELLOWSHIP_NAMES[fellowship]), shown
+    event = event_of(cal)
+    assert event["dtstart"].dt.hour == 14 and str(event["summary"]) == "Your meeting"
+    if attendance != "in_person" and field not in ("conference_url", "name"):
+        assert URL in shown.replace(URL.lower(), URL)  # the joining link survives the one part that had to go
