@@ -13,7 +13,6 @@ from icalendar import Calendar
 
 from services.referrals.ics import planned_session_calendar
 from shared.events import FELLOWSHIP_NAMES, MeetingSnapshot
-# The notifications tests' own spellings of the giveaway words (case, spacing, accents, look-alikes, widths).
 from tests.services.notifications.test_wording import (
     AROUND,
     CLEAN,
@@ -25,7 +24,8 @@ from tests.services.notifications.test_wording import (
     variant,
 )
 
-# Independent of shared/discretion.py's lists: what must never show on a shared phone or calendar.
+# Independent of shared/discretion.py's lists (so are the notifications tests' spellings imported above):
+# what must never show on a shared phone or calendar.
 FORBIDDEN = ("smart", "recovery", "alcohol", "alcoholics", "drink", "drug", "anonymous", "aa", "na", "narcotics",
              "addiction", "sober", "fellowship", "12 step", "croydon-smart")
 NOW = dt.datetime(2027, 3, 1, 9, 0, tzinfo=dt.UTC)
