@@ -444,9 +444,11 @@ def load_run(session: Session, run_id: str) -> ImportRun:
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
 def run_detail(request: Request, run_id: str, session: SessionDep, principal: Admin):
     run = load_run(session, run_id)
+    source = session.get(FeedSource, run.source_id)
     return render(templates, request, "admin_run.html", {"title": f"Import of {run.source_id}", "principal": principal,
                                               "run": run, "report": run.report or {}, "when": when,
-                                              "run_status": RUN_STATUS})
+                                              "run_status": RUN_STATUS,
+                                              "source_timezone": source.timezone if source else None})
 
 
 @router.post("/runs/{run_id}/{decision}", response_class=HTMLResponse)

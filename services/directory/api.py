@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from services.directory import admin_api, answers, engagement, feeds, search, service
 from services.directory.admin import setup_admin
+from services.directory.config import get_settings
 from services.directory.models import Meeting
 from services.directory.pages import router as pages_router
 from services.directory.pages import templates as page_templates
@@ -280,9 +281,12 @@ async def import_feed(
 ):
     _valid_timezone(timezone)
     body = await request.body()
+    limit = get_settings().feed_max_bytes
+    if len(body) > limit:
+        raise feeds.FeedError(f"the feed is larger than {limit} bytes")
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         data = None  # load_feed says what is wrong with it
     if isinstance(data, dict):
         url_in = FeedUrlIn.model_validate(data)

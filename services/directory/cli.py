@@ -66,8 +66,15 @@ def import_feed(
                                    progress=lambda n: progress.advance(task, n))
     typer.echo(f"{report.source}: {report.rows} rows, {report.created} created, {report.updated} updated, "
                f"{report.unchanged} unchanged, {report.withdrawn} withdrawn, {len(report.rejected)} rejected")
+    for zone, rows_there in report.timezone_mismatch.items():
+        typer.echo(f"  {rows_there} rows lie in timezone {zone}, not {timezone}: refused. If the feed is of {zone}, "
+                   f"import it again with --timezone {zone}")
     for rejection in report.rejected:
         typer.echo(f"  row {rejection.row} ({rejection.slug or 'no slug'}): {rejection.reason}")
+    if report.kept_as_they_were:
+        typer.echo(f"  {report.kept_as_they_were} meetings of rejected rows were kept as they were")
+    for note in report.left_out:
+        typer.echo(f"  row {note.row} ({note.slug or 'no slug'}) imported without a value: {note.reason}")
     if report.unknown_types:
         typer.echo("  type codes kept aside (not in the Meeting Guide spec): "
                    + ", ".join(f"{code} x{n}" for code, n in report.unknown_types.items()))

@@ -109,6 +109,38 @@ class Meeting(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
+    # --- Meeting Guide fields kept so that an imported feed is exported as it came (feeds.py) ---
+    # Hierarchical regions, most general first (the spec's ``regions``), and TSML UI's third level.
+    regions: Mapped[list[str]] = mapped_column(JSON, default=list)
+    sub_sub_region: Mapped[str | None] = mapped_column(String(120))
+    # The feed's ``approximate`` as stated (is the address only an area?); None: it did not say.
+    # ``approximate`` above is FAMA's own flag for an approximate map position.
+    address_approximate: Mapped[bool | None] = mapped_column(Boolean)
+    # The feed's ``updated`` (when the listing last changed at its source); None: entered here, or edited here since.
+    listing_updated: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # The slug of the feed row this meeting is one day of, when that row listed several days.
+    feed_slug: Mapped[str | None] = mapped_column(String(200))
+    edit_url: Mapped[str | None] = mapped_column(Text)
+    homegroup_online: Mapped[str | None] = mapped_column(String(100))
+    feedback_emails: Mapped[list[str]] = mapped_column(JSON, default=list)
+    entity: Mapped[str | None] = mapped_column(String(300))
+    entity_email: Mapped[str | None] = mapped_column(String(200))
+    entity_location: Mapped[str | None] = mapped_column(String(300))
+    entity_logo: Mapped[str | None] = mapped_column(Text)
+    entity_phone: Mapped[str | None] = mapped_column(String(64))
+    entity_url: Mapped[str | None] = mapped_column(Text)
+    # A meeting's public contacts as its feed lists them (first names only, per the spec): encrypted at rest.
+    contact_1_name: Mapped[str | None] = mapped_column(EncryptedText(at_rest_cipher))
+    contact_1_email: Mapped[str | None] = mapped_column(EncryptedText(at_rest_cipher))
+    contact_1_phone: Mapped[str | None] = mapped_column(EncryptedText(at_rest_cipher))
+    contact_2_name: Mapped[str | None] = mapped_column(EncryptedText(at_rest_cipher))
+    contact_2_email: Mapped[str | None] = mapped_column(EncryptedText(at_rest_cipher))
+    contact_2_phone: Mapped[str | None] = mapped_column(EncryptedText(at_rest_cipher))
+    contact_3_name: Mapped[str | None] = mapped_column(EncryptedText(at_rest_cipher))
+    contact_3_email: Mapped[str | None] = mapped_column(EncryptedText(at_rest_cipher))
+    contact_3_phone: Mapped[str | None] = mapped_column(EncryptedText(at_rest_cipher))
+    # --- end of the feed round-trip fields ---
+
 
 class EngagementFact(Base):
     """One counted fact (a referral reaching a stage, a reminder sent...), counted once ever.

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Literal
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
@@ -74,6 +74,43 @@ class MeetingIn(BaseModel):
     partnership: InputBool = False
     facilitator_name: Text = _opt(200)
     facilitator_contact: Text = Field(None, max_length=200, description="Phone or email; encrypted at rest")
+    # --- Meeting Guide fields a feed carries, kept so that the export says what the import said (feeds.py) ---
+    regions: list[Annotated[str, Field(min_length=1, max_length=120)]] = Field(
+        default_factory=list, max_length=10, description="Hierarchical regions, most general first")
+    sub_sub_region: Text = _opt(120)
+    address_approximate: bool | None = Field(
+        None, strict=True, description="The feed's `approximate`: is the address only an area? None: not stated")
+    listing_updated: dt.datetime | None = Field(None, description="The feed's `updated` (UTC)")
+    feed_slug: str | None = Field(None, max_length=200, pattern=SLUG_PATTERN,
+                                  description="Slug of the multi-day feed row this meeting is one day of")
+    edit_url: Text = _opt(2000)
+    homegroup_online: Text = _opt(100)
+    feedback_emails: list[Annotated[str, Field(max_length=200, pattern=EMAIL_PATTERN)]] = Field(
+        default_factory=list, max_length=20)
+    entity: Text = _opt(300)
+    entity_email: str | None = Field(None, max_length=200, pattern=EMAIL_PATTERN)
+    entity_location: Text = _opt(300)
+    entity_logo: Text = _opt(2000)
+    entity_phone: Text = _opt(64)
+    entity_url: Text = _opt(2000)
+    contact_1_name: Text = _opt(200)
+    contact_1_email: str | None = Field(None, max_length=200, pattern=EMAIL_PATTERN)
+    contact_1_phone: Text = _opt(64)
+    contact_2_name: Text = _opt(200)
+    contact_2_email: str | None = Field(None, max_length=200, pattern=EMAIL_PATTERN)
+    contact_2_phone: Text = _opt(64)
+    contact_3_name: Text = _opt(200)
+    contact_3_email: str | None = Field(None, max_length=200, pattern=EMAIL_PATTERN)
+    contact_3_phone: Text = _opt(64)
+    # --- end of the feed round-trip fields ---
+
+    @field_validator("listing_updated", mode="before")
+    @classmethod
+    def date_and_time(cls, value):
+        """A date and time, not a number of seconds (which pydantic would otherwise take)."""
+        if isinstance(value, int | float):
+            raise ValueError("give a date and time such as 2026-01-05T10:00:00Z")
+        return value
 
     @field_validator("types")
     @classmethod
@@ -102,11 +139,19 @@ class MeetingIn(BaseModel):
             raise ValueError(f"{value!r} is not a UK postcode")
         return normal
 
-    @field_validator("website", "url", "conference_url", "feedback_url")
+    @field_validator("website", "url", "conference_url", "edit_url", "entity_logo", "entity_url")
     @classmethod
     def web_address(cls, value: str | None) -> str | None:
         if value is not None and value.strip() and not re.match(r"^https?://", value.strip(), re.I):
             raise ValueError("must be an http(s) address")
+        return value or None
+
+    @field_validator("feedback_url")
+    @classmethod
+    def feedback_address(cls, value: str | None) -> str | None:
+        """The spec allows a mailto: link here as well as a web address."""
+        if value is not None and value.strip() and not re.match(r"^(https?://|mailto:)", value.strip(), re.I):
+            raise ValueError("must be an http(s) address or a mailto: link")
         return value or None
 
 
@@ -178,6 +223,30 @@ class MeetingAdminOut(MeetingOut):
     facilitator_name: str | None
     facilitator_contact: str | None
     withdrawn_reason: str | None
+    # --- the feed round-trip fields (MeetingIn), for admins to see what the feed will say ---
+    regions: list[str] = []
+    sub_sub_region: str | None = None
+    address_approximate: bool | None = None
+    listing_updated: dt.datetime | None = None
+    feed_slug: str | None = None
+    edit_url: str | None = None
+    homegroup_online: str | None = None
+    feedback_emails: list[str] = []
+    entity: str | None = None
+    entity_email: str | None = None
+    entity_location: str | None = None
+    entity_logo: str | None = None
+    entity_phone: str | None = None
+    entity_url: str | None = None
+    contact_1_name: str | None = None
+    contact_1_email: str | None = None
+    contact_1_phone: str | None = None
+    contact_2_name: str | None = None
+    contact_2_email: str | None = None
+    contact_2_phone: str | None = None
+    contact_3_name: str | None = None
+    contact_3_email: str | None = None
+    contact_3_phone: str | None = None
 
 
 class MeetingResult(MeetingOut):
@@ -281,6 +350,12 @@ class ImportReport(BaseModel):
     withdrawn: int = 0
     rejected: list[ImportRejection] = []
     unknown_types: dict[str, int] = {}
+    # Rows imported without a value the feed gave (an email that is not one, a link that is not a web address...).
+    left_out: list[ImportRejection] = []
+    # Rows refused because their coordinates lie in another timezone than theirs: that timezone -> how many.
+    timezone_mismatch: dict[str, int] = {}
+    # What stored meetings a rejected row kept: it is shown as it was, not withdrawn.
+    kept_as_they_were: int = 0
 
 
 class FeedSourceIn(BaseModel):

@@ -25,6 +25,22 @@ PILOT_SITES = [
     ("workington", "Workington", "Unity Cumbria (Workington)", "North West", "CA14", 54.63454, -3.53704),
 ]
 
+# Each town's streets for the demo venues, in MEETING_PATTERNS' venue order (illustrative, like the venues).
+VENUE_STREETS = {
+    "birmingham": ("40 Bull Street", "Bull Ring", "Digbeth High Street", "Corporation Street", "Centenary Square"),
+    "solihull": ("Warwick Road", "Church Hill Road", "Homer Road", "Blossomfield Road", "Homer Road"),
+    "sheffield": ("10 St James' Row", "Norfolk Row", "Campo Lane", "Norfolk Street", "Surrey Street"),
+    "norwich": ("Upper Goat Lane", "Coslany Street", "Bank Plain", "Calvert Street", "Millennium Plain"),
+    "croydon": ("60 Park Lane", "Church Street", "Wellesley Road", "North End", "Katharine Street"),
+    "gateshead": ("West Street", "Bensham Road", "High Street", "Durham Road", "Prince Consort Road"),
+    "kendal": ("Stramongate", "Kirkland", "Stricklandgate", "Stricklandgate", "Stricklandgate"),
+    "carlisle": ("Fisher Street", "Botchergate", "Lowther Street", "Fisher Street", "Globe Lane"),
+    "workington": ("Oxford Street", "Washington Street", "Finkle Street", "Oxford Street", "Vulcans Lane"),
+}
+COUNTRY = "UK"
+# Online meetings in Jitsi rooms: a conference link TSML UI recognises, and no account needed.
+CONFERENCE = "https://meet.jit.si/FAMA-demo-{slug}"
+
 # fellowship, name pattern, day, time, end, types, attendance, venue, lat/lng offset
 MEETING_PATTERNS = [
     ("aa", "{town} Monday Big Book", 1, "19:30", "21:00", ["O", "B"], "in_person", "Friends Meeting House", (0.004, 0.003)),
@@ -36,6 +52,27 @@ MEETING_PATTERNS = [
 ]
 
 
+def demo_meeting(*, site_id: str, town: str, region: str, postcode: str, lat: float, lng: float, pattern: tuple,
+                 street: str | None) -> MeetingIn:
+    """One demo meeting, with what the Meeting Guide spec asks of its kind: a venue's full address for one met in
+    person; for one online only, its conference link and only the area it belongs to (no venue, no street)."""
+    fellowship, name, day, time, end, types, attendance, venue, offset = pattern
+    slug = f"{site_id}-{fellowship}-{day}"
+    online = attendance != "in_person"
+    return MeetingIn(
+        slug=slug, name=name.format(town=town), fellowship=fellowship, day=day, time=time, end_time=end, types=types,
+        attendance_option=attendance, site_id=site_id, location=venue,
+        address=street if venue else None, city=town if venue else None, postal_code=postcode if venue else None,
+        country=COUNTRY, region=region, sub_region=town,
+        formatted_address=f"{street}, {town} {postcode}, {COUNTRY}" if venue else f"{town}, {COUNTRY}",
+        postcode=postcode if venue else None,
+        latitude=round(lat + offset[0], 5) if offset else None,
+        longitude=round(lng + offset[1], 5) if offset else None,
+        conference_url=CONFERENCE.format(slug=slug) if online else None,
+        conference_url_notes="Passcode given by the facilitator" if online else None,
+    )
+
+
 def seed_demo() -> dict[str, int]:
     created = {"sites": 0, "meetings": 0}
     with runtime.transaction() as session:
@@ -44,21 +81,14 @@ def seed_demo() -> dict[str, int]:
                 session.add(Site(id=site_id, name=town, host_agency=agency, region=region, postcode=postcode,
                                  champion_name=f"{town} FAMA champion", active=True))
                 created["sites"] += 1
-        for site_id, town, _agency, _region, postcode, lat, lng in PILOT_SITES:
-            for fellowship, pattern, day, time, end, types, attendance, venue, offset in MEETING_PATTERNS:
-                slug = f"{site_id}-{fellowship}-{day}"
-                if session.scalar(select(Meeting.id).where(Meeting.slug == slug)) is not None:
+        for site_id, town, _agency, region, postcode, lat, lng in PILOT_SITES:
+            venues = iter(VENUE_STREETS[site_id])
+            for pattern in MEETING_PATTERNS:
+                street = next(venues) if pattern[7] else None
+                meeting_in = demo_meeting(site_id=site_id, town=town, region=region, postcode=postcode, lat=lat,
+                                          lng=lng, pattern=pattern, street=street)
+                if session.scalar(select(Meeting.id).where(Meeting.slug == meeting_in.slug)) is not None:
                     continue
-                meeting_in = MeetingIn(
-                    slug=slug, name=pattern.format(town=town), fellowship=fellowship, day=day, time=time,
-                    end_time=end, types=types, attendance_option=attendance, site_id=site_id,
-                    location=venue, formatted_address=f"{venue}, {town}, {postcode}" if venue else None,
-                    postcode=postcode if venue else None,
-                    latitude=round(lat + offset[0], 5) if offset else None,
-                    longitude=round(lng + offset[1], 5) if offset else None,
-                    conference_url=f"https://meet.example.org/fama-{slug}" if attendance != "in_person" else None,
-                    conference_url_notes="Passcode given by the facilitator" if attendance != "in_person" else None,
-                )
                 service.create_meeting(session, meeting_in=meeting_in)
                 created["meetings"] += 1
     return created

@@ -108,6 +108,10 @@ def update_meeting(session: Session, *, slug: str, meeting_in: MeetingIn,
     changed = {k: v for k, v in values.items() if getattr(meeting, k) != v}
     if not changed:
         return meeting, False
+    # Feed round trip: a change that does not come with the source's own ``updated`` is a change made here,
+    # so the feed's stated time no longer says when the listing last changed (the export then says ``updated``).
+    if "listing_updated" not in changed and meeting.listing_updated is not None:
+        changed["listing_updated"] = None
     for key, value in changed.items():
         setattr(meeting, key, value)
     meeting.updated = utcnow()

@@ -117,7 +117,7 @@ def test_online_meetings_and_the_phone_layout(stack, phone_page):
     expect(page.locator(".results > li").first).to_be_visible()
     first = page.locator(".results > li").first
     expect(first.get_by_role("link", name=re.compile("Join the online meeting"))).to_have_attribute(
-        "href", re.compile(r"^https://meet\.example\.org/fama-"))
+        "href", re.compile(r"^https://meet\.jit\.si/FAMA-demo-"))
     expect(first).to_contain_text("Passcode given by the facilitator")
 
     page.goto(f"{stack.urls['directory']}/?near=CR0+1AA")

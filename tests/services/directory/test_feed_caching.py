@@ -64,3 +64,32 @@ def test_an_unchanged_feed_is_answered_304_by_etag_and_by_date():
                                       "If-Modified-Since": changed.headers["last-modified"]})
     assert after.status_code == 200 and len(after.json()) == 1
     assert client.get(FEED, headers={"If-Modified-Since": changed.headers["last-modified"]}).status_code == 200
+
+
+def test_a_reimport_that_changes_nothing_keeps_the_feed_at_304_and_one_change_of_any_field_does_not():
+    from services.directory import feeds
+
+    rows = [{"slug": "kendal-aa", "name": "Kendal AA", "day": 1, "time": "19:30", "latitude": 54.326,
+             "longitude": -2.745, "formatted_address": "Friends Meeting House, Stramongate, Kendal LA9, UK",
+             "regions": ["North West", "Kendal"], "updated": "2026-01-05 10:00:00"}]
+
+    def import_rows(feed):
+        with runtime.transaction() as session:
+            return feeds.import_feed(session, rows=feed, source="kendal")
+
+    import_rows(rows)
+    first = client.get(FEED, headers={"Origin": "https://tsml-ui.example.org"})
+    etag, modified = first.headers["etag"], first.headers["last-modified"]
+    time.sleep(1.1)  # a change now would be a second later
+    assert import_rows(rows).unchanged == 1
+    again = client.get(FEED, headers={"If-None-Match": etag, "Origin": "https://tsml-ui.example.org"})
+    assert again.status_code == 304 and again.headers["last-modified"] == modified
+    assert again.headers["access-control-allow-origin"] == "*"  # a cross-origin reader may read the 304 too
+    assert client.get(FEED, headers={"If-Modified-Since": modified}).status_code == 304
+
+    moved = [{**rows[0], "regions": ["North West", "South Lakeland"]}]  # a field only the feed carries
+    assert import_rows(moved).updated == 1
+    changed = client.get(FEED, headers={"If-None-Match": etag})
+    assert changed.status_code == 200 and changed.headers["etag"] != etag
+    assert changed.json()[0]["regions"] == ["North West", "South Lakeland"]
+    assert client.get(FEED, headers={"If-Modified-Since": modified}).status_code == 200

@@ -100,7 +100,8 @@ def test_the_scheduler_reimports_a_source_when_it_is_due(local_feeds):
 def test_a_feed_that_loses_most_meetings_is_held_until_an_admin_decides(local_feeds):
     rows = load("sussexaa")
     url = local_feeds(rows)
-    assert client.post("/feed-sources", json={"id": "sussex", "url": url, "every_hours": 24},
+    assert client.post("/feed-sources", json={"id": "sussex", "url": url, "every_hours": 24,
+                                                "timezone": "America/New_York"},
                        headers=ADMIN).status_code == 201
     first = client.post("/feed-sources/sussex/import", headers=ADMIN)
     assert first.status_code == 200 and first.json()["status"] == "applied"

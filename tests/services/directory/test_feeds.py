@@ -35,6 +35,8 @@ def load(name: str) -> list[dict]:
 
 
 def import_rows(rows, source, **kw):
+    """Import rows; the real feeds in the test data are all of the US east coast, so that is the default here."""
+    kw.setdefault("timezone", "America/New_York")
     with runtime.transaction() as session:
         return feeds.import_feed(session, rows=rows, source=source, **kw)
 
@@ -177,9 +179,11 @@ def test_import_from_a_url_by_api_and_cli(tmp_path, feed_settings):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
     try:
-        response = client.post("/feeds/import?source=atl", json={"url": f"{base}/feed.json"}, headers=ADMIN)
+        response = client.post("/feeds/import?source=atl&timezone=America/New_York", json={"url": f"{base}/feed.json"},
+                               headers=ADMIN)
         assert response.status_code == 200 and response.json()["created"] == 6
-        result = CliRunner().invoke(cli, ["import", f"{base}/feed.json", "--source", "atl"])
+        result = CliRunner().invoke(cli, ["import", f"{base}/feed.json", "--source", "atl", "--timezone",
+                                          "America/New_York"])
         assert result.exit_code == 0, result.output
         assert "6 rows, 0 created, 0 updated, 6 unchanged, 0 withdrawn, 0 rejected" in result.output
         missing = client.post("/feeds/import?source=atl", json={"url": f"{base}/missing.json"}, headers=ADMIN)
