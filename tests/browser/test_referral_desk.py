@@ -183,5 +183,6 @@ def test_keyworker_downloads_the_planned_session_for_the_clients_calendar(stack,
     assert str(event["summary"]) == "Your meeting"
     start = event["dtstart"]
     assert start.params["TZID"] == "Europe/London" and start.dt.date() == planned and start.dt.hour == 14
-    assert event.walk("VALARM") and str(event["location"]) == "Croydon, CR0"  # the venue name gave it away
+    # The venue ("Community Recovery Hub") gives the meeting away: the street, town and postcode stay.
+    assert event.walk("VALARM") and str(event["location"]) == "Wellesley Road, Croydon CR0, UK"
     screenshot(page, "desk-referral-calendar", full_page=False)
