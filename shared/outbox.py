@@ -116,14 +116,6 @@ def receipt_commands(client, prefix: str, subscriber: str, event_id) -> None:
     client.set(receipt_key(prefix, subscriber, event_id), 1, ex=RECEIPT_TTL_SECONDS)
 
 
-def leave_receipt(client, prefix: str, subscriber: str, event_id) -> None:
-    """Called by a consumer once the event is in its inbox (processed now or before)."""
-    try:
-        receipt_commands(client, prefix, subscriber, event_id)
-    except Exception as exc:  # the producer will send again; the inbox absorbs it
-        log.warning("outbox.receipt_failed", event_id=str(event_id), error=type(exc).__name__)
-
-
 def batches(rows: Sequence) -> list[tuple[str, list]]:
     """``rows`` (in id order, each with ``.subscriber``) as (subscriber, chunk) pairs: one
     subscriber's rows per chunk, in id order, at most ``RELAY_BATCH``; chunks ordered by their

@@ -244,9 +244,19 @@ async def reject_unknown_query_parameters(request: Request) -> None:
 
 def make_app(*, service: str, settings: ServiceSettings, engine: Callable[[], Engine], title: str,
              description: str = "", **fastapi_kw) -> FastAPI:
+    """A service's app: the app and its state, the middleware, the error answers, the ops routes."""
     configure_logging(settings.log_level)
-    production = settings.environment == "production"
-    if production:  # no API explorer on the desk's origin in production: it would load third-party script
+    app = _new_app(service=service, settings=settings, title=title, description=description, **fastapi_kw)
+    _add_middleware(app)
+    _add_error_handlers(app)
+    _add_ops_routes(app, engine=engine)
+    return app
+
+
+def _new_app(*, service: str, settings: ServiceSettings, title: str, description: str, **fastapi_kw) -> FastAPI:
+    """The FastAPI app with the state the middleware and pages read."""
+    # No API explorer on the desk's origin in production: it would load third-party script.
+    if settings.environment == "production":
         fastapi_kw = {"docs_url": None, "redoc_url": None, "openapi_url": None, **fastapi_kw}
     app = FastAPI(title=title, description=description, version="0.1.0",
                   dependencies=[Depends(reject_unknown_query_parameters)], **fastapi_kw)
@@ -258,7 +268,14 @@ def make_app(*, service: str, settings: ServiceSettings, engine: Callable[[], En
     app.state.credential_cookies = set()
     # Set by shared.pages: the page a refused form gets instead of JSON.
     app.state.refused_form_page = None
-    public_url = getattr(settings, f"{service}_public_url", None)
+    return app
+
+
+def _add_middleware(app: FastAPI) -> None:
+    """Body limit, trusted proxy headers, and the request metrics and browser protections (Observe)."""
+    settings: ServiceSettings = app.state.settings
+    production = settings.environment == "production"
+    public_url = getattr(settings, f"{app.state.service}_public_url", None)
     own_origins = {_origin(public_url)} if public_url else set()
     docs_paths = {p for p in (app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url) if p}
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
@@ -271,6 +288,10 @@ def make_app(*, service: str, settings: ServiceSettings, engine: Callable[[], En
 
     app.add_middleware(Observe, fama_app=app, requests=requests, latency=latency, production=production,
                        own_origins=own_origins, docs_paths=docs_paths)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every refusal answered as JSON with a sentence (and per-field errors), and documented so."""
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError):
@@ -295,6 +316,11 @@ def make_app(*, service: str, settings: ServiceSettings, engine: Callable[[], En
     errors.register(app)  # every refusal of the domain (shared/errors.py)
     _document_errors(app)
     _allow_all_methods_of_a_path(app)
+
+
+def _add_ops_routes(app: FastAPI, *, engine: Callable[[], Engine]) -> None:
+    """/healthz, /readyz (the database and Redis answer) and /metrics."""
+    service, settings, registry = app.state.service, app.state.settings, app.state.metrics_registry
 
     @app.get("/healthz", tags=["ops"], summary="The process is up")
     def healthz() -> dict:
@@ -321,8 +347,6 @@ def make_app(*, service: str, settings: ServiceSettings, engine: Callable[[], En
     @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", response_class=PlainTextResponse)
     def metrics():
         return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
-    return app
 
 
 # What every 4xx answers with: a sentence for people, and per-field errors for programs.

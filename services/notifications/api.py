@@ -2,11 +2,12 @@ from __future__ import annotations
 
 import hmac
 import uuid
-from html import escape
+from pathlib import Path
 from typing import Annotated
 
-from fastapi import Depends, Header, HTTPException, Query, status
+from fastapi import Depends, Header, HTTPException, Query, Request, status
 from fastapi.responses import HTMLResponse
+from fastapi.templating import Jinja2Templates
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -98,40 +99,39 @@ def inbound_sms_callback(inbound: InboundSmsIn, session: SessionDep, _caller: No
     return CallbackResult(outcome=outcome)
 
 
-def _page(title: str, body: str, status_code: int = 200) -> HTMLResponse:
-    return HTMLResponse(f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1"><title>{escape(title)}</title></head>
-<body><main><h1>{escape(title)}</h1>{body}</main></body></html>""", status_code=status_code)
-
-
+# The client's pages: alone, without the staff pages' look (no sign-in, no navigation to staff pages).
+pages = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 UNSUBSCRIBE_RESPONSES = {404: {"description": "Not a link FAMA made (a page saying so)", "content": {"text/html": {}}}}
-BAD_LINK = ("This link is not valid", "<p>Check that you copied the whole link from the email. "
-            "Your keyworker can also stop the emails for you.</p>")
+UNSUBSCRIBE_TITLES = {"bad_link": "This link is not valid", "confirm": "Stop these emails?",
+                      "done": "You have unsubscribed"}
+
+
+def unsubscribe_step(request: Request, step: str, token: str = "") -> HTMLResponse:
+    return pages.TemplateResponse(request, "unsubscribe.html", {"step": step, "title": UNSUBSCRIBE_TITLES[step],
+                                                                "token": token},
+                                  status_code=404 if step == "bad_link" else 200)
 
 
 @app.get("/unsubscribe/{token}", response_class=HTMLResponse, tags=["unsubscribe"], dependencies=[PublicRateLimit],
          responses=UNSUBSCRIBE_RESPONSES,
          summary="The page an email's unsubscribe link opens (no sign-in: the signed token is the key)")
-def unsubscribe_page(token: str):
+def unsubscribe_page(token: str, request: Request):
     if service.unsubscribe_hash(token) is None:
-        return _page(*BAD_LINK, status_code=404)
+        return unsubscribe_step(request, "bad_link")
     # A GET changes nothing (mail scanners open links): the button POSTs.
-    return _page("Stop these emails?", f"""<p>You will get no more reminder emails at this address.</p>
-<form method="post" action="/unsubscribe/{escape(token)}"><input type="hidden" name="List-Unsubscribe" value="One-Click">
-<button type="submit">Stop these emails</button></form>""")
+    return unsubscribe_step(request, "confirm", token)
 
 
 @app.post("/unsubscribe/{token}", response_class=HTMLResponse, tags=["unsubscribe"], dependencies=[PublicRateLimit],
           responses=UNSUBSCRIBE_RESPONSES,
           summary="One-click unsubscribe (RFC 8058 List-Unsubscribe-Post), also the page's button")
-def unsubscribe(token: str, session: SessionDep):
+def unsubscribe(token: str, request: Request, session: SessionDep):
     hash_ = service.unsubscribe_hash(token)
     if hash_ is None:
-        return _page(*BAD_LINK, status_code=404)
+        return unsubscribe_step(request, "bad_link")
     with unit_of_work(session):
         service.opt_out(session, hash_=hash_, channel="email")
-    return _page("You have unsubscribed", "<p>You will get no more reminder emails from us. "
-                                          "Your keyworker has been told.</p>")
+    return unsubscribe_step(request, "done")
 
 
 @app.get("/outbox", response_model=list[OutboxMessageOut], tags=["dev"],

@@ -1,9 +1,9 @@
 """Where messages go: GOV.UK Notify, SMTP email, or the dev provider that records them.
 
-Every provider takes our reference (the reminder id) and raises ``TemporaryFailure``
-(worth retrying) or ``PermanentFailure``. ``lookup`` answers "did you already take the
-message with this reference?" so a send interrupted by a crash is not repeated; a
-provider that cannot know answers ``UNKNOWN``.
+Every provider takes our reference (the reminder id), answers a ``Handover`` and raises
+``TemporaryFailure`` (worth retrying) or ``PermanentFailure``. ``lookup`` answers "did you
+already take the message with this reference?" so a send interrupted by a crash is not
+repeated; a provider that cannot know answers ``UNKNOWN``.
 """
 
 from __future__ import annotations
@@ -12,31 +12,43 @@ import smtplib
 import time
 from email.message import EmailMessage
 from email.utils import make_msgid
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import requests
 from notifications_python_client import NotificationsAPIClient
 from notifications_python_client.errors import APIError
-from sqlalchemy import insert, select
+from sqlalchemy import Table, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.notifications.config import Settings
 from services.notifications.models import DevMessage
 from services.notifications.wording import Message
-from shared.db import transaction
 from shared.events import utcnow
 
 UNKNOWN = object()
-ADD_DEV_MESSAGE = insert(DevMessage.__table__)  # Core, built once
+
+
+class Record(NamedTuple):
+    """A message that is a row in our own database: it exists once the row is written."""
+
+    table: Table
+    row: dict
+
+
+class Handover(NamedTuple):
+    """What a provider did with a message: its reference for it and, when the message is a row
+    in our own database (the dev provider), that row still to be written. The send path writes
+    it with the reminder's sent mark, in one statement: the message then exists if and only if
+    the reminder says "sent"."""
+
+    provider_ref: str
+    record: Record | None = None  # None: the message has left
 
 
 class Provider(Protocol):
-    """What the send path needs of a provider: send, look up, and one capability."""
+    """What the send path needs of a provider: send and look up."""
 
-    # True: "sending" is a row in our own database, written with the sent mark (the dev provider).
-    in_our_database: bool
-
-    def send(self, *, reference: str, to: str, message: Message) -> str:
+    def send(self, *, reference: str, to: str, message: Message) -> Handover:
         """Hand the message over; our reference in, the provider's reference out (or a Failure)."""
 
     def lookup(self, reference: str):
@@ -54,31 +66,20 @@ class PermanentFailure(Exception):
 class DevProvider:
     """Records each message in the database: GET /outbox shows what a client would receive.
 
-    Its "sending" is a row in our own database: the send path takes the row (``take``) and
-    writes it with the mark that says the reminder was sent, so the message exists if and only
-    if the reminder says "sent". Its reference for a message is "dev-" + our reference, known
-    before the row is written.
+    Its message is a row in our own database, handed back to be written with the sent mark.
+    Its reference for a message is "dev-" + our reference, known before the row is written.
     """
-
-    in_our_database = True
 
     def __init__(self, sessions: sessionmaker[Session], delay_seconds: float = 0.0):
         self.sessions = sessions
         self.delay_seconds = delay_seconds
 
-    def send(self, *, reference: str, to: str, message: Message) -> str:
-        """On its own (outside the send path): the message in a transaction of its own."""
-        row = self.take(reference=reference, to=to, message=message)
-        with transaction(self.sessions) as own:
-            own.execute(ADD_DEV_MESSAGE, row)
-        return self.provider_ref(reference)
-
-    def take(self, *, reference: str, to: str, message: Message) -> dict:
-        """The message's row, for a caller that writes it in its own statement."""
+    def send(self, *, reference: str, to: str, message: Message) -> Handover:
         if self.delay_seconds:
             time.sleep(self.delay_seconds)  # lets tests kill a worker in the middle of a send
-        return {"reference": reference, "channel": message.channel, "recipient": to, "subject": message.subject,
-                "body": message.body, "created_at": utcnow()}
+        row = {"reference": reference, "channel": message.channel, "recipient": to, "subject": message.subject,
+               "body": message.body, "created_at": utcnow()}
+        return Handover(self.provider_ref(reference), Record(DevMessage.__table__, row))
 
     @staticmethod
     def provider_ref(reference: str) -> str:
@@ -93,8 +94,6 @@ class DevProvider:
 class NotifyProvider:
     """GOV.UK Notify through notifications-python-client, with one generic template per
     channel whose ((body)) (and ((subject))) we fill, so our wording stays in our files."""
-
-    in_our_database = False
 
     def __init__(self, cfg: Settings):
         if not cfg.notify_api_key:
@@ -124,7 +123,7 @@ class NotifyProvider:
             raise PermanentFailure(f"GOV.UK Notify {exc.status_code}: {str(exc.message)[:120]}") from exc
         except requests.RequestException as exc:
             raise TemporaryFailure(f"GOV.UK Notify unreachable: {type(exc).__name__}") from exc
-        return str(response["id"])
+        return Handover(str(response["id"]))
 
     def lookup(self, reference: str):
         try:
@@ -135,8 +134,6 @@ class NotifyProvider:
 
 
 class SmtpProvider:
-    in_our_database = False
-
     def __init__(self, cfg: Settings):
         self.cfg = cfg
 
@@ -166,7 +163,7 @@ class SmtpProvider:
             raise PermanentFailure(f"SMTP {exc.smtp_code}") from exc
         except (TimeoutError, smtplib.SMTPException, OSError) as exc:
             raise TemporaryFailure(f"SMTP unavailable: {type(exc).__name__}") from exc
-        return email["Message-ID"]
+        return Handover(email["Message-ID"])
 
     def lookup(self, reference: str):
         return UNKNOWN  # SMTP cannot say whether an interrupted message was taken

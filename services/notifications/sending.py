@@ -26,6 +26,7 @@ from sqlalchemy import (
     Integer,
     Row,
     String,
+    Table,
     Uuid,
     and_,
     bindparam,
@@ -51,19 +52,12 @@ from services.notifications.models import (
     SENT,
     TECHNICAL_FAILURE,
     TOO_LATE,
-    DevMessage,
     OptOut,
     ReferralContact,
     Reminder,
     meeting_replica,
 )
-from services.notifications.providers import (
-    ADD_DEV_MESSAGE,
-    UNKNOWN,
-    PermanentFailure,
-    TemporaryFailure,
-    provider_for,
-)
+from services.notifications.providers import UNKNOWN, PermanentFailure, Provider, Record, TemporaryFailure, provider_for
 from services.notifications.runtime import runtime
 from services.notifications.service import HOLD, SEND, aware, fact, send_verdict, unsubscribe_url
 from services.notifications.wording import Message, render
@@ -260,7 +254,7 @@ def requeue_stuck(*, now: dt.datetime | None = None, limit: int = 1000) -> int:
 #
 # A send is two short steps: the claim (queued -> sending, one statement that also reads
 # the contact, opt-out and sends in the last hour), then the mark (sending -> sent with the
-# reminder.sent event; with the dev provider, its message too). The claim is committed
+# reminder.sent event; with a message that is a row of ours, that row too). The claim is committed
 # before the provider is called, so a crash in between leaves a "sending" row that
 # recovery checks with the provider. On Postgres each step is ONE autocommitted statement
 # (data-modifying CTEs); SQLite runs the same steps as a few statements in a transaction.
@@ -327,11 +321,13 @@ def _build_mark_sent(*, only_our_claim: bool):
         updated_at=_when("at"))
 
 
-def _build_mark_sent_statement(*, only_our_claim: bool, with_message: bool):
-    """The mark, the reminder.sent outbox rows (one per subscriber) and, for the dev provider,
-    its message, as one statement: each insert reads the updated row, so if the row is no
-    longer ours nothing is written. Returns how many reminders were marked (0 or 1)."""
-    sent = _build_mark_sent(only_our_claim=only_our_claim).returning(_reminders.c.id).cte("sent")
+@cache
+def _mark_sent_statement(record_table: Table | None, record_columns: tuple[str, ...] = ()):
+    """The mark, the reminder.sent outbox rows (one per subscriber) and the message's row when
+    it is one of ours (``record_table``), as one statement: each insert reads the updated row,
+    so if the row is no longer ours nothing is written. Returns how many reminders were marked
+    (0 or 1). Built once per table: a statement object keeps its compiled form and cache key."""
+    sent = _build_mark_sent(only_our_claim=record_table is not None).returning(_reminders.c.id).cte("sent")
     # One row per subscriber (a UNION of literals rather than VALUES, which SQLAlchemy cannot cache).
     subs = union_all(*(select(literal(name, String).label("subscriber")) for name in subscribers("reminder.sent"))
                      ).subquery("subscribers")
@@ -341,12 +337,10 @@ def _build_mark_sent_statement(*, only_our_claim: bool, with_message: bool):
                bindparam("event_body", type_=JSON), _when("at"), literal(0))
         .select_from(sent).join(subs, true())).cte("events")
     statement = select(func.count()).select_from(sent).add_cte(events)
-    if with_message:
-        m = DevMessage.__table__.c
-        message = insert(DevMessage.__table__).from_select(
-            ["reference", "channel", "recipient", "subject", "body", "created_at"],
-            select(*(bindparam(f"message_{name}", type_=m[name].type) for name in
-                     ("reference", "channel", "recipient", "subject", "body", "created_at")))
+    if record_table is not None:
+        message = insert(record_table).from_select(
+            record_columns,
+            select(*(bindparam(f"record_{name}", type_=record_table.c[name].type) for name in record_columns))
             .select_from(sent)).cte("message")
         statement = statement.add_cte(message)
     return statement
@@ -356,8 +350,6 @@ _CLAIM = _build_claim(with_state=True)
 _CLAIM_ONLY = _build_claim(with_state=False)
 _STATE = select(*_state_columns(bindparam("referral_id", type_=Uuid), bindparam("contact_hash", type_=String)))
 _MARK_SENT = {True: _build_mark_sent(only_our_claim=True), False: _build_mark_sent(only_our_claim=False)}
-_MARK_SENT_STATEMENT = {(ours, message): _build_mark_sent_statement(only_our_claim=ours, with_message=message)
-                        for ours in (True, False) for message in (True, False)}
 
 
 def _finish(session: Session, reminder: Row, *, status: str, reason: str, event: str) -> None:
@@ -485,9 +477,10 @@ def _sent_fact(reminder: Row):
     return fact(reminder, None).model_copy(update={"reason": None})
 
 
-def _mark_sent(reminder: Row, provider_ref: str, *, only_our_claim: bool, message: dict | None = None) -> bool:
-    """sending -> sent with reminder.sent (and the dev provider's ``message`` row), atomically.
-    ``only_our_claim``: only if no other worker took the row over since we claimed it
+def _mark_sent(reminder: Row, provider_ref: str, *, record: Record | None = None) -> bool:
+    """sending -> sent with reminder.sent (and the message's ``record``, when it is a row of
+    ours), atomically. A message that has left is marked whatever happened meanwhile; a
+    record is written only if no other worker took the row over since we claimed it
     (attempts still ours). Returns whether the row was marked."""
     at = utcnow()
     params = {"reminder_id": reminder.id, "claimed_attempts": reminder.attempts, "ref": provider_ref, "at": at}
@@ -495,31 +488,26 @@ def _mark_sent(reminder: Row, provider_ref: str, *, only_our_claim: bool, messag
     if not is_sqlite(engine):
         event = Event.new("reminder.sent", _sent_fact(reminder), producer=runtime.name, occurred_at=at)
         params.update(event_id=event.event_id, event_body=runtime.outbox.signed(event))  # signed like record()
-        if message is not None:
-            params.update({f"message_{name}": value for name, value in message.items()})
-        statement = _MARK_SENT_STATEMENT[only_our_claim, message is not None]
+        if record is not None:
+            params.update({f"record_{name}": value for name, value in record.row.items()})
+        statement = _mark_sent_statement(None) if record is None else _mark_sent_statement(record.table, tuple(record.row))
         with _autocommit_engine(runtime.settings.database_url).connect() as conn:
             return bool(conn.execute(statement, params).scalar_one())
     with send_transaction() as session:
-        if not session.execute(_MARK_SENT[only_our_claim], params).rowcount:
+        if not session.execute(_MARK_SENT[record is not None], params).rowcount:
             return False  # nothing written: the row is not ours
-        if message is not None:
-            session.execute(ADD_DEV_MESSAGE, message)
+        if record is not None:
+            session.execute(insert(record.table), record.row)
         runtime.outbox.record(session, "reminder.sent", _sent_fact(reminder), occurred_at=at)
     return True
 
 
-def _send_and_mark(provider, reminder: Row, to: str, message: Message) -> str:
-    """Hand the message to the provider and mark the reminder sent."""
-    reference = str(reminder.id)
-    if provider.in_our_database:
-        # The dev provider's message is a row next to ours, written with the mark.
-        row = provider.take(reference=reference, to=to, message=message)
-        if not _mark_sent(reminder, provider.provider_ref(reference), only_our_claim=True, message=row):
-            return "skipped: taken over"  # another worker took the row over: its send counts, not ours
+def _send_and_mark(provider: Provider, reminder: Row, to: str, message: Message) -> str:
+    """Hand the message to the provider and mark the reminder sent (the same steps for every provider)."""
+    handover = provider.send(reference=str(reminder.id), to=to, message=message)
+    if _mark_sent(reminder, handover.provider_ref, record=handover.record) or handover.record is None:
         return "sent"
-    _mark_sent(reminder, provider.send(reference=reference, to=to, message=message), only_our_claim=False)
-    return "sent"
+    return "skipped: taken over"  # another worker took the row over before our record was written: its send counts
 
 
 def _fail(reminder: Row, *, status: str, reason: str) -> None:
@@ -543,7 +531,7 @@ def send_reminder(*, reminder_id: uuid.UUID) -> str:
             _fail(reminder, status=TECHNICAL_FAILURE, reason="interrupted send with an unknown outcome")
             return "failed: outcome unknown"
         if found:
-            _mark_sent(reminder, found, only_our_claim=False)
+            _mark_sent(reminder, found)
             return "sent (found at the provider)"
         held_or_ended = _hold_or_end(reminder, _meeting(reminder.meeting_slug), utcnow())
         if held_or_ended is not None:

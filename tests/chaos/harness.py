@@ -307,6 +307,18 @@ def unconsumed(engines: dict) -> dict[tuple[str, str], int]:
     return dict(missing)
 
 
+def assert_every_event_delivered_once(engines: dict) -> None:
+    """Every event relayed, each inbox holding exactly the events addressed to it, none missing."""
+    for name, engine in engines.items():
+        assert unrelayed(engine) == 0, f"{name} has events never relayed"
+        inbox = scalar(engine, "SELECT count(*) FROM inbox")
+        addressed = sum(scalar(e, "SELECT count(DISTINCT event_id) FROM outbox WHERE subscriber = :s", s=name)
+                        for e in engines.values())
+        assert inbox == addressed, f"{name}: {inbox} events in the inbox, {addressed} addressed to it"
+    missing = unconsumed(engines)
+    assert missing == {}, f"events their subscriber's inbox does not hold (producer, subscriber): {missing}"
+
+
 def unconsumed_details(engines: dict, limit: int = 10) -> list[str]:
     """The events behind ``unconsumed``: type, when written and when relayed (to place the loss)."""
     inboxes = {name: {r[0] for r in rows(engine, "SELECT event_id FROM inbox")} for name, engine in engines.items()}

@@ -21,7 +21,7 @@ from shared.db import make_engine, make_sessionmaker, transaction
 from shared.events import Event, MeetingSnapshot, ReferralCreated, refusal, sign
 from shared.inbox import consume, inbox_table
 from shared.inbox import prune as prune_inbox
-from shared.outbox import Outbox, leave_receipt, outbox_table, receipt_key
+from shared.outbox import Outbox, outbox_table, receipt_commands, receipt_key
 from shared.runtime import ServiceRuntime
 from shared.settings import ServiceSettings
 from tests.support.broker import queued_messages
@@ -176,7 +176,7 @@ def test_event_the_broker_dropped_is_sent_again_until_a_receipt_confirms_it(stor
     with transaction(store.factory) as session:
         evt = store.outbox.record(session, "meeting.published", meeting())
     store.redis.delete(f"{store.prefix}referrals.events")  # the broker lost the referrals copy
-    leave_receipt(store.redis, store.prefix, "notifications", evt.event_id)  # notifications processed it
+    receipt_commands(store.redis, store.prefix, "notifications", evt.event_id)  # notifications processed it
 
     def confirm():
         return store.outbox.confirm(store.factory, store.redis, prefix=store.prefix, resend_after=resend_after)
@@ -191,7 +191,7 @@ def test_event_the_broker_dropped_is_sent_again_until_a_receipt_confirms_it(stor
     _age_relayed_rows(store, dt.timedelta(minutes=1, seconds=30))
     assert confirm() == {"confirmed": 0, "resent": 0}
     # The referrals worker processes the second copy and leaves its receipt.
-    leave_receipt(store.redis, store.prefix, "referrals", evt.event_id)
+    receipt_commands(store.redis, store.prefix, "referrals", evt.event_id)
     _age_relayed_rows(store, dt.timedelta(minutes=10))
     assert confirm() == {"confirmed": 1, "resent": 0}
     t = store.outbox.table
@@ -282,7 +282,7 @@ def test_unconfirmed_events_are_sent_again_in_batches(store):
     assert [m["task"] for m in store.queued("referrals.events")] == ["referrals.handle_events"]
     for queue, _ in SUBSCRIBERS:  # the broker lost everything
         store.redis.delete(f"{store.prefix}{queue}")
-    leave_receipt(store.redis, store.prefix, "referrals", events[1].event_id)  # but one was processed
+    receipt_commands(store.redis, store.prefix, "referrals", events[1].event_id)  # but one was processed
     _age_relayed_rows(store, dt.timedelta(minutes=2))
 
     resend_after = dt.timedelta(seconds=60)
@@ -456,7 +456,7 @@ def test_a_confirmed_event_loses_its_sealed_contact(store, referrals_outbox):
                                                resend_after=dt.timedelta(minutes=4))
     assert confirm() == {"confirmed": 0, "resent": 0}
     assert sealed_by_subscriber(store)["notifications"] == SEALED  # not yet delivered: kept for a resend
-    leave_receipt(store.redis, store.prefix, "notifications", evt.event_id)
+    receipt_commands(store.redis, store.prefix, "notifications", evt.event_id)
     assert confirm() == {"confirmed": 1, "resent": 0}
     assert sealed_by_subscriber(store) == {"notifications": None, "directory": None}
 

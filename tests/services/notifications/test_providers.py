@@ -34,8 +34,8 @@ def provider(server, **kw) -> NotifyProvider:
 
 def test_notify_sms_and_email(notify):
     p = provider(notify)
-    sms_id = p.send(reference="ref-1", to="+447700900123", message=SMS)
-    email_id = p.send(reference="ref-2", to="client@example.org", message=EMAIL)
+    sms_id = p.send(reference="ref-1", to="+447700900123", message=SMS).provider_ref
+    email_id = p.send(reference="ref-2", to="client@example.org", message=EMAIL).provider_ref
     sms, email = notify.received
     assert sms == {"id": sms_id, "kind": "sms", "phone_number": "+447700900123", "template_id": SMS_TEMPLATE,
                    "personalisation": {"body": SMS.body}, "reference": "ref-1"}

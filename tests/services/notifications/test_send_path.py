@@ -119,9 +119,9 @@ def test_the_dev_message_and_the_sent_mark_are_written_together_or_not_at_all():
     provider = sending.provider_for("sms", runtime.settings, sending.send_sessions())
     due = due_reminder()
     claimed, to, message = sending._prepare(due.id, utcnow())
-    row = provider.take(reference=str(due.id), to=to, message=message)
+    ref, record = provider.send(reference=str(due.id), to=to, message=message)
     with pytest.raises(IntegrityError):  # the message cannot be written (no body): the mark fails with it
-        sending._mark_sent(claimed, provider.provider_ref(str(due.id)), only_our_claim=True, message={**row, "body": None})
+        sending._mark_sent(claimed, ref, record=record._replace(row={**record.row, "body": None}))
     assert dev_messages(due.id) == []  # rolled back with it: a later recovery finds nothing and sends
     assert reminder(due.id).status == "sending" and outbox_events("reminder.sent") == []
     make_stale(due.id)
