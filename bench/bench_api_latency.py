@@ -41,7 +41,7 @@ CONNECTIONS = common.CONCURRENCY
 MEETINGS_FACTOR = 8.0  # 2,400 meetings around London
 # The production command (README, "Production and scaling"): one process per container, as many
 # containers as cores; each API process is served like this.
-SERVE = ["--loop", "uvloop", "--http", "httptools", "--no-access-log"]
+SERVE = list(common.SERVE)
 if os.environ.get("BENCH_SERVE") is not None:  # compare another command, e.g. BENCH_SERVE="" (uvicorn's defaults)
     SERVE = os.environ["BENCH_SERVE"].split()
 
@@ -91,7 +91,34 @@ def wrk_script(requests: list[tuple[str, str, dict | None, str | None]]) -> str:
     return str(path)
 
 
-def run_wrk(wrk: str, base: str, script: str, seconds: float) -> dict:
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """User + system CPU time of each process (seconds), from /proc: what a request costs in CPU,
+    which, unlike its latency, hardly depends on what else the machine is running."""
+    ticks, found = os.sysconf("SC_CLK_TCK"), {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        found[pid] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return found
+
+
+def database_backends() -> list[int]:
+    """The Postgres server processes serving the bench's databases (they run on this machine)."""
+    names = [f"fama_bench_{common.RUN}_{s}" for s in common.SERVICES]
+    with common.psycopg.connect(common.ADMIN, autocommit=True) as conn:
+        return [r[0] for r in conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = ANY(%s)", (names,))]
+
+
+def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
+    return sum(t - before.get(pid, 0.0) for pid, t in after.items())
+
+
+def run_wrk(wrk: str, base: str, script: str, seconds: float, server_pids: list[int] | None = None) -> dict:
+    pids = server_pids or []
+    server_before, db_before = cpu_seconds(pids), cpu_seconds(database_backends())
     out = subprocess.run([wrk, "-t2", f"-c{CONNECTIONS}", f"-d{seconds:.0f}s", "--timeout", "10s", "-s", script, base],
                          capture_output=True, text=True, check=True).stdout
     match = re.search(r"FAMA-RESULT (\{.*\})", out)
@@ -99,6 +126,8 @@ def run_wrk(wrk: str, base: str, script: str, seconds: float) -> dict:
         raise RuntimeError(f"wrk printed no result:\n{out}")
     result = json.loads(match.group(1))
     result["rate"] = result["requests"] / result["seconds"]
+    result["server_cpu_ms"] = cpu_used(server_before, cpu_seconds(pids)) * 1000 / max(result["requests"], 1)
+    result["db_cpu_ms"] = cpu_used(db_before, cpu_seconds(database_backends())) * 1000 / max(result["requests"], 1)
     return result
 
 
@@ -258,14 +287,15 @@ def run() -> None:
     try:
         for _ in range(rounds):
             for name, (server, script) in scripts.items():
-                results[name].append(run_wrk(wrk, servers[server].url, script, seconds))
+                pids = [servers[server].pid, *children(servers[server].pid)]
+                results[name].append(run_wrk(wrk, servers[server].url, script, seconds, pids))
                 load.append(os.getloadavg()[0])
     finally:
         memory.stop()
         for server in servers.values():
             server.stop()
     t = Table("endpoint", "req/s per round", "p50 ms", "p99 ms per round", "max ms", "non-2xx", "errors",
-              "throughput : bare, median (min–max)",
+              "throughput : bare, median (min–max)", "server CPU ms/req", "Postgres CPU ms/req",
               title=f"wrk, {CONNECTIONS} connections, {seconds:.0f} s × {rounds} rounds, {loaded['meetings']} meetings, "
                     f"uvicorn {' '.join(SERVE)} ({common.machine()}; load average during runs "
                     f"{min(load):.1f}–{max(load):.1f})")
@@ -274,7 +304,9 @@ def run() -> None:
         ratio = spread([r["rate"] / b for r, b in zip(rs, bare, strict=True)]) if name != "bare" else "1"
         t.add_row(name, " / ".join(f"{r['rate']:.0f}" for r in rs), " / ".join(f"{r['p50']:.1f}" for r in rs),
                   " / ".join(f"{r['p99']:.1f}" for r in rs), f"{max(r['max'] for r in rs):.0f}",
-                  str(sum(r["non2xx"] for r in rs)), str(sum(r["errors"] for r in rs)), ratio)
+                  str(sum(r["non2xx"] for r in rs)), str(sum(r["errors"] for r in rs)), ratio,
+                  f"{statistics.median(r['server_cpu_ms'] for r in rs):.2f}",
+                  f"{statistics.median(r['db_cpu_ms'] for r in rs):.2f}")
     common.show(t)
     m = Table("server", "processes", "peak RSS of the largest process (MiB)", title="Peak memory")
     for name in servers:

@@ -31,8 +31,13 @@ def run() -> None:
     memory = common.PeakMemory(stack)
     try:
         noop = common.noop_rate(2000)
+        workers = [name for name in stack.processes if name.endswith("-worker")]
+        cpu = {name: common.tree_cpu_seconds(stack.processes[name].pid) for name in [*workers, "referrals-api"]}
+        delivered = common.deliveries()
         created = common.create_referrals(stack, count)
         done = common.pipeline_completion(created)
+        delivered = common.deliveries() - delivered
+        cpu = {name: common.tree_cpu_seconds(stack.processes[name].pid) - t for name, t in cpu.items()}
         per_referral = common.events_per_referral()
         steady_posted = common.create_referrals(stack, int(steady_rate * steady_seconds), rate=steady_rate)
         steady = common.pipeline_completion(steady_posted)
@@ -50,6 +55,12 @@ def run() -> None:
     t.add_row("pipeline event deliveries/s", f"{done['rate'] * per_referral:.0f}")
     t.add_row("ratio: referrals/s to no-op tasks/s", f"{done['rate'] / noop['rate']:.3f}")
     t.add_row("ratio: event deliveries/s to no-op tasks/s", f"{done['rate'] * per_referral / noop['rate']:.2f}")
+    worker_ms = sum(cpu[name] for name in workers) * 1000 / max(delivered, 1)
+    t.add_row("event workers' CPU per delivery (ms; the burst, all three workers)", f"{worker_ms:.2f}")
+    t.add_row("no-op worker's CPU per task (ms)", f"{noop['cpu_ms']:.2f}")
+    t.add_row("ratio: no-op CPU per task to workers' CPU per delivery (load-independent)",
+              f"{noop['cpu_ms'] / worker_ms:.2f}")
+    t.add_row("referrals API CPU per POST (ms)", f"{cpu['referrals-api'] * 1000 / count:.2f}")
     t.add_row(f"steady {steady_rate:.0f} referrals/s for {steady_seconds:.0f} s: POST p50 / p95 (ms)",
               f"{steady_posted['p50']:.0f} / {steady_posted['p95']:.0f}")
     t.add_row("steady: latency POST to planned + counted, p50 / p95 (s)", f"{steady['p50']:.2f} / {steady['p95']:.2f}")

@@ -40,6 +40,8 @@ BASE = {"meetings": 300, "referrals": 2000, "reminders": 6000}
 SITES = ("croydon", "sheffield", "birmingham", "norwich", "gateshead", "solihull")
 FELLOWSHIPS = ("aa", "na", "ca", "smart", "al-anon")
 console = Console(width=200)
+# The production command's options (README, "Serving the APIs"): every bench serves the APIs with them.
+SERVE = ("--loop", "uvloop", "--http", "httptools", "--no-access-log")
 
 
 def setup() -> None:
@@ -92,7 +94,7 @@ def sql(service: str, statement: str, **params):
 def start_stack():
     from tests.support.stack import Stack
 
-    stack = Stack()
+    stack = Stack(serve=SERVE)
     names = stack.NAMES
 
     def start(name):
@@ -132,6 +134,29 @@ def rss_kb(pid: int) -> int:
         except (FileNotFoundError, ProcessLookupError, StopIteration):
             continue
     return total
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and all its descendants (a prefork worker and its pool):
+    what the work cost, which hardly depends on what else the machine runs (its wall time does)."""
+    ticks, total, todo = os.sysconf("SC_CLK_TCK"), 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo += [int(c) for c in f.read().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
+def deliveries() -> int:
+    """Event deliveries so far (inbox rows of referral and reminder events, every service)."""
+    return sum(sql(s, "SELECT count(*) FROM inbox WHERE event_type LIKE 'referral.%' OR event_type LIKE 'reminder.%'")[0][0]
+               for s in SERVICES)
 
 
 def rss_kb_one(pid: int) -> int:
@@ -424,14 +449,15 @@ def noop_rate(count: int = 2000) -> dict:
             if time.monotonic() > deadline:
                 raise RuntimeError("no-op worker did not start")
             time.sleep(0.1)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), tree_cpu_seconds(proc.pid)
         with rt.celery.producer_or_acquire() as producer:
             for _ in range(count):
                 rt.celery.send_task("notifications.noop", queue=queue, producer=producer)
         while not drained():
             time.sleep(0.02)
         took = time.perf_counter() - started
-        return {"count": count, "rate": count / took, "seconds": took}
+        return {"count": count, "rate": count / took, "seconds": took,
+                "cpu_ms": (tree_cpu_seconds(proc.pid) - cpu) * 1000 / count}
     finally:
         import signal
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from sqlalchemy import DateTime, Engine, MetaData, TypeDecorator, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 NAMING = {
@@ -50,7 +52,10 @@ def is_sqlite(bind) -> bool:
     return bind.dialect.name == "sqlite"
 
 
-def make_engine(url: str, **kw) -> Engine:
+def make_engine(url: str, *, ping_after_idle: float | None = None, **kw) -> Engine:
+    """An engine for ``url``: SQLite with WAL and BEGIN IMMEDIATE; Postgres with a pool whose
+    connections are pinged only after ``ping_after_idle`` seconds idle (default
+    PING_AFTER_IDLE_SECONDS; an explicit ``pool_pre_ping`` replaces that)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -74,10 +79,39 @@ def make_engine(url: str, **kw) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    kw.setdefault("pool_pre_ping", True)
     kw.setdefault("pool_size", 5)
     kw.setdefault("max_overflow", 10)
-    return create_engine(url, **kw)
+    if "pool_pre_ping" in kw:
+        return create_engine(url, **kw)
+    engine = create_engine(url, **kw)
+    ping_when_idle(engine, PING_AFTER_IDLE_SECONDS if ping_after_idle is None else ping_after_idle)
+    return engine
+
+
+# A connection handed back to the pool less than this long ago was working a moment ago: it goes
+# out without a ping. SQLAlchemy's pool_pre_ping pinged at every checkout, a round trip before
+# every request's and every event's first statement (two of a new referral's fifteen).
+PING_AFTER_IDLE_SECONDS = 1.0
+
+
+def ping_when_idle(engine: Engine, seconds: float) -> None:
+    """Ping a pooled connection before use only when it has been idle for ``seconds`` or more (a
+    database restart or an idle timeout happens while connections sit in the pool); one the
+    database dropped is replaced at once (DisconnectionError makes the pool connect anew)."""
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_connection, record):
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_connection, record, _proxy):
+        since = record.info.pop("idle_since", None)
+        if since is None or time.monotonic() - since < seconds:
+            return  # just connected, or just used
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            raise DisconnectionError("the pooled connection no longer answers") from exc
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

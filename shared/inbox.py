@@ -61,6 +61,23 @@ def prune(factory: sessionmaker[Session], inbox: Table, *, retention: dt.timedel
         return session.execute(delete(inbox).where(inbox.c.processed_at <= utcnow() - retention)).rowcount
 
 
+def claim_new(session: Session, inbox: Table, events: list[Event]) -> set | None:
+    """Insert the inbox rows of ``events`` in one statement, skipping those already there (a
+    concurrent delivery's row is waited for: committed, it is skipped), in the session's transaction.
+    Returns the ids inserted, or None where the database has no ``ON CONFLICT DO NOTHING``."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        return None
+    now = utcnow()
+    rows = [{"event_id": e.event_id, "event_type": e.type, "processed_at": now} for e in events]
+    statement = insert(inbox).values(rows).on_conflict_do_nothing(index_elements=["event_id"])
+    return set(session.execute(statement.returning(inbox.c.event_id)).scalars())
+
+
 def consume(session: Session, inbox: Table, event: Event, handlers: dict[str, Handler]) -> bool:
     """Apply ``event`` once and commit. Returns False if it had been processed already."""
     try:

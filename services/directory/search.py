@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 import re
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy import Float, Integer, and_, bindparam, case, func, or_, select
 from sqlalchemy.orm import Session
 
 from services.directory.geocode import (
@@ -20,7 +21,8 @@ from services.directory.geocode import (
     normalise_postcode,
 )
 from services.directory.models import Meeting, Postcode
-from services.directory.schemas import SearchIn
+from services.directory.schemas import MeetingResult, SearchIn
+from shared.crypto import EncryptedText
 from shared.errors import InvalidInput
 from shared.events import utcnow
 from shared.meeting_time import meeting_guide_weekday, next_occurrence, parse_hhmm
@@ -228,14 +230,84 @@ def _filters(search_in: SearchIn) -> list:
     return conditions
 
 
+# The distance ranking as SQL, built once with placeholders (building SQLAlchemy expressions anew for
+# every search cost as much CPU as running it): ``haversine_km`` from the place to each meeting, term
+# for term in the same order (Postgres and SQLite 3.35+ have the functions).
+_P1, _COS_P1, _LNG = (bindparam(name, type_=Float) for name in ("near_p1", "near_cos_p1", "near_lng"))
+_A = func.power(func.sin((func.radians(Meeting.latitude) - _P1) / 2), 2) + _COS_P1 * func.cos(
+    func.radians(Meeting.latitude)) * func.power(func.sin(func.radians(Meeting.longitude - _LNG) / 2), 2)
+DISTANCE_KM = 2 * EARTH_RADIUS_KM * func.asin(func.sqrt(case((_A > 1.0, 1.0), else_=_A)))
+_BOX = (Meeting.latitude.between(bindparam("near_lat0", type_=Float), bindparam("near_lat1", type_=Float)),
+        Meeting.longitude.between(bindparam("near_lng0", type_=Float), bindparam("near_lng1", type_=Float)),
+        DISTANCE_KM <= bindparam("near_radius", type_=Float))
+_BEYOND = DISTANCE_KM > bindparam("near_inner", type_=Float)
+
+
+@functools.cache
+def _cells(rows: int):
+    """Meetings in one of ``rows`` grid-cell id ranges (placeholders near_cell_<i>_from/_to)."""
+    return or_(*(Meeting.cell.between(bindparam(f"near_cell_{i}_from", type_=Integer),
+                                      bindparam(f"near_cell_{i}_to", type_=Integer)) for i in range(rows)))
+
+
+def _near(lat: float, lng: float, radius_km: float, inner_km: float) -> tuple[list, dict]:
+    """The conditions of meetings more than ``inner_km`` and at most ``radius_km`` away, and their values."""
+    ranges, (lat0, lat1, lng0, lng1) = cell_ranges(lat, lng, radius_km)
+    p1 = math.radians(lat)
+    values = {"near_p1": p1, "near_cos_p1": math.cos(p1), "near_lng": lng, "near_lat0": lat0, "near_lat1": lat1,
+              "near_lng0": lng0, "near_lng1": lng1, "near_radius": radius_km, "near_inner": inner_km}
+    for i, (a, b) in enumerate(ranges):
+        values[f"near_cell_{i}_from"], values[f"near_cell_{i}_to"] = a, b
+    where = [_cells(len(ranges)), *_BOX]
+    if inner_km >= 0:
+        where.append(_BEYOND)
+    return where, values
+
+
+# What a public answer reads of a meeting: every column but the withdrawal reason and the encrypted
+# ones a public result does not show (the facilitator's and the feed contacts' names, emails and
+# phones: decrypting them for every result would be wasted, and they must not leak into it).
+PRIVATE_COLUMNS = frozenset({"withdrawn_reason"})
+
+
+@functools.cache
+def public_columns() -> tuple:
+    shown = MeetingResult.model_fields.keys()
+    return tuple(getattr(Meeting, attr.key) for attr in Meeting.__mapper__.column_attrs
+                 if attr.key not in PRIVATE_COLUMNS
+                 and (attr.key in shown or not isinstance(attr.columns[0].type, EncryptedText)))
+
+
+@functools.cache
+def _ranked_query(postgres: bool):
+    # Ties in the order Python's sort gives them (code points: "C" on Postgres; SQLite's own is binary).
+    binary = (lambda col: col.collate("C")) if postgres else (lambda col: col)
+    return (select(*public_columns(), DISTANCE_KM.label("distance_km"), func.count().over().label("found"))
+            .order_by(DISTANCE_KM, func.coalesce(Meeting.day, 7), binary(func.coalesce(Meeting.time, "")),
+                      binary(Meeting.slug)))
+
+
+def _ranked(session: Session, conditions: list, lat: float, lng: float, radius_km: float, *, offset: int,
+            limit: int, inner_km: float = -1.0) -> tuple[int, list[tuple]]:
+    """(how many match, [(row, distance)] of the page) nearest first: one query ranks, counts and reads
+    the page, so only the page's rows leave the database (a dense area holds thousands of candidates)."""
+    near, values = _near(lat, lng, radius_km, inner_km)
+    query = _ranked_query(session.get_bind().dialect.name == "postgresql")
+    rows = session.execute(query.where(*conditions, *near).offset(offset).limit(limit), values).all()
+    if rows:
+        return rows[0].found, [(r, r.distance_km) for r in rows]
+    if offset == 0:
+        return 0, []
+    return session.scalar(select(func.count()).select_from(Meeting).where(*conditions, *near), values) or 0, []
+
+
 def _within(session: Session, conditions: list, lat: float, lng: float, radius_km: float,
             inner_km: float = -1.0) -> list[tuple]:
     """(row, distance) of the candidates more than ``inner_km`` and at most ``radius_km`` away."""
     ranges, (lat0, lat1, lng0, lng1) = cell_ranges(lat, lng, radius_km)
     where = [*conditions, or_(*(Meeting.cell.between(a, b) for a, b in ranges)),
              Meeting.latitude.between(lat0, lat1), Meeting.longitude.between(lng0, lng1)]
-    # Rank on a few columns, then load whole meetings for the page only: a dense area
-    # holds thousands of candidates, and building each as an ORM object costs most.
+    # Rank on a few columns, then load the page's meetings only.
     found = []
     candidates = select(Meeting.id, Meeting.latitude, Meeting.longitude, Meeting.day, Meeting.time,
                         Meeting.end_time, Meeting.slug)
@@ -247,13 +319,9 @@ def _within(session: Session, conditions: list, lat: float, lng: float, radius_k
 
 
 def _load(session: Session, rows: list[tuple]) -> list[tuple]:
-    loaded = {m.id: m for m in session.scalars(select(Meeting).where(Meeting.id.in_([r.id for r, _ in rows])))} \
+    loaded = {m.id: m for m in session.execute(select(*public_columns()).where(Meeting.id.in_([r.id for r, _ in rows])))} \
         if rows else {}
     return [(loaded[r.id], d) for r, d in rows]
-
-
-def _by_distance(rd: tuple) -> tuple:
-    return (rd[1], rd[0].day if rd[0].day is not None else 7, rd[0].time or "", rd[0].slug)
 
 
 def search_meetings(session: Session, *, search_in: SearchIn, geocoder: Geocoder | None = None) -> dict:
@@ -271,27 +339,26 @@ def search_meetings(session: Session, *, search_in: SearchIn, geocoder: Geocoder
     if search_in.near:
         where = resolve_near(search_in.near, geocoder, session=session)
         lat, lng, radius = where.latitude, where.longitude, search_in.radius_km
-        found = _within(session, conditions, lat, lng, radius)
-        if soonest:
+        if soonest:  # the order is the next start's: computed here, for every candidate
+            found = _within(session, conditions, lat, lng, radius)
             found.sort(key=lambda rd: (*soonest_key(rd[0].day, rd[0].time, rd[0].end_time, clock), rd[1], rd[0].slug))
+            total, page = len(found), _load(session, found[search_in.offset:search_in.offset + search_in.limit])
         else:
-            found.sort(key=_by_distance)
-        page = found[search_in.offset:search_in.offset + search_in.limit]
+            total, page = _ranked(session, conditions, lat, lng, radius, offset=search_in.offset, limit=search_in.limit)
         beyond: list[tuple] = []
-        if len(found) < FEW:
+        if total < FEW:
             reach = radius
             while len(beyond) < FEW and reach < BEYOND_MAX_KM:
                 reach = min(reach * 2 if reach >= 10 else reach + 10, BEYOND_MAX_KM)
-                beyond = _within(session, conditions, lat, lng, reach, inner_km=radius)
-            beyond = sorted(beyond, key=_by_distance)[:FEW]
-        return {"total": len(found), "near": {"query": search_in.near, "resolved": where.label,
-                                              "precision": where.precision, "latitude": lat, "longitude": lng,
-                                              "radius_km": radius},
-                "results": _load(session, page), "beyond": _load(session, beyond)}
+                beyond = _ranked(session, conditions, lat, lng, reach, offset=0, limit=FEW, inner_km=radius)[1]
+        return {"total": total, "near": {"query": search_in.near, "resolved": where.label,
+                                         "precision": where.precision, "latitude": lat, "longitude": lng,
+                                         "radius_km": radius},
+                "results": page, "beyond": beyond}
     total = session.scalar(select(func.count()).select_from(Meeting).where(*conditions)) or 0
     order = (_soonest_order(clock), Meeting.time, Meeting.name, Meeting.id) if soonest else \
         (Meeting.day.is_(None), Meeting.day, Meeting.time, Meeting.name, Meeting.id)
-    rows = session.scalars(select(Meeting).where(*conditions).order_by(*order)
+    rows = session.execute(select(*public_columns()).where(*conditions).order_by(*order)
                            .offset(search_in.offset).limit(search_in.limit)).all()
     return {"total": total, "near": None, "results": [(m, None) for m in rows], "beyond": []}
 

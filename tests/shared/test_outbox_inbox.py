@@ -364,6 +364,22 @@ def test_a_batch_is_handled_event_by_event_and_only_once(store, consumer):
     assert things_and_inbox(store)[0] == ["a", "b", "c", "d"]
 
 
+def test_a_batch_of_new_events_is_one_transaction(store, consumer):
+    """The events of a batch commit together with their inbox rows: one commit, not one each."""
+    from sqlalchemy import event as sa_event
+
+    commits = []
+    sa_event.listen(consumer.runtime.engine, "commit", lambda _conn: commits.append(1))
+    first = bodies_of("a")
+    assert consumer.handle_event.run(first[0]) is True
+    commits.clear()
+    bodies = first + bodies_of("b", "c", "d")
+    assert consumer.handle_events.run(bodies) == 3  # "a" was processed before: skipped
+    assert len(commits) == 1
+    assert things_and_inbox(store)[0] == ["a", "b", "c", "d"]
+    assert receipts(store, "referrals", bodies) == [True, True, True, True]
+
+
 def test_a_failing_event_fails_alone_and_the_batch_raises_afterwards(store, consumer):
     consumer.poison.add("b")
     bodies = bodies_of("a", "b", "c")

@@ -91,6 +91,8 @@ def scheduler(service: str, env: dict[str, str] | None = None) -> ServiceProcess
     return ServiceProcess(f"{service}-scheduler", args, env=env, ready_text="scheduler.started")
 
 
-def api_server(service: str, port: int, env: dict[str, str] | None = None) -> ServiceProcess:
-    args = [sys.executable, "-m", "uvicorn", f"services.{service}.api:app", "--host", "127.0.0.1", "--port", str(port)]
+def api_server(service: str, port: int, env: dict[str, str] | None = None, serve: tuple[str, ...] = ()) -> ServiceProcess:
+    """uvicorn serving the service's API; ``serve``: more uvicorn options (the benchmarks give the production ones)."""
+    args = [sys.executable, "-m", "uvicorn", f"services.{service}.api:app", "--host", "127.0.0.1", "--port", str(port),
+            *serve]
     return ServiceProcess(f"{service}-api", args, env=env, ready_text="Application startup complete")

@@ -22,7 +22,7 @@ def free_port() -> int:
 
 
 class Stack:
-    def __init__(self, env: dict[str, str] | None = None, *, sender_concurrency: int = 2):
+    def __init__(self, env: dict[str, str] | None = None, *, sender_concurrency: int = 2, serve: tuple[str, ...] = ()):
         self.ports = {name: free_port() for name in SERVICES}
         self.urls = {name: f"http://127.0.0.1:{port}" for name, port in self.ports.items()}
         self.env = {
@@ -32,12 +32,13 @@ class Stack:
             **(env or {}),
         }
         self.sender_concurrency = sender_concurrency
+        self.serve = serve  # more uvicorn options for the APIs
         self.processes: dict[str, ServiceProcess] = {}
 
     def _spec(self, name: str) -> ServiceProcess:
         service, _, role = name.partition("-")
         if role == "api":
-            return api_server(service, self.ports[service], env=self.env)
+            return api_server(service, self.ports[service], env=self.env, serve=self.serve)
         if role == "worker":
             return celery_worker(service, env=self.env)
         if role == "sender":
