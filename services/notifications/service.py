@@ -40,9 +40,9 @@ from services.notifications.models import (
 )
 from services.notifications.runtime import runtime
 from services.notifications.schemas import DeliveryCallbackIn, InboundSmsIn
-from services.notifications.wording import plain_words
 from shared.crypto import FieldCipher, keyed_hash
 from shared.db import aware
+from shared.discretion import plain_words
 from shared.errors import DomainError
 from shared.events import (
     AttendanceReported,

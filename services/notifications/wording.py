@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import re
-import unicodedata
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
@@ -29,6 +27,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from pydantic import BaseModel
 
 from services.notifications.kinds import DATE, KINDS, TODAY_OR_DATE_TIME
+from shared.discretion import indiscreet_words
 from shared.events import FELLOWSHIP_NAMES, MeetingSnapshot
 
 BUILT_IN_TEMPLATES = Path(__file__).parent / "templates"
@@ -46,61 +45,6 @@ SMS_MAX_FRAGMENTS = 3
 # that still fits a long joining note.
 EMAIL_SUBJECT_MAX_CHARS = 120
 EMAIL_BODY_MAX_CHARS = 3000
-
-# What a discreet message must never contain, in normalised form (lower case, unaccented, with
-# spaces, dots, hyphens and slashes taken out), in three lists by how safely each can be looked for:
-# - anywhere, even inside a longer word or across words ("Recoverycafe", "Sobriety1", "Al-Anon");
-INDISCREET_ANYWHERE = (
-    "alcohol", "narcotic", "cocaine", "anonymous", "alanon", "alateen", "gambler", "gambling", "marijuana",
-    "cannabis", "overeater", "intergroup", "fellowship", "recover", "sobriety", "addict", "twelvestep",
-    "12step", "bigbook", "heroin", "opiate", "opioid", "methadone", "substance", "relapse", "crystalmeth",
-    "livingsober", "soberliving",
-)
-# - at the start of a word ("Sober-living", "drugs", "SMART"), not inside one (a "Drinkwater Road"
-#   is left out too, better safe; "Methodist" must pass, so "meth" is in the last list);
-INDISCREET_WORD_STARTS = ("sober", "drink", "drunk", "drug", "rehab", "detox", "smart", "booze", "crack")
-# - as a whole word only, also when its letters are spaced or dotted out ("A.A.", "A A", "n/a"):
-#   the fellowships' abbreviations ("CA1" is a Carlisle postcode, "1AA" ends many).
-INDISCREET_WHOLE_WORDS = ("aa", "na", "ca", "cma", "ga", "oa", "ma", "fa", "aca", "meth")
-
-# Letters from other scripts that look like Latin ones (a cheap subset of Unicode's confusables).
-_LOOK_ALIKES = str.maketrans(
-    "АВЕКМНОРСТУХЅІЈаеорсухѕіјԁһӏԛԝ" "ΑΒΕΖΗΙΚΜΝΟΡΤΥΧαεικνορτυχ" "øØłŁđĐıſ",
-    "abekmhopctyxsijaeopcyxsijdhlqw" "abezhikmnoptyxaeiknoptux" "oollddis",
-)
-# Characters that join rather than separate: invisible ones, soft hyphens, apostrophes ("Mary's").
-_JOINERS = re.compile("[\u00ad\u200b-\u200d\u2060\ufeff'\u2018\u2019\u02bc`\u00b4]")
-_LONGEST_AT_WORD_START = max(len(w) for w in INDISCREET_WORD_STARTS + INDISCREET_WHOLE_WORDS)
-
-
-def _words(text: str) -> list[str]:
-    """Lower-case ASCII letter-and-digit runs, after folding width, look-alikes and accents."""
-    text = unicodedata.normalize("NFKC", text).translate(_LOOK_ALIKES)
-    text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c)).casefold()
-    return re.findall(r"[a-z0-9]+", _JOINERS.sub("", text))
-
-
-def plain_words(text: str) -> list[str]:
-    """A client's text as plain lower-case ASCII words ("ＳＴＯＰ!!", "Stоp" with a Cyrillic o -> ["stop"])."""
-    return _words(text)
-
-
-def indiscreet_words(text: str) -> list[str]:
-    """The fellowship and recovery words found in ``text`` (normalised), whatever their spelling."""
-    words = _words(text)
-    run_together = "".join(words)
-    found = [w for w in INDISCREET_ANYWHERE if w in run_together]
-    for i in range(len(words)):
-        run = ""  # this word and the next ones run together: "A.A." -> "aa", "sob-er" -> "sober"
-        for word in words[i:]:
-            run += word
-            if run in INDISCREET_WHOLE_WORDS:
-                found.append(run)
-            found.extend(w for w in INDISCREET_WORD_STARTS if run.startswith(w))
-            if len(run) >= _LONGEST_AT_WORD_START:
-                break
-    return found
-
 
 class Message(BaseModel):
     channel: str

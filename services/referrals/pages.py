@@ -17,12 +17,12 @@ from zoneinfo import ZoneInfo
 
 import phonenumbers
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from services.referrals import audit, service
+from services.referrals import audit, ics, service
 from services.referrals.models import Referral, ReferralReminder, meeting_replica
 from services.referrals.runtime import runtime
 from services.referrals.schemas import ReferralIn, TransitionIn
@@ -478,6 +478,7 @@ def referral_context(request: Request, session: Session, principal: Principal, r
         "errors": errors or {}, "failed": failed, "values": values or {}, "notice": NOTICES.get(notice or ""),
         "problem": problem, "labels": FIELD_LABELS,
         **replies_context(session, referral),
+        **session_calendar(referral, found),
     }
 
 
@@ -632,6 +633,47 @@ def dismiss_report(request: Request, referral_id: str, reply_id: str, session: S
         return render(templates, request, "referral.html", referral_context(request, session, principal, referral,
                                                                 problem=sentence(exc.message)), status_code=409)
     return RedirectResponse(f"/desk/referrals/{referral.id}?notice=report-dismissed", status_code=303)
+
+
+# --- the planned session in the client's calendar (services/referrals/ics.py) ---------------
+
+def calendar_refusal(referral: Referral, found: tuple[MeetingSnapshot, bool] | None,
+                     now: dt.datetime | None = None) -> str | None:
+    """Why the planned session cannot go in a calendar, or None if it can."""
+    if referral.ended_at is not None:  # completed, failed, cancelled or entered in error
+        return "This referral has ended, so there is no planned session to add to a calendar."
+    if found is None or not found[1]:
+        return "The meeting is no longer listed, so there is no session to add to a calendar."
+    meeting = found[0]
+    start = ics.session_start(planned_date=referral.planned_date, meeting=meeting)
+    if start is None:
+        return "This meeting is by arrangement: it has no set time to add to a calendar."
+    if start + ics.length_of(meeting) <= (now or utcnow()):
+        return "The planned session has already taken place."
+    return None
+
+
+def session_calendar(referral: Referral, found: tuple[MeetingSnapshot, bool] | None) -> dict:
+    """The referral page's download link, and the wording it will use."""
+    if calendar_refusal(referral, found) is not None:
+        return {"calendar": None}
+    return {"calendar": {"url": f"/desk/referrals/{referral.id}/session.ics",
+                         "discreet": referral.reminder_detail != "full"}}
+
+
+@router.get("/referrals/{referral_id}/session.ics")
+def planned_session_ics(request: Request, referral_id: str, session: SessionDep, principal: Desk):
+    """The planned session as a calendar file, to send to the client or add on their phone with them."""
+    referral = load_referral(session, principal, referral_id)
+    found = meetings_by_slug(session, {referral.meeting_slug}).get(referral.meeting_slug)
+    if (refusal := calendar_refusal(referral, found)) is not None:
+        return render(templates, request, "message.html", {
+            "title": "No calendar entry", "principal": principal, "message": refusal}, status_code=404)
+    body = ics.planned_session_calendar(referral_id=referral.id, planned_date=referral.planned_date,
+                                        meeting=found[0], detail=referral.reminder_detail, now=utcnow(),
+                                        directory_url=runtime.settings.directory_public_url)
+    return Response(body, media_type="text/calendar; charset=utf-8", headers={
+        "Content-Disposition": f'attachment; filename="meeting-{referral.planned_date.isoformat()}.ics"'})
 
 
 # --- the work queue ------------------------------------------------------------------------------

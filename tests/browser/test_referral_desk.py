@@ -155,3 +155,34 @@ def test_a_form_on_another_origin_cannot_act_for_the_signed_in_keyworker(stack, 
     with runtime.sessions() as session:
         stored = session.get(Referral, referral_id)
         assert stored.mobile == "+447812345678" and stored.consent_withdrawn_at is None
+
+
+def test_keyworker_downloads_the_planned_session_for_the_clients_calendar(stack, page):
+    """From the referral page: the planned session as an .ics, discreet (the client chose no detail)."""
+    from icalendar import Calendar
+
+    desk = stack.urls["referrals"]
+    wait_for(lambda: in_replica(MEETING), timeout=30, what="the seeded meetings to reach the referrals replica")
+    with runtime.transaction() as session:
+        referral = service.create_referral(session, referral_in=ReferralIn(
+            meeting_slug=MEETING, client_reference="CRY-0808", mobile="07812 345678",
+            consent={"to_reminders": True, "wording_version": service.CURRENT_CONSENT_WORDING}), site_id="croydon",
+            by="kw-1")
+        referral_id, planned = referral.id, referral.planned_date
+    page.goto(f"{desk}/desk/referrals/{referral_id}")
+    sign_in(page, token_for("keyworker", "croydon"))
+    link = page.get_by_role("link", name="Add the planned session to a calendar (.ics)")
+    assert "Discreet" in page.locator("#session-calendar-hint").inner_text()
+    with page.expect_download() as info:
+        link.click()
+    download = info.value
+    assert download.suggested_filename == f"meeting-{planned.isoformat()}.ics"
+    body = open(download.path(), encoding="utf-8").read()
+    assert "CRY-0808" not in body and "7812345678" not in body and "SMART" not in body and "Recovery" not in body
+    event = Calendar.from_ical(body).walk("VEVENT")[0]
+    assert str(event["summary"]) == "Your meeting"
+    start = event["dtstart"]
+    assert start.params["TZID"] == "Europe/London" and start.dt.date() == planned and start.dt.hour == 14
+    # The venue ("Community Recovery Hub") gives the meeting away: the street, town and postcode stay.
+    assert event.walk("VALARM") and str(event["location"]) == "Wellesley Road, Croydon CR0, UK"
+    screenshot(page, "desk-referral-calendar", full_page=False)
