@@ -84,8 +84,23 @@ class ContactDetails(BaseModel):
         return cls.model_validate_json(cipher.decrypt(token))
 
 
+class MeetingException(Payload):
+    """One dated occurrence closed (RFC 5545 EXDATE) or changed (another start time or a note)."""
+
+    date: dt.date
+    closed: bool = True
+    time: str | None = None  # "HH:MM": this occurrence's start, when changed
+    end_time: str | None = None
+    note: str | None = None  # short and public ("Christmas", "in the back room this week")
+
+
 class MeetingSnapshot(Payload):
-    """Everything a replica needs to know about a meeting (Meeting Guide fields + UK extras)."""
+    """Everything a replica needs to know about a meeting (Meeting Guide fields + UK extras).
+
+    ``rrule``/``dtstart``/``exceptions``: its schedule when not simply weekly on ``day``
+    (shared/meeting_time.py says how to read them); events from before they existed parse
+    as weekly.
+    """
 
     slug: str
     name: str
@@ -109,6 +124,9 @@ class MeetingSnapshot(Payload):
     booking_required: bool = False
     active: bool = True
     updated: dt.datetime | None = None
+    rrule: str | None = None  # RFC 5545 RRULE value, e.g. FREQ=MONTHLY;BYDAY=1TU
+    dtstart: dt.date | None = None  # the rule's first date; alone, a one-off meeting's date
+    exceptions: list[MeetingException] = []
 
 
 class MeetingWithdrawn(Payload):

@@ -25,10 +25,11 @@ from services.directory.models import ChangeRequest, FeedSource, ImportRun, Meet
 from services.directory.pages import templates
 from services.directory.reference import FELLOWSHIPS, TYPE_NAMES
 from services.directory.runtime import runtime
-from services.directory.schemas import FeedSourceIn, MeetingIn, SiteIn
+from services.directory.schemas import FeedSourceIn, MeetingExceptionIn, MeetingIn, SiteIn
 from shared.auth import Principal, Role
 from shared.db import unit_of_work
 from shared.events import utcnow
+from shared.meeting_time import BYDAY, RFC_DAYS, describe, describe_exception, rule_parts
 from shared.pages import DAYS, PageForbidden, check_form_token, csrf_protected, page_principal, render, require_page_roles
 from shared.web import PublicRateLimit
 
@@ -52,6 +53,14 @@ MEETING_LABELS = {"slug": "Slug (its address in feeds, never changes)", "name": 
                   "postcode": "Postcode", "latitude": "Latitude", "longitude": "Longitude",
                   "conference_url": "Online meeting link", "notes": "Notes", "site_id": "Pilot site (id)",
                   "booking_required": "Booking required"}
+MEETING_LABELS.update({"repeat": "How often", "week": "Which week of the month (monthly)",
+                       "dtstart": "First date (YYYY-MM-DD): the one date of a one-off, the first of a fortnightly",
+                       "rrule": "Rule (RFC 5545 RRULE, for 'another pattern'), e.g. FREQ=MONTHLY;BYDAY=-1FR"})
+REPEATS = {"weekly": "Every week", "fortnightly": "Every other week", "monthly": "Once a month, on the day above",
+           "one_off": "Once only (a one-off)", "rule": "Another pattern (a rule, below)"}
+WEEKS = {"1": "First", "2": "Second", "3": "Third", "4": "Fourth", "-1": "Last"}
+EXCEPTION_LABELS = {"date": "Date (YYYY-MM-DD)", "what": "What happens that day", "time": "Starts that day at (HH:MM)",
+                    "end_time": "Ends that day at (HH:MM)", "note": "Short public note (e.g. Christmas)"}
 SITE_LABELS = {"id": "Id (lower case, never changes)", "name": "Name", "host_agency": "Host agency", "region": "Region",
                "champion_name": "Champion's name", "champion_email": "Champion's email",
                "champion_phone": "Champion's phone", "address": "Address", "postcode": "Postcode", "active": "Active"}
@@ -162,7 +171,59 @@ def meeting_form_values(meeting: Meeting | None) -> dict[str, str]:
     out = {k: ("" if values.get(k) is None else str(values[k])) for k in MEETING_FIELDS}
     out["types"] = ", ".join(values.get("types") or [])
     out["booking_required"] = "yes" if values.get("booking_required") else ""
+    return {**out, **schedule_form_values(values)}
+
+
+def schedule_form_values(values: dict) -> dict[str, str]:
+    """The form's "how often" choices for a stored schedule (a rule the choices cannot say: "another pattern")."""
+    rule, dtstart = values.get("rrule"), values.get("dtstart")
+    out = {"repeat": "weekly", "week": "1", "dtstart": "" if dtstart is None else str(dtstart), "rrule": rule or ""}
+    if not rule:
+        out["repeat"] = "one_off" if dtstart else "weekly"
+        return out
+    parts = rule_parts(rule)
+    monthly = BYDAY.match(parts.get("BYDAY", ""))
+    if parts.keys() == {"FREQ", "INTERVAL", "BYDAY"} and parts["FREQ"] == "WEEKLY" and parts["INTERVAL"] == "2":
+        out["repeat"] = "fortnightly"
+    elif parts.keys() == {"FREQ", "BYDAY"} and parts["FREQ"] == "MONTHLY" and monthly and monthly.group(1) in WEEKS:
+        out.update(repeat="monthly", week=monthly.group(1))
+    else:
+        out["repeat"] = "rule"
     return out
+
+
+def schedule_from(form: dict[str, str], data: dict) -> None:
+    """The form's "how often" as a rule and first date (MeetingIn's rrule and dtstart)."""
+    repeat, dtstart = form.get("repeat", "weekly"), form.get("dtstart", "")
+    day = data.get("day")
+    weekday = RFC_DAYS[day] if isinstance(day, int) and 0 <= day <= 6 else None
+    data["dtstart"] = dtstart or None
+    data["rrule"] = None
+    if repeat == "fortnightly":
+        if not dtstart:
+            raise service.InvalidInput("dtstart", "Give the first date: an every-other-week meeting counts its weeks "
+                                                  "from it")
+        data["rrule"] = "FREQ=WEEKLY;INTERVAL=2" + (f";BYDAY={weekday}" if weekday else "")
+    elif repeat == "monthly":
+        if weekday is None:
+            raise service.InvalidInput("day", "Choose the day of the week the monthly meeting is on")
+        week = form.get("week", "1")
+        if week not in WEEKS:
+            raise service.InvalidInput("week", "Choose which week of the month")
+        data["rrule"] = f"FREQ=MONTHLY;BYDAY={week}{weekday}"
+        data["dtstart"] = dtstart or utcnow().date().isoformat()
+    elif repeat == "one_off":
+        if not dtstart:
+            raise service.InvalidInput("dtstart", "Give the date of the one-off meeting")
+        data["day"] = None  # it follows from the date
+    elif repeat == "rule":
+        if not form.get("rrule"):
+            raise service.InvalidInput("rrule", "Type the rule, or choose another 'how often'")
+        data["rrule"] = form["rrule"]
+    elif repeat != "weekly":
+        raise service.InvalidInput("repeat", "Choose how often the meeting happens")
+    else:
+        data["dtstart"] = None
 
 
 def meeting_in_from(form: dict[str, str], base: dict | None) -> MeetingIn:
@@ -181,6 +242,7 @@ def meeting_in_from(form: dict[str, str], base: dict | None) -> MeetingIn:
             data[name] = value or None
     if base is not None:
         data["slug"] = base["slug"]
+    schedule_from(form, data)
     return MeetingIn.model_validate(data)
 
 
@@ -194,7 +256,7 @@ def _number(value: str) -> float | str:
 
 def meeting_page(request: Request, session: Session, principal: Principal, meeting: Meeting | None, *,
                  values: dict[str, str] | None = None, errors: dict[str, str] | None = None, notice: str = "",
-                 status_code: int = 200) -> HTMLResponse:
+                 status_code: int = 200, exception_values: dict[str, str] | None = None) -> HTMLResponse:
     history = session.scalars(select(MeetingChange).where(MeetingChange.slug == meeting.slug)
                               .order_by(MeetingChange.id.desc()).limit(100)).all() if meeting else []
     requests = session.scalars(select(ChangeRequest).where(ChangeRequest.meeting_slug == meeting.slug)
@@ -206,6 +268,10 @@ def meeting_page(request: Request, session: Session, principal: Principal, meeti
         "fellowships": FELLOWSHIPS, "history": [{"at": when(h.at), "by": h.by, "action": h.action, "fields": h.fields,
                                                   "reason": h.reason} for h in history],
         "requests": requests, "kinds": PROBLEM_KINDS, "notice": notice, "type_names": TYPE_NAMES,
+        "repeats": REPEATS, "weeks": WEEKS, "exception_labels": EXCEPTION_LABELS,
+        "exception_values": exception_values or {"exception_what": "closed"},
+        "exceptions": [(e["date"], describe_exception(e)) for e in meeting.exceptions or []] if meeting else [],
+        "schedule": describe(meeting) if meeting else None,
     }, status_code=status_code)
 
 
@@ -238,7 +304,10 @@ def load_meeting(session: Session, slug: str) -> Meeting:
 @router.get("/meetings/{slug}", response_class=HTMLResponse)
 def edit_meeting(request: Request, slug: str, session: SessionDep, principal: Admin, notice: str = ""):
     notices = {"created": "The meeting is published.", "saved": "Your changes are saved and published.",
-               "unchanged": "Nothing had changed.", "withdrawn": "The meeting is withdrawn."}
+               "unchanged": "Nothing had changed.", "withdrawn": "The meeting is withdrawn.",
+               "closed": "The date is closed and published: clients with reminders for it are told.",
+               "changed": "That date's change is published: reminders for it follow it.",
+               "reopened": "That date is as usual again, and published."}
     return meeting_page(request, session, principal, load_meeting(session, slug), notice=notices.get(notice, ""))
 
 
@@ -258,6 +327,49 @@ async def save_meeting(request: Request, slug: str, session: SessionDep, princip
         return meeting_page(request, session, principal, meeting, values=form, errors=errors, status_code=422)
     return RedirectResponse(f"/admin/meetings/{meeting.slug}?notice={'saved' if changed else 'unchanged'}",
                             status_code=303)
+
+
+@router.post("/meetings/{slug}/exceptions", response_class=HTMLResponse)
+async def add_exception(request: Request, slug: str, session: SessionDep, principal: Admin):
+    """Close one date, or change that date's time or note (replacing what the date had)."""
+    meeting = load_meeting(session, slug)
+    form = await form_of(request)
+    closed = form.get("exception_what", "closed") != "changed"
+    try:
+        exception_in = MeetingExceptionIn.model_validate({
+            "date": form.get("exception_date", ""), "closed": closed,
+            "time": None if closed else form.get("exception_time") or None,
+            "end_time": None if closed else form.get("exception_end_time") or None,
+            "note": form.get("exception_note") or None})
+        with unit_of_work(session):
+            service.set_exception(session, slug=meeting.slug, exception_in=exception_in, by=principal.subject)
+    except ValidationError as exc:
+        errors = {}
+        for field, message in field_errors(exc).items():
+            if field == "date":
+                message = "Enter a real date, like 2026-12-25" if form.get("exception_date") else "Fill this in"
+            elif field in ("time", "end_time"):
+                message = SHAPES[field]
+            errors.setdefault(f"exception_{field if field in EXCEPTION_LABELS else 'date'}", message)
+        return meeting_page(request, session, principal, meeting, errors=errors, exception_values=form,
+                            status_code=422)
+    except service.InvalidInput as exc:
+        return meeting_page(request, session, principal, meeting, errors={"exception_date": exc.message},
+                            exception_values=form, status_code=422)
+    return RedirectResponse(f"/admin/meetings/{meeting.slug}?notice={'closed' if closed else 'changed'}",
+                            status_code=303)
+
+
+@router.post("/meetings/{slug}/exceptions/{date}/remove", response_class=HTMLResponse)
+def remove_exception(request: Request, slug: str, date: str, session: SessionDep, principal: Admin):
+    meeting = load_meeting(session, slug)
+    try:
+        with unit_of_work(session):
+            service.remove_exception(session, slug=meeting.slug, date=dt.date.fromisoformat(date[:10]),
+                                     by=principal.subject)
+    except (ValueError, service.NotFound):
+        raise PageNotFound("That meeting has no closure or change on that date.") from None
+    return RedirectResponse(f"/admin/meetings/{meeting.slug}?notice=reopened", status_code=303)
 
 
 @router.post("/meetings/{slug}/withdraw", response_class=HTMLResponse)

@@ -32,6 +32,7 @@ from services.directory.schemas import (
     FeedUrlIn,
     ImportReport,
     MeetingAdminOut,
+    MeetingExceptionIn,
     MeetingIn,
     MeetingPage,
     MeetingResult,
@@ -43,8 +44,8 @@ from services.directory.schemas import (
 from shared import queues
 from shared.auth import AdminOnly, CurrentPrincipal, Role
 from shared.db import unit_of_work
-from shared.events import utcnow
-from shared.meeting_time import meeting_guide_weekday
+from shared.events import MeetingException, utcnow
+from shared.meeting_time import closures_before, meeting_guide_weekday
 from shared.metrics import backbone_metrics
 from shared.pages import setup_pages
 from shared.types import InputDate
@@ -147,7 +148,7 @@ def _search_page(*, near, radius_km, day, date, starts_after, starts_before, fel
         offset = (page - 1) * limit if page else 0
     search_in = SearchIn(near=near, radius_km=radius_km, days=days, starts_after=starts_after,
                          starts_before=starts_before, fellowship=fellowship, types=codes, attendance=attendance,
-                         q=q, sort=sort, limit=limit, offset=offset, now=now)
+                         q=q, sort=sort, limit=limit, offset=offset, now=now, on_date=date)
     # Closed here, in the endpoint's thread; reads only (no BEGIN or ROLLBACK round trip on Postgres).
     with runtime.reads() as session:
         found = search.search_meetings(session, search_in=search_in)
@@ -159,12 +160,17 @@ def _search_page(*, near, radius_km, day, date, starts_after, starts_before, fel
 def _result(meeting, distance: float | None, now: dt.datetime) -> MeetingResult:
     """A search's row (search.public_columns) as a result: one validation of a dict, which pydantic
     does in its Rust core (reading a row's attributes one by one cost a third of a search)."""
-    start = search.next_start(meeting, now)
+    occurrence = search.next_of(meeting, now)
+    start = occurrence.start if occurrence is not None else None
+    scheduled = {} if meeting.weekly or occurrence is None else {
+        "next_note": occurrence.note, "next_changed": occurrence.changed,
+        "closed_before_next": [{"date": c.date, "note": c.note}
+                               for c in closures_before(meeting, after=now, until=start)]}
     return MeetingResult.model_validate({
         **meeting._mapping, "distance_km": None if distance is None else round(distance, 2),
         "happening": search.happening(meeting, now),
         "next_start_local": start.isoformat() if start is not None else None,
-        "next_start_utc": start.astimezone(dt.UTC).isoformat() if start is not None else None})
+        "next_start_utc": start.astimezone(dt.UTC).isoformat() if start is not None else None, **scheduled})
 
 
 @app.get("/meetings/{slug}", response_model=MeetingResult, tags=["meetings"],
@@ -183,10 +189,15 @@ def _meeting(slug: str) -> MeetingResult:
 
 
 def _set_next_start(result: MeetingResult, meeting, now: dt.datetime | None = None) -> None:
-    start = search.next_start(meeting, now)
-    if start is not None:
+    now = now or utcnow()
+    occurrence = search.next_of(meeting, now)
+    if occurrence is not None:
+        start = occurrence.start
         result.next_start_local = start.isoformat()
         result.next_start_utc = start.astimezone(dt.UTC).isoformat()
+        result.next_note, result.next_changed = occurrence.note, occurrence.changed
+        result.closed_before_next = [MeetingException(date=c.date, note=c.note)
+                                     for c in closures_before(meeting, after=now, until=start)]
 
 
 @app.post("/meetings", response_model=MeetingAdminOut, status_code=status.HTTP_201_CREATED, tags=["meetings"])
@@ -218,6 +229,22 @@ def withdraw_meeting(slug: str, session: SessionDep, admin: AdminOnly, withdraw_
     with unit_of_work(session):
         meeting = service.withdraw_meeting(session, slug=slug, reason=withdraw_in.reason if withdraw_in else None,
                                            by=admin.subject)
+    return meeting
+
+
+@app.post("/meetings/{slug}/exceptions", response_model=MeetingAdminOut, tags=["meetings"],
+          summary="Close one dated occurrence, or change it (another start time, a note); replaces that date's")
+def set_meeting_exception(slug: str, exception_in: MeetingExceptionIn, session: SessionDep, admin: AdminOnly):
+    with unit_of_work(session):
+        meeting = service.set_exception(session, slug=slug, exception_in=exception_in, by=admin.subject)
+    return meeting
+
+
+@app.delete("/meetings/{slug}/exceptions/{date}", response_model=MeetingAdminOut, tags=["meetings"],
+            summary="That date's occurrence is as usual again")
+def remove_meeting_exception(slug: str, date: dt.date, session: SessionDep, admin: AdminOnly):
+    with unit_of_work(session):
+        meeting = service.remove_exception(session, slug=slug, date=date, by=admin.subject)
     return meeting
 
 

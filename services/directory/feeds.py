@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 
 from services.directory import service
 from services.directory.config import get_settings
+from services.directory.feed_schedules import schedule_export, schedule_import
 from services.directory.geocode import Geocoder, normalise_postcode
 from services.directory.models import Meeting
 from services.directory.reference import TYPE_NAMES
@@ -425,6 +426,7 @@ def parse_row(row, *, fellowship: str, timezone: str) -> tuple[list[MeetingIn], 
     if there is not None:
         raise TimezoneMismatch(timezone=base["timezone"], there=there, latitude=base["latitude"],
                                longitude=base["longitude"])
+    base.update(schedule_import(row))
     meetings = []
     for day in days:
         meeting_slug = slug if len(days) == 1 else f"{slug}-{DAY_NAMES[day]}"
@@ -543,6 +545,7 @@ def export_row(meeting: Meeting) -> dict:
     row["fellowship"] = meeting.fellowship
     if meeting.postcode:
         row["postcode"] = meeting.postcode
+    row.update(schedule_export(meeting))
     return row
 
 

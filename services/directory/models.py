@@ -46,6 +46,7 @@ class Meeting(Base):
         Index("ix_meetings_cell", "cell"),
         Index("ix_meetings_active_day", "active", "day", "time"),
         Index("ix_meetings_source", "source"),
+        Index("ix_meetings_weekly", "weekly"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -95,6 +96,15 @@ class Meeting(Base):
     paypal: Mapped[str | None] = mapped_column(String(200))
     url: Mapped[str | None] = mapped_column(Text)
     feedback_url: Mapped[str | None] = mapped_column(Text)
+    # Schedule when not simply weekly on ``day`` (shared/meeting_time.py): an RFC 5545 RRULE value and
+    # its first date, or a first date alone (one-off); dated exceptions [{"date", "closed", "time",
+    # "end_time", "note"}]. ``weekly``: none of these, so search orders it in SQL; ``last_date``: the
+    # last scheduled date of a schedule that ends (None: it does not), so ended ones leave search.
+    rrule: Mapped[str | None] = mapped_column(String(200))
+    dtstart: Mapped[dt.date | None] = mapped_column(Date)
+    exceptions: Mapped[list[dict]] = mapped_column(JSON, default=list)
+    weekly: Mapped[bool] = mapped_column(Boolean, default=True)
+    last_date: Mapped[dt.date | None] = mapped_column(Date)
     # UK extras.
     site_id: Mapped[str | None] = mapped_column(String(64), index=True)
     booking_required: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl, quote, urlencode
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, Response
-from icalendar import Calendar, Event
+from icalendar import Calendar, Event, vRecur
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -29,7 +29,17 @@ from services.directory.runtime import runtime
 from services.directory.schemas import SearchIn
 from shared.auth import Principal, Role
 from shared.events import utcnow
-from shared.meeting_time import meeting_guide_weekday, next_occurrence
+from shared.meeting_time import (
+    closures_before,
+    describe,
+    describe_exception,
+    ics_lines,
+    local_start,
+    long_date,
+    meeting_guide_weekday,
+    occurrence_on,
+    occurrences,
+)
 from shared.pages import DAYS, OptionalPagePrincipal, PageForbidden, clock, make_templates, parse_date, render, require_page_roles
 from shared.web import PublicRateLimit
 
@@ -74,13 +84,24 @@ def when_next(start: dt.datetime) -> str:
 
 
 def schedule(meeting: Meeting) -> str:
-    """Every Tuesday, 2:00pm to 3:30pm."""
+    """Every Tuesday, 2:00pm to 3:30pm; Every other Tuesday, ...; First Tuesday of the month, ...;
+    One-off: Sat 12 December, ..."""
     if meeting.day is None or meeting.time is None:
         return "By appointment"
-    text = f"Every {DAYS[meeting.day]}, {clock(dt.time.fromisoformat(meeting.time))}"
+    text = f"{describe(meeting)}, {clock(dt.time.fromisoformat(meeting.time))}"
     if meeting.end_time:
         text += f" to {clock(dt.time.fromisoformat(meeting.end_time))}"
     return text
+
+
+def closures_view(meeting: Meeting, start: dt.datetime | None, now: dt.datetime) -> dict:
+    """The dated closures and changes to show: those the next meeting skips ("Closed Fri 25 December:
+    Christmas — next Fri 1 January"), that next one's own change, and those still to come."""
+    skipped = closures_before(meeting, after=now, until=start) if start and meeting.exceptions else []
+    today = now.astimezone(search.SORT_ZONE).date()
+    coming = [describe_exception(e) for e in meeting.exceptions or [] if e["date"] >= today.isoformat()]
+    return {"skipped": [describe_exception({"date": c.date, "closed": True, "note": c.note}) for c in skipped],
+            "coming": coming}
 
 
 def miles(distance_km: float | None) -> str | None:
@@ -119,9 +140,13 @@ def address_of(meeting: Meeting) -> str | None:
 
 def meeting_view(meeting: Meeting, distance_km: float | None = None, now: dt.datetime | None = None) -> dict:
     """What a person needs to know about a meeting, in plain English."""
-    start = search.next_start(meeting, now) if meeting.active else None
+    occurrence = search.next_of(meeting, now) if meeting.active else None
+    start = occurrence.start if occurrence else None
     online = meeting.attendance_option in ("online", "hybrid")
     return {
+        "exceptions": closures_view(meeting, start, now or utcnow()),
+        "next_note": occurrence.note if occurrence else None,
+        "ended": meeting.active and meeting.time is not None and occurrence is None,
         "slug": meeting.slug,
         "name": meeting.name,
         "fellowship": FELLOWSHIPS.get(meeting.fellowship, meeting.fellowship),
@@ -209,6 +234,7 @@ def read_search(params) -> tuple[dict, dict[str, str], dict]:
         "radius_km": float(values["distance"]) * KM_PER_MILE if "distance" not in errors else 5 * KM_PER_MILE,
         "days": [meeting_guide_weekday(on_date)] if on_date else sorted({DAY_VALUES[d] for d in days if d in DAY_VALUES}),
         "now": max(utcnow(), search.start_of(on_date)) if on_date and "date" not in errors else None,
+        "on_date": on_date if on_date and "date" not in errors else None,
         "starts_after": after,
         "starts_before": before,
         "fellowship": values["fellowship"] or None,
@@ -316,15 +342,14 @@ def service_message(exc: service.InvalidInput) -> str:
 # --- one meeting -------------------------------------------------------------------------
 
 def upcoming(meeting: Meeting, count: int = 4, now: dt.datetime | None = None) -> list[str]:
-    start = search.next_start(meeting, now)
+    """The next few occurrences, closed ones said as such."""
     out = []
-    while start is not None and len(out) < count:
-        out.append(when_next(start))
-        start = next_occurrence(meeting.day, meeting.time, meeting.timezone, start)
+    for occurrence in occurrences(meeting, after=now or utcnow(), include_closed=True, limit=count):
+        if occurrence.closed:
+            out.append(f"{long_date(occurrence.date)}: closed" + (f" ({occurrence.note})" if occurrence.note else ""))
+        else:
+            out.append(when_next(occurrence.start) + (f" ({occurrence.note})" if occurrence.note else ""))
     return out
-
-
-ICAL_DAYS = ("SU", "MO", "TU", "WE", "TH", "FR", "SA")
 
 
 def meeting_url(meeting: Meeting) -> str:
@@ -332,15 +357,23 @@ def meeting_url(meeting: Meeting) -> str:
 
 
 def calendar_of(meeting: Meeting, now: dt.datetime) -> bytes:
-    """An iCalendar (RFC 5545) file: the meeting every week from its next start, in its own timezone."""
-    start = search.next_start(meeting, now)
+    """An iCalendar (RFC 5545) file: the meeting from its next start, in its own timezone, repeating as
+    its schedule does (RRULE; none for a one-off), closed dates as EXDATE, a changed occurrence as its
+    own VEVENT (RECURRENCE-ID)."""
+    first = search.next_of(meeting, now) or next(occurrences(meeting, after=now, include_closed=True, limit=1))
+    start = local_start(first.date, meeting.time, meeting.timezone)  # the usual time: the series' DTSTART
+    recurrence = ics_lines(meeting)
     event = Event()
     event.add("uid", f"{meeting.slug}@fama-directory")
     event.add("dtstamp", now)
     event.add("summary", meeting.name)
     event.add("dtstart", start)
     event.add("dtend", start + search.length_of(meeting))
-    event.add("rrule", {"freq": "weekly", "byday": ICAL_DAYS[meeting.day]})
+    if recurrence["rrule"]:
+        event.add("rrule", vRecur.from_ical(recurrence["rrule"]))
+        for date in recurrence["exdates"]:
+            if date >= first.date:
+                event.add("exdate", local_start(date, meeting.time, meeting.timezone))
     view = meeting_view(meeting, now=now)
     where = ", ".join(p for p in (view["venue"], view["address"]) if p)
     if where:
@@ -359,8 +392,36 @@ def calendar_of(meeting: Meeting, now: dt.datetime) -> bytes:
     calendar.add("prodid", "-//FAMA//Find a meeting//EN")
     calendar.add("version", "2.0")
     calendar.add_component(event)
+    for change in _changed_instances(meeting, event, first.date):
+        calendar.add_component(change)
     calendar.add_missing_timezones()
     return calendar.to_ical()
+
+
+def _changed_instances(meeting: Meeting, series: Event, first: dt.date) -> list[Event]:
+    """A VEVENT per changed occurrence from ``first`` on, with the series' UID and a RECURRENCE-ID."""
+    out = []
+    for date in ics_lines(meeting)["changed"]:
+        occurrence = occurrence_on(meeting, date)
+        if date < first or occurrence is None or not series.get("rrule"):
+            continue
+        change = Event()
+        change.add("uid", series["uid"])
+        change.add("dtstamp", series["dtstamp"].dt)
+        change.add("recurrence-id", local_start(date, meeting.time, meeting.timezone))
+        change.add("summary", meeting.name)
+        change.add("dtstart", occurrence.start)
+        end_time = occurrence.end_time
+        change.add("dtend", local_start(date, end_time, meeting.timezone) if end_time and
+                   local_start(date, end_time, meeting.timezone) > occurrence.start
+                   else occurrence.start + search.length_of(meeting))
+        if occurrence.note:
+            change.add("description", occurrence.note)
+        for name in ("location", "url"):
+            if series.get(name):
+                change.add(name, str(series[name]))
+        out.append(change)
+    return out
 
 
 def directions_url(meeting: Meeting) -> str | None:
@@ -379,17 +440,23 @@ def _running(meeting: Meeting) -> bool:
     return meeting.active and meeting.attendance_option != "inactive"
 
 
+def _has_dates(meeting: Meeting) -> bool:
+    """Running, at a time, with dates still to come (closed ones count: a calendar shows the series)."""
+    return _running(meeting) and meeting.day is not None and meeting.time is not None and \
+        next(occurrences(meeting, after=utcnow(), include_closed=True, limit=1), None) is not None
+
+
 @router.get("/meeting/{slug}.ics", dependencies=[PublicRateLimit])
 def meeting_calendar(request: Request, slug: str, session: SessionDep, principal: OptionalPagePrincipal):
     try:
         meeting = service.get_meeting(session, slug[:200])
     except service.NotFound:
         meeting = None
-    if meeting is None or not _running(meeting) or meeting.day is None or meeting.time is None:
+    if meeting is None or not _has_dates(meeting):
         return render(templates, request, "message.html", {
             "title": "No calendar entry", "principal": principal,
-            "message": "This meeting has no regular time to add to a calendar: it is not running, or it is by "
-                       "appointment. Search again to find another.",
+            "message": "This meeting has no regular time to add to a calendar: it is not running, it is by "
+                       "appointment, or its dates have all passed. Search again to find another.",
         }, status_code=404)
     return Response(calendar_of(meeting, utcnow()), media_type="text/calendar; charset=utf-8",
                     headers={"Content-Disposition": f'attachment; filename="{meeting.slug[:80]}.ics"'})
@@ -409,8 +476,7 @@ def meeting_page(request: Request, slug: str, session: SessionDep, principal: Op
     return render(templates, request, "meeting.html", {
         "title": meeting.name, "principal": principal, "meeting": meeting, "view": meeting_view(meeting),
         "upcoming": upcoming(meeting) if _running(meeting) else [],
-        "calendar_url": f"/meeting/{quote(meeting.slug)}.ics"
-        if _running(meeting) and meeting.day is not None and meeting.time is not None else None,
+        "calendar_url": f"/meeting/{quote(meeting.slug)}.ics" if _has_dates(meeting) else None,
         "directions_url": directions_url(meeting) if _running(meeting) else None,
         "back_url": "/?" + urlencode(known) if known else "/",
         "map_url": (f"https://www.openstreetmap.org/?mlat={meeting.latitude}&mlon={meeting.longitude}"

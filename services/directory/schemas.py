@@ -5,11 +5,12 @@ import re
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator, model_validator
 
 from services.directory.geocode import normalise_postcode
 from services.directory.reference import TYPE_NAMES
-from shared.events import AttendanceOption
+from shared.events import AttendanceOption, MeetingException
+from shared.meeting_time import describe, describe_exception
 from shared.types import InputBool, InputFloat, InputInt
 
 TIME_PATTERN = r"^([01]\d|2[0-3]):[0-5]\d$"
@@ -23,8 +24,45 @@ def _opt(max_length: int):
     return Field(None, max_length=max_length)
 
 
-class MeetingIn(BaseModel):
-    """A meeting as an admin (or a feed import) states it: Meeting Guide fields + UK extras."""
+class MeetingExceptionIn(BaseModel):
+    """One occurrence closed (``closed``: true, with a short public note) or changed (``time``, a note)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    date: dt.date = Field(description="The occurrence's date (YYYY-MM-DD)")
+    closed: InputBool = True
+    time: str | None = Field(None, pattern=TIME_PATTERN, description="This occurrence's start (HH:MM), when changed")
+    end_time: str | None = Field(None, pattern=TIME_PATTERN)
+    note: Text = Field(None, max_length=200, description="Short and public, e.g. Christmas")
+
+    @model_validator(mode="after")
+    def closed_or_changed(self) -> MeetingExceptionIn:
+        self.note = (self.note or "").strip() or None
+        if self.closed and (self.time or self.end_time):
+            raise ValueError(f"{self.date.isoformat()}: a closed date has no start time (leave time out, "
+                             "or set closed to false to change the time)")
+        if not self.closed and not (self.time or self.note):
+            raise ValueError(f"{self.date.isoformat()}: a changed occurrence needs another start time or a note")
+        return self
+
+
+class ScheduleFields(BaseModel):
+    """A meeting's schedule when not simply weekly (shared/meeting_time.py), and its dated exceptions."""
+
+    rrule: str | None = Field(None, max_length=200, description="RFC 5545 RRULE value, e.g. FREQ=WEEKLY;INTERVAL=2;"
+                              "BYDAY=TU (every other Tuesday) or FREQ=MONTHLY;BYDAY=1TU (first Tuesday); none: weekly")
+    dtstart: dt.date | None = Field(None, description="The rule's first date; without a rule, a one-off meeting's date")
+    exceptions: list[MeetingExceptionIn] = Field(default_factory=list, max_length=200,
+                                                 description="Dated closures and changes of single occurrences")
+
+    @field_validator("rrule")
+    @classmethod
+    def blank_rule(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
+
+
+class MeetingIn(ScheduleFields):
+    """A meeting as an admin (or a feed import) states it: Meeting Guide fields + UK extras + schedule."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -212,11 +250,26 @@ class MeetingOut(BaseModel):
     source: str | None
     active: bool
     updated: dt.datetime
+    rrule: str | None = None
+    dtstart: dt.date | None = None
+    exceptions: list[MeetingException] = []
 
     @computed_field
     @property
     def type_names(self) -> list[TypeName]:
         return [TypeName(code=t, name=TYPE_NAMES[t]) for t in self.types if t in TYPE_NAMES]
+
+    @computed_field
+    @property
+    def schedule(self) -> str | None:
+        """In plain English: "Every other Tuesday", "First Tuesday of the month", "One-off: Sat 12 December"."""
+        return describe(self)
+
+    @computed_field
+    @property
+    def exceptions_text(self) -> list[str]:
+        """Each dated exception in plain English: "Closed Fri 25 December: Christmas"."""
+        return [describe_exception(e.model_dump()) for e in self.exceptions]
 
 
 class MeetingAdminOut(MeetingOut):
@@ -256,6 +309,10 @@ class MeetingResult(MeetingOut):
     next_start_utc: str | None = None
     # "in_progress" (started and not yet ended) or "starting_soon" (within the hour); None otherwise.
     happening: Literal["in_progress", "starting_soon"] | None = None
+    # That next occurrence's own note or changed time, and the closed dates it skips ("closed 25 Dec — next 1 Jan").
+    next_note: str | None = None
+    next_changed: bool = False
+    closed_before_next: list[MeetingException] = []
 
 
 class MeetingPage(BaseModel):
@@ -292,6 +349,7 @@ class SearchIn(BaseModel):
     # "distance" (the default near a place) or "soonest" (next start from ``now``); else by day of the week.
     sort: Literal["distance", "soonest"] | None = None
     now: dt.datetime | None = None  # the moment "next occurrence" is counted from (tests)
+    on_date: dt.date | None = None  # meetings held that date: a scheduled meeting only if it meets (open) then
 
 
 class SiteIn(BaseModel):

@@ -25,7 +25,7 @@ from services.directory.schemas import MeetingResult, SearchIn
 from shared.crypto import EncryptedText
 from shared.errors import InvalidInput
 from shared.events import utcnow
-from shared.meeting_time import meeting_guide_weekday, next_occurrence, parse_hhmm
+from shared.meeting_time import Occurrence, meeting_guide_weekday, next_meeting, occurrence_on, parse_hhmm
 
 EARTH_RADIUS_KM = 6371.0088
 KM_PER_DEGREE = math.pi * EARTH_RADIUS_KM / 180
@@ -157,9 +157,10 @@ def length_of(meeting) -> dt.timedelta:
 
 def happening(meeting, now: dt.datetime) -> str | None:
     """"in_progress" (started, not yet ended), "starting_soon" (within the hour) or None."""
-    if meeting.day is None or meeting.time is None:
+    occurrence = next_meeting(meeting, after=now - length_of(meeting))
+    if occurrence is None:
         return None
-    start = next_occurrence(meeting.day, meeting.time, meeting.timezone, now - length_of(meeting))
+    start = occurrence.start
     if start <= now:
         return "in_progress"
     return "starting_soon" if start - now <= SOON else None
@@ -177,11 +178,19 @@ def _clock(now: dt.datetime) -> tuple[int, str, str]:
     return meeting_guide_weekday(local.date()), f"{local:%H:%M}", f"{hour_ago:%H:%M}"
 
 
+NO_TIME = 9999  # soonest order of meetings by appointment: after every dated one (a monthly one may be weeks away)
+
+
+def scheduled_key(occurrence: Occurrence, clock: tuple[int, str, str], today: dt.date) -> tuple:
+    """soonest_key's order for a meeting with a schedule: days from today to its next occurrence, then its time."""
+    return ((occurrence.start.astimezone(SORT_ZONE).date() - today).days, f"{occurrence.start:%H:%M}")
+
+
 def soonest_key(day: int | None, time: str | None, end_time: str | None, clock: tuple[int, str, str]) -> tuple:
     """Order by next start from now: in progress and later today first, then the coming days."""
     today, now, hour_ago = clock
     if day is None or time is None:
-        return (8, "")
+        return (NO_TIME, "")
     ahead = (day - today) % 7
     if ahead == 0 and time <= now and ((end_time or "") <= now if end_time and end_time > time else time <= hour_ago):
         ahead = 7
@@ -193,7 +202,7 @@ def _soonest_order(clock: tuple[int, str, str]):
     over = and_(Meeting.day == today, Meeting.time <= now,
                 or_(and_(Meeting.end_time.is_not(None), Meeting.end_time > Meeting.time, Meeting.end_time <= now),
                     and_(or_(Meeting.end_time.is_(None), Meeting.end_time <= Meeting.time), Meeting.time <= hour_ago)))
-    return case((or_(Meeting.day.is_(None), Meeting.time.is_(None)), 8), (over, 7),
+    return case((or_(Meeting.day.is_(None), Meeting.time.is_(None)), NO_TIME), (over, 7),
                 else_=(Meeting.day - today + 7) % 7)
 
 
@@ -203,8 +212,9 @@ FEW = 3  # fewer than this within the radius: the nearest beyond it are shown to
 BEYOND_MAX_KM = 200.0
 
 
-def _filters(search_in: SearchIn) -> list:
-    conditions = [Meeting.active.is_(True), Meeting.attendance_option != "inactive"]
+def _filters(search_in: SearchIn, today: dt.date) -> list:
+    conditions = [Meeting.active.is_(True), Meeting.attendance_option != "inactive",
+                  or_(Meeting.last_date.is_(None), Meeting.last_date >= today)]
     days = sorted(set(search_in.days) | ({search_in.day} if search_in.day is not None else set()))
     if days:
         conditions.append(Meeting.day.in_(days))
@@ -310,7 +320,7 @@ def _within(session: Session, conditions: list, lat: float, lng: float, radius_k
     # Rank on a few columns, then load the page's meetings only.
     found = []
     candidates = select(Meeting.id, Meeting.latitude, Meeting.longitude, Meeting.day, Meeting.time,
-                        Meeting.end_time, Meeting.slug)
+                        Meeting.end_time, Meeting.slug, Meeting.weekly)
     for row in session.execute(candidates.where(and_(*where))):
         distance = haversine_km(lat, lng, row.latitude, row.longitude)
         if inner_km < distance <= radius_km:
@@ -333,15 +343,32 @@ def search_meetings(session: Session, *, search_in: SearchIn, geocoder: Geocoder
     returned as ``beyond``, so a rural search is never simply empty.
     Returns {"total", "near", "results": [(meeting, distance_km | None)], "beyond": [...]}.
     """
-    conditions = _filters(search_in)
-    clock = _clock(search_in.now or utcnow())
+    now = search_in.now or utcnow()
+    today = now.astimezone(SORT_ZONE).date()
+    conditions = _filters(search_in, today)
+    clock = _clock(now)
     soonest = search_in.sort == "soonest"
+    # Meetings with a schedule (few): their next occurrences; those with none (or none open on the date
+    # searched) are left out in SQL, so every order and page below stays SQL's.
+    # The weekly flag alone first: only its index can answer that (the filters' own indexes would scan).
+    scheduled_ids = session.scalars(select(Meeting.id).where(Meeting.weekly.is_(False))).all()
+    scheduled = _scheduled(session, [Meeting.id.in_(scheduled_ids), *conditions], search_in, now) \
+        if scheduled_ids else {}
+    over = [i for i, occurrence in scheduled.items() if occurrence is None]
+    if over:
+        conditions.append(Meeting.id.not_in(over))
     if search_in.near:
         where = resolve_near(search_in.near, geocoder, session=session)
         lat, lng, radius = where.latitude, where.longitude, search_in.radius_km
         if soonest:  # the order is the next start's: computed here, for every candidate
             found = _within(session, conditions, lat, lng, radius)
-            found.sort(key=lambda rd: (*soonest_key(rd[0].day, rd[0].time, rd[0].end_time, clock), rd[1], rd[0].slug))
+
+            def key(rd):
+                occurrence = scheduled.get(rd[0].id) if not rd[0].weekly else None
+                when = scheduled_key(occurrence, clock, today) if occurrence else \
+                    soonest_key(rd[0].day, rd[0].time, rd[0].end_time, clock)
+                return (*when, rd[1], rd[0].slug)
+            found.sort(key=key)
             total, page = len(found), _load(session, found[search_in.offset:search_in.offset + search_in.limit])
         else:
             total, page = _ranked(session, conditions, lat, lng, radius, offset=search_in.offset, limit=search_in.limit)
@@ -358,13 +385,52 @@ def search_meetings(session: Session, *, search_in: SearchIn, geocoder: Geocoder
     total = session.scalar(select(func.count()).select_from(Meeting).where(*conditions)) or 0
     order = (_soonest_order(clock), Meeting.time, Meeting.name, Meeting.id) if soonest else \
         (Meeting.day.is_(None), Meeting.day, Meeting.time, Meeting.name, Meeting.id)
+    if soonest and any(scheduled.values()):
+        return {"total": total, "near": None, "beyond": [],
+                "results": _soonest_merged(session, conditions, order, scheduled, search_in, clock, today)}
     rows = session.execute(select(*public_columns()).where(*conditions).order_by(*order)
                            .offset(search_in.offset).limit(search_in.limit)).all()
     return {"total": total, "near": None, "results": [(m, None) for m in rows], "beyond": []}
 
 
+def _scheduled(session: Session, where: list, search_in: SearchIn, now: dt.datetime) -> dict[int, Occurrence | None]:
+    """The next occurrence (in progress counts) of each meeting with a schedule among ``where``; None for one
+    that has no more (or, searching a date, none open that day). Such meetings are few: weekly ones are
+    ordered and filtered in SQL alone."""
+    rows = session.execute(select(Meeting.id, Meeting.day, Meeting.time, Meeting.end_time,
+                                  Meeting.timezone, Meeting.rrule, Meeting.dtstart, Meeting.exceptions)
+                           .where(*where))
+    out = {}
+    for row in rows:
+        occurrence = next_meeting(row, after=now - length_of(row))
+        if search_in.on_date is not None:
+            on = occurrence_on(row, search_in.on_date)
+            occurrence = on if on is not None and not on.closed and occurrence is not None else None
+        out[row.id] = occurrence
+    return out
+
+
+def _soonest_merged(session: Session, conditions: list, order: tuple, scheduled: dict[int, Occurrence | None],
+                    search_in: SearchIn, clock: tuple[int, str, str], today: dt.date) -> list[tuple]:
+    """A page of the soonest-first order when some meetings have schedules: weekly ones in SQL's order up to
+    the page's end, the scheduled ones by their own next occurrence, merged."""
+    end = search_in.offset + search_in.limit
+    weekly = session.execute(select(Meeting.id, Meeting.day, Meeting.time, Meeting.end_time, Meeting.name)
+                             .where(*conditions, Meeting.weekly.is_(True)).order_by(*order).limit(end)).all()
+    keyed = [((*soonest_key(r.day, r.time, r.end_time, clock), r.name, r.id), r.id) for r in weekly]
+    names = dict(session.execute(select(Meeting.id, Meeting.name).where(Meeting.id.in_(list(scheduled)))).all())
+    keyed += [((*scheduled_key(o, clock, today), names[i], i), i) for i, o in scheduled.items() if o is not None]
+    ids = [i for _key, i in sorted(keyed)[search_in.offset:end]]
+    loaded = {m.id: m for m in session.execute(select(*public_columns()).where(Meeting.id.in_(ids)))} if ids else {}
+    return [(loaded[i], None) for i in ids]
+
+
+def next_of(meeting: Meeting, now: dt.datetime | None = None) -> Occurrence | None:
+    """The meeting's next open occurrence (None by appointment, or when its schedule has ended)."""
+    return next_meeting(meeting, after=now or utcnow())
+
+
 def next_start(meeting: Meeting, now: dt.datetime | None = None) -> dt.datetime | None:
     """The meeting's next start in its own timezone (None for appointment-only meetings)."""
-    if meeting.day is None or meeting.time is None:
-        return None
-    return next_occurrence(meeting.day, meeting.time, meeting.timezone, now or utcnow())
+    occurrence = next_of(meeting, now)
+    return occurrence.start if occurrence else None

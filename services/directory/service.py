@@ -5,6 +5,8 @@ Search and geometry live in search.py, engagement counters in engagement.py.
 
 from __future__ import annotations
 
+import datetime as dt
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -12,14 +14,18 @@ from services.directory import answers
 from services.directory.geocode import Geocoder, default_geocoder
 from services.directory.models import Meeting, MeetingChange, Site
 from services.directory.runtime import runtime
-from services.directory.schemas import MeetingIn, SiteIn
+from services.directory.schemas import MeetingExceptionIn, MeetingIn, SiteIn
 from services.directory.search import grid_cell, haversine_km, resolve_near, search_meetings  # noqa: F401 (bench/)
 from shared.errors import Conflict, InvalidInput, NotFound  # noqa: F401 (the API and pages catch them here)
 from shared.events import MeetingSnapshot, MeetingWithdrawn, utcnow
+from shared.meeting_time import ScheduleError, check_schedule, describe_exception, last_date
 
 
 class MeetingExists(Conflict):
     pass
+
+
+DERIVED = ("types_key", "cell", "weekly", "last_date")  # columns computed from others, not named in the history
 
 
 # --- meetings -------------------------------------------------------------------------------
@@ -36,6 +42,7 @@ def meeting_in_of(meeting: Meeting) -> dict:
 def meeting_values(session: Session, meeting_in: MeetingIn, geocoder: Geocoder | None = None) -> dict:
     """Column values of a meeting, after the checks that span several fields."""
     values = meeting_in.model_dump()
+    schedule_values(values)
     if values["day"] is not None and values["time"] is None:
         raise InvalidInput("time", "a meeting held on a day needs a start time (HH:MM)")
     if values["time"] is not None and values["day"] is None:
@@ -56,6 +63,19 @@ def meeting_values(session: Session, meeting_in: MeetingIn, geocoder: Geocoder |
     located = values["latitude"] is not None and attendance in ("in_person", "hybrid", "inactive")
     values["cell"] = grid_cell(values["latitude"], values["longitude"]) if located else None
     return values
+
+
+def schedule_values(values: dict) -> None:
+    """Check the schedule (422 saying what is wrong), derive ``day`` from it and set the columns search reads."""
+    exceptions = sorted(values["exceptions"], key=lambda e: e["date"])
+    try:
+        values["rrule"], values["day"] = check_schedule(day=values["day"], time=values["time"], rrule=values["rrule"],
+                                                        dtstart=values["dtstart"], exceptions=exceptions)
+    except ScheduleError as exc:
+        raise InvalidInput(exc.field, exc.message) from exc
+    values["exceptions"] = [{**e, "date": e["date"].isoformat()} for e in exceptions]
+    values["weekly"] = not (values["rrule"] or values["dtstart"] or exceptions)
+    values["last_date"] = last_date(values)
 
 
 def get_meeting(session: Session, slug: str) -> Meeting:
@@ -108,6 +128,7 @@ def update_meeting(session: Session, *, slug: str, meeting_in: MeetingIn,
     changed = {k: v for k, v in values.items() if getattr(meeting, k) != v}
     if not changed:
         return meeting, False
+    before = list(meeting.exceptions or [])
     # Feed round trip: a change that does not come with the source's own ``updated`` is a change made here,
     # so the feed's stated time no longer says when the listing last changed (the export then says ``updated``).
     if "listing_updated" not in changed and meeting.listing_updated is not None:
@@ -117,10 +138,41 @@ def update_meeting(session: Session, *, slug: str, meeting_in: MeetingIn,
     meeting.updated = utcnow()
     session.flush()
     record_change(session, slug=slug, by=by, action="updated",
-                  fields=[k for k in changed if k not in ("types_key", "cell")])
+                  fields=[k for k in changed if k not in DERIVED], reason=exceptions_change(before, meeting))
     runtime.outbox.record(session, "meeting.updated", snapshot(meeting))
     answers.changed(session)
     return meeting, True
+
+
+def exceptions_change(before: list[dict], meeting: Meeting) -> str | None:
+    """For the history: which dated closures or changes were added or taken away."""
+    old = {e["date"]: e for e in before}
+    new = {e["date"]: e for e in meeting.exceptions or []}
+    said = [f"{describe_exception(e)} (added)" for d, e in sorted(new.items()) if old.get(d) != e] + \
+        [f"{describe_exception(e)} (removed)" for d, e in sorted(old.items()) if d not in new]
+    return "; ".join(said)[:2000] or None
+
+
+def set_exception(session: Session, *, slug: str, exception_in: MeetingExceptionIn, by: str = "system") -> Meeting:
+    """Close one dated occurrence, or change it (replacing what that date had); publishes meeting.updated."""
+    meeting = get_meeting(session, slug)
+    kept = [e for e in meeting.exceptions or [] if e["date"] != exception_in.date.isoformat()]
+    return _with_exceptions(session, meeting, [*kept, exception_in.model_dump()], by=by)
+
+
+def remove_exception(session: Session, *, slug: str, date: dt.date, by: str = "system") -> Meeting:
+    """That date's occurrence is as usual again; publishes meeting.updated. NotFound if it had no exception."""
+    meeting = get_meeting(session, slug)
+    kept = [e for e in meeting.exceptions or [] if e["date"] != date.isoformat()]
+    if len(kept) == len(meeting.exceptions or []):
+        raise NotFound(f"meeting {slug!r} has no closure or change on {date.isoformat()}")
+    return _with_exceptions(session, meeting, kept, by=by)
+
+
+def _with_exceptions(session: Session, meeting: Meeting, exceptions: list, *, by: str) -> Meeting:
+    meeting_in = MeetingIn.model_validate({**meeting_in_of(meeting), "exceptions": exceptions})
+    meeting, _changed = update_meeting(session, slug=meeting.slug, meeting_in=meeting_in, by=by)
+    return meeting
 
 
 def withdraw_meeting(session: Session, *, slug: str, reason: str | None = None, by: str = "system") -> Meeting:

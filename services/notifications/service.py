@@ -56,7 +56,7 @@ from shared.events import (
     ReplyReceived,
     utcnow,
 )
-from shared.meeting_time import local_start, next_occurrence, parse_hhmm
+from shared.meeting_time import exceptions_of, is_regular, local_start, next_meeting, occurrence_on, parse_hhmm
 from shared.replica import get_meeting
 
 log = structlog.get_logger(__name__)
@@ -92,20 +92,33 @@ def is_opted_out(session: Session, hash_: str) -> bool:
 # --- when reminders are due --------------------------------------------------------------
 
 def meeting_start(meeting: MeetingSnapshot, planned_date: dt.date) -> dt.datetime | None:
-    """The UTC start of the meeting on the referral's planned date (None if it has no time)."""
+    """The UTC start of the meeting on the referral's planned date (None if it has no time); that
+    occurrence's own time when it was changed."""
     if not meeting.time:
         return None
-    return local_start(planned_date, meeting.time, meeting.timezone).astimezone(dt.UTC)
+    occurrence = None if is_regular(meeting) else occurrence_on(meeting, planned_date)
+    start = occurrence.start if occurrence else local_start(planned_date, meeting.time, meeting.timezone)
+    return start.astimezone(dt.UTC)
+
+
+def closed_on(meeting: MeetingSnapshot | None, planned_date: dt.date | None) -> bool:
+    """True when the meeting's occurrence on that date is closed (a dated exception)."""
+    if meeting is None or planned_date is None or not meeting.exceptions:
+        return False
+    occurrence = occurrence_on(meeting, planned_date)
+    return occurrence is not None and occurrence.closed
 
 
 def meeting_end(meeting: MeetingSnapshot, start: dt.datetime, cfg: Settings) -> dt.datetime:
     """When the occurrence starting at ``start`` ends (UTC): its end time, else ``meeting_minutes`` later."""
-    if not meeting.end_time:
-        return start + dt.timedelta(minutes=cfg.meeting_minutes)
     local = start.astimezone(ZoneInfo(meeting.timezone))
-    end = local_start(local.date(), meeting.end_time, meeting.timezone)
+    change = exceptions_of(meeting).get(local.date()) if meeting.exceptions else None
+    end_time = (change or {}).get("end_time") or meeting.end_time
+    if not end_time:
+        return start + dt.timedelta(minutes=cfg.meeting_minutes)
+    end = local_start(local.date(), end_time, meeting.timezone)
     if end <= local:  # ends after midnight
-        end = local_start(local.date() + dt.timedelta(days=1), meeting.end_time, meeting.timezone)
+        end = local_start(local.date() + dt.timedelta(days=1), end_time, meeting.timezone)
     return end.astimezone(dt.UTC)
 
 
@@ -273,6 +286,8 @@ def plan_reminders(session: Session, *, contact: ReferralContact, meeting: Meeti
     contact.planned = True
     if not contact.active or contact.contact_hash is None or not meeting.active or contact.planned_date is None:
         return []
+    if closed_on(meeting, contact.planned_date):
+        return []  # the keyworker sees it on the desk and plans another date
     start = meeting_start(meeting, contact.planned_date)
     if start is None:
         return []
@@ -433,12 +448,23 @@ def meeting_changed(session: Session, *, previous: MeetingSnapshot | None, curre
         old_start = meeting_start(previous, contact.planned_date)
         if old_start is None or old_start <= now:
             continue  # that meeting has happened: its follow-up stands
+        was_closed = closed_on(previous, contact.planned_date)
+        if closed_on(current, contact.planned_date):
+            if not was_closed:  # that one occurrence is closed: as for a withdrawn meeting, for this client
+                _cancel_and_tell(session, contact, meeting=current, start=old_start, now=now, cfg=cfg,
+                                 reason="meeting closed that day")
+            continue
+        if was_closed:  # open again on the planned date: its reminders as usual
+            plan_reminders(session, contact=contact, meeting=current, now=now)
+            continue
         new_date = _moved_date(previous, current, contact.planned_date)
         new_start = meeting_start(current, new_date)
-        if new_start is not None and new_start <= now:
-            nxt = next_occurrence(current.day, current.time, current.timezone, now) if current.day is not None else None
-            new_start = nxt.astimezone(dt.UTC) if nxt else None
-            new_date = nxt.date() if nxt else new_date
+        if new_start is not None and (new_start <= now or not _meets(current, new_date)):
+            # Passed, or the new schedule does not meet that day: its next date from then.
+            day_start = local_start(new_date, "00:00", current.timezone) - dt.timedelta(minutes=1)
+            nxt = next_meeting(current, after=max(now, day_start))
+            new_start = nxt.start.astimezone(dt.UTC) if nxt else None
+            new_date = nxt.date if nxt else new_date
         if new_start == old_start:
             _keep_end(session, contact, meeting=current, start=old_start, cfg=cfg)
             continue
@@ -461,21 +487,34 @@ def _keep_end(session: Session, contact: ReferralContact, *, meeting: MeetingSna
                     .values(meeting_end=meeting_end(meeting, start, cfg)).execution_options(synchronize_session=False))
 
 
+def _meets(meeting: MeetingSnapshot, date: dt.date) -> bool:
+    """The meeting has an open occurrence that date (always, for a plain weekly meeting on its day)."""
+    if is_regular(meeting):
+        return True
+    on = occurrence_on(meeting, date)
+    return on is not None and not on.closed
+
+
 def meeting_withdrawn(session: Session, *, meeting: MeetingSnapshot, now: dt.datetime | None = None) -> None:
     """meeting.withdrawn: cancel pending reminders and tell each client once."""
     now = now or utcnow()
     cfg = settings()
     for contact in _active_contacts(session, meeting.slug):
-        cancel_pending(session, _pending_of(session, referral_id=contact.referral_id), reason="meeting withdrawn")
-        if contact.planned_date is None:
-            continue
-        start = meeting_start(meeting, contact.planned_date)
-        if start is None or start <= now or contact.contact_hash is None:
-            continue
-        due = notice_time(now, meeting, cfg)
-        if due < start:
-            _put_reminder(session, contact, kind="meeting_cancelled", start=start, end=meeting_end(meeting, start, cfg),
-                          due=due)
+        start = meeting_start(meeting, contact.planned_date) if contact.planned_date is not None else None
+        _cancel_and_tell(session, contact, meeting=meeting, start=start, now=now, cfg=cfg, reason="meeting withdrawn")
+
+
+def _cancel_and_tell(session: Session, contact: ReferralContact, *, meeting: MeetingSnapshot, start: dt.datetime | None,
+                     now: dt.datetime, cfg: Settings, reason: str) -> None:
+    """Cancel the referral's pending reminders and tell the client (once) that the meeting at ``start``
+    will not take place: the meeting was withdrawn, or closed on that date."""
+    cancel_pending(session, _pending_of(session, referral_id=contact.referral_id), reason=reason)
+    if start is None or start <= now or contact.contact_hash is None:
+        return
+    due = notice_time(now, meeting, cfg)
+    if due < start:
+        _put_reminder(session, contact, kind="meeting_cancelled", start=start, end=meeting_end(meeting, start, cfg),
+                      due=due)
 
 
 # --- opt-outs and callbacks ------------------------------------------------------------------

@@ -29,7 +29,7 @@ from services.referrals.schemas import ReferralIn, TransitionIn
 from shared.auth import Principal, Role
 from shared.db import unit_of_work
 from shared.events import FELLOWSHIP_NAMES, REFERRAL_STATUSES, REMINDER_KIND_LABELS, MeetingSnapshot, Stage, utcnow
-from shared.meeting_time import local_start, next_occurrence
+from shared.meeting_time import describe, is_regular, local_start, next_meeting, occurrence_on
 from shared.pages import (
     DAYS,
     PageForbidden,
@@ -115,10 +115,10 @@ def long_datetime(value: dt.datetime | None) -> str:
 
 
 def meeting_time(meeting: MeetingSnapshot | None) -> str:
-    """Tuesdays at 2:00pm."""
+    """Tuesdays at 2:00pm; Every other Tuesday at 2:00pm; One-off: Sat 12 December at 11:00am."""
     if meeting is None or meeting.day is None:
         return "By arrangement"
-    when = f"{DAYS[meeting.day]}s"
+    when = f"{DAYS[meeting.day]}s" if is_regular(meeting) or not describe(meeting) else describe(meeting)
     if meeting.time:
         when += f" at {clock(dt.time.fromisoformat(meeting.time))}"
     return when
@@ -128,7 +128,13 @@ def planned_when(planned: dt.date, meeting: MeetingSnapshot | None) -> str:
     """The planned first meeting: its date and, when known, its local start time."""
     if meeting is None or not meeting.time:
         return long_date(planned)
-    return long_datetime(local_start(planned, meeting.time, meeting.timezone))
+    occurrence = occurrence_on(meeting, planned)
+    if occurrence is None:
+        return long_datetime(local_start(planned, meeting.time, meeting.timezone))
+    when = long_datetime(occurrence.start)
+    if occurrence.closed:
+        return f"{when} (closed that day{': ' + occurrence.note if occurrence.note else ''})"
+    return f"{when} ({occurrence.note})" if occurrence.note else when
 
 
 def phone(value: str | None) -> str | None:
@@ -229,9 +235,8 @@ def meeting_choices(session: Session, *, site_id: str | None, query: str) -> lis
 
 def meeting_view(meeting: MeetingSnapshot, now: dt.datetime | None = None) -> dict:
     now = now or utcnow()
-    nxt = None
-    if meeting.day is not None and meeting.time:
-        nxt = next_occurrence(meeting.day, meeting.time, meeting.timezone, now)
+    occurrence = next_meeting(meeting, after=now)
+    nxt = occurrence.start if occurrence else None
     where = meeting.formatted_address or meeting.location
     if meeting.attendance_option == "online":
         where = "Online"

@@ -78,7 +78,15 @@ from shared.events import (
     utcnow,
 )
 from shared.masking import mask_email, mask_mobile
-from shared.meeting_time import local_start, meeting_guide_weekday, next_occurrence
+from shared.meeting_time import (
+    describe,
+    describe_exception,
+    exceptions_of,
+    long_date,
+    meeting_guide_weekday,
+    next_meeting,
+    occurrence_on,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -184,12 +192,23 @@ def plan_date(meeting: MeetingSnapshot, planned: dt.date | None, now: dt.datetim
         if meeting.time is None:
             return next(today + dt.timedelta(days=i) for i in range(7) if meeting_guide_weekday(today + dt.timedelta(days=i))
                         == meeting.day)
-        return next_occurrence(meeting.day, meeting.time, meeting.timezone, now).date()
+        occurrence = next_meeting(meeting, after=now)
+        if occurrence is None:
+            raise ReferralError("planned_date", "this meeting's schedule has no more dates")
+        return occurrence.date
     if meeting.day is not None and meeting_guide_weekday(planned) != meeting.day:
         days = ("Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday")
         raise ReferralError("planned_date", f"the meeting is on {days[meeting.day]}s; {planned.isoformat()} is a "
                             f"{days[meeting_guide_weekday(planned)]}")
-    started = local_start(planned, meeting.time, meeting.timezone) <= now if meeting.time else planned < today
+    if planned < today:
+        raise ReferralError("planned_date", f"{planned.isoformat()} is in the past")
+    occurrence = occurrence_on(meeting, planned) if meeting.time else None
+    if meeting.time and occurrence is None:
+        raise ReferralError("planned_date", f"the meeting ({describe(meeting)}) does not meet on {long_date(planned)}")
+    if occurrence is not None and occurrence.closed:
+        raise ReferralError("planned_date", f"the meeting is closed on {long_date(planned)}"
+                            + (f" ({occurrence.note})" if occurrence.note else "") + ": choose another date")
+    started = occurrence.start <= now if occurrence is not None else planned < today
     if planned < today or started:
         raise ReferralError("planned_date", f"{planned.isoformat()} is in the past")
     return planned
@@ -604,7 +623,9 @@ def meeting_change(previous: MeetingSnapshot | None, current: MeetingSnapshot) -
     if not previous.active and current.active:
         return "The meeting is running again"
     changes = []
-    if (previous.day, previous.time, previous.timezone) != (current.day, current.time, current.timezone):
+    if (previous.rrule, previous.dtstart) != (current.rrule, current.dtstart):
+        changes.append(f"now {describe(current) or 'by appointment'}{' at ' + current.time if current.time else ''}")
+    elif (previous.day, previous.time, previous.timezone) != (current.day, current.time, current.timezone):
         changes.append(f"moved from {_when(previous)} to {_when(current)}")
     elif previous.end_time != current.end_time:
         changes.append(f"now ends at {current.end_time or 'an unknown time'}")
@@ -626,12 +647,36 @@ def note_meeting_change(session: Session, *, previous: MeetingSnapshot | None, c
     """Flag every open referral to the meeting, for its keyworker (the referral page and the work
     queue), until one of the site's staff has seen it. Reminders follow the change in notifications."""
     change = meeting_change(previous, current)
-    if change is None:
-        return 0
-    return session.execute(
-        update(Referral).where(Referral.meeting_slug == current.slug, Referral.status.not_in(ENDED_STATUSES))
-        .values(meeting_changed_at=at, meeting_change=change, meeting_change_seen_at=None)
-        .execution_options(synchronize_session=False)).rowcount
+    flagged = 0
+    if change is not None:
+        flagged = session.execute(
+            update(Referral).where(Referral.meeting_slug == current.slug, Referral.status.not_in(ENDED_STATUSES))
+            .values(meeting_changed_at=at, meeting_change=change, meeting_change_seen_at=None)
+            .execution_options(synchronize_session=False)).rowcount
+    if previous is None or not current.active:
+        return flagged
+    for date, text in dated_changes(previous, current).items():
+        said = f"{change}; {text[0].lower()}{text[1:]}" if change else text
+        flagged += session.execute(
+            update(Referral).where(Referral.meeting_slug == current.slug, Referral.status.not_in(ENDED_STATUSES),
+                                   Referral.planned_date == date)
+            .values(meeting_changed_at=at, meeting_change=said[:200], meeting_change_seen_at=None)
+            .execution_options(synchronize_session=False)).rowcount
+    return flagged
+
+
+def dated_changes(previous: MeetingSnapshot, current: MeetingSnapshot) -> dict[dt.date, str]:
+    """The single occurrences closed, changed or back to usual between two snapshots, in plain words,
+    for the referrals planned on those dates ("The planned session is closed: Closed Fri 25 December: Christmas")."""
+    old, new = exceptions_of(previous), exceptions_of(current)
+    out = {}
+    for date, exception in new.items():
+        if old.get(date) != exception:
+            kind = "closed" if exception.get("closed") else "changed"
+            out[date] = f"The planned session is {kind}: {describe_exception(exception)}"
+    for date in old.keys() - new.keys():
+        out[date] = f"The planned session on {long_date(date)} is on as usual again"
+    return out
 
 
 def mark_meeting_change_seen(session: Session, *, referral: Referral, now: dt.datetime | None = None) -> bool:

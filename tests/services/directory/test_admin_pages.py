@@ -215,3 +215,68 @@ def test_closed_problem_reports_are_deleted_after_the_retention_period():
     assert prune_closed_requests() == 1
     with runtime.sessions() as session:
         assert sorted(session.scalars(select(ChangeRequest.status))) == ["dismissed", "open"]
+
+
+# --- schedules and dated closures ----------------------------------------------------------
+
+def test_staff_set_a_monthly_schedule_and_close_one_date_recorded_and_published():
+    admin = browser()
+    created = post(admin, "/admin/meetings/new", "/admin/meetings/new",
+                   {**MEETING_FORM, "repeat": "monthly", "week": "-1", "dtstart": "2026-12-01"})
+    assert created.status_code == 303, created.text
+    stored = stored_meeting("kendal-smart-monday")
+    assert (stored.rrule, stored.dtstart, stored.day) == ("FREQ=MONTHLY;BYDAY=-1MO", dt.date(2026, 12, 1), 1)
+    page = admin.get("/admin/meetings/kendal-smart-monday").text
+    assert "Now: Last Monday of the month" in text_of(page)
+    assert re.search(r'<option value="monthly" selected', page) and re.search(r'<option value="-1" selected', page)
+
+    path = "/admin/meetings/kendal-smart-monday"
+    closed = post(admin, path, f"{path}/exceptions", {"exception_date": "2026-12-28", "exception_what": "closed",
+                                                       "exception_note": "Christmas"})
+    assert closed.status_code == 303, closed.text
+    page = text_of(admin.get(closed.headers["location"]).text)
+    assert "Closed Mon 28 December: Christmas" in page and "clients with reminders for it are told" in page
+    assert "Closed Mon 28 December: Christmas (added)" in page  # the history
+    assert stored_meeting("kendal-smart-monday").exceptions == [
+        {"date": "2026-12-28", "closed": True, "time": None, "end_time": None, "note": "Christmas"}]
+    assert [kind for kind, _ in outbox_events()] == ["meeting.published", "meeting.updated"]
+
+    reopened = post(admin, path, f"{path}/exceptions/2026-12-28/remove", {})
+    assert reopened.status_code == 303
+    assert stored_meeting("kendal-smart-monday").exceptions == []
+    assert "(removed)" in text_of(admin.get(path).text)
+
+
+@pytest.mark.parametrize(("form", "field", "words"), [
+    ({"exception_date": "2026-02-30"}, "exception_date", "Enter a real date"),
+    ({"exception_date": "2026-12-29"}, "exception_date", "does not meet on Tue 29 December"),
+    ({"exception_date": "2026-12-28", "exception_what": "changed"}, "exception_date", "another start time or a note"),
+    ({"exception_date": "2026-12-28", "exception_what": "changed", "exception_time": "25:00"}, "exception_time",
+     "Enter a time like 19:30"),
+])
+def test_a_bad_date_is_explained_next_to_its_field_and_nothing_is_stored(form, field, words):
+    admin = browser()
+    assert post(admin, "/admin/meetings/new", "/admin/meetings/new", MEETING_FORM).status_code == 303  # Mondays
+    path = "/admin/meetings/kendal-smart-monday"
+    response = post(admin, path, f"{path}/exceptions", {"exception_what": "closed", **form})
+    assert response.status_code == 422
+    assert re.search(rf'id="{field}-error">.*{re.escape(words)}', response.text), text_of(response.text)
+    assert stored_meeting("kendal-smart-monday").exceptions == []
+    assert [kind for kind, _ in outbox_events()] == ["meeting.published"]
+
+
+@pytest.mark.parametrize(("form", "field", "words"), [
+    ({"repeat": "fortnightly"}, "dtstart", "Give the first date"),
+    ({"repeat": "one_off", "dtstart": "2026-13-01"}, "dtstart", "valid date"),
+    ({"repeat": "rule", "rrule": "FREQ=DAILY", "dtstart": "2026-12-07"}, "rrule", "FREQ must be WEEKLY"),
+    ({"repeat": "rule", "rrule": "FREQ=WEEKLY;BYDAY=TU", "dtstart": "2026-12-07"}, "day", "Tuesdays"),
+])
+def test_a_schedule_that_cannot_be_followed_is_explained_and_nothing_changes(form, field, words):
+    admin = browser()
+    assert post(admin, "/admin/meetings/new", "/admin/meetings/new", MEETING_FORM).status_code == 303
+    path = "/admin/meetings/kendal-smart-monday"
+    response = post(admin, path, path, {**MEETING_FORM, **form})
+    assert response.status_code == 422
+    assert re.search(rf'id="{field}-error">.*{re.escape(words)}', response.text), text_of(response.text)
+    stored = stored_meeting("kendal-smart-monday")
+    assert (stored.rrule, stored.dtstart, stored.day) == (None, None, 1)

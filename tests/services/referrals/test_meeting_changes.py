@@ -15,13 +15,21 @@ from services.referrals.handlers import HANDLERS
 from services.referrals.models import Referral
 from services.referrals.runtime import runtime
 from shared.events import Event, MeetingSnapshot, MeetingWithdrawn, utcnow
-from tests.services.referrals.conftest import TUESDAY_MEETING, publish_meeting
+from shared.meeting_time import long_date, next_occurrence
+from tests.services.referrals.conftest import TUESDAY_MEETING, next_weekday, publish_meeting, referral_body
 from tests.services.referrals.test_pages import get
 from tests.services.referrals.test_replies import as_user, make_referral
+from tests.support.auth import auth
 
 pytestmark = pytest.mark.usefixtures("clean_state")
 client = TestClient(app)
 LEAD = as_user("lead-1", "site_lead")
+KEYWORKER = auth("keyworker", site="croydon")
+
+
+def next_tuesday() -> dt.date:
+    """The coming Tuesday whose 14:00 session has not started."""
+    return next_weekday(2)
 
 
 @pytest.fixture(autouse=True)
@@ -98,3 +106,42 @@ def test_a_withdrawn_meeting_is_flagged_and_a_later_change_replaces_the_note():
     assert flagged() == {"CRY-0001": "The meeting was withdrawn"}
     update_meeting(time="16:00")
     assert flagged() == {"CRY-0001": "The meeting is running again"}
+
+
+# --- a dated closure or change of the planned session -----------------------------------------
+
+def test_closing_the_planned_session_shows_on_that_referral_only():
+    tuesday = next_tuesday()
+    on_the_day = make_referral("CRY-0001", by="kw-1", planned=tuesday)
+    make_referral("CRY-0002", by="kw-1", planned=tuesday + dt.timedelta(days=7))
+    update_meeting(exceptions=[{"date": tuesday, "closed": True, "note": "Christmas"}])
+    said = f"The planned session is closed: Closed {long_date(tuesday)}: Christmas"
+    assert flagged() == {"CRY-0001": said, "CRY-0002": None}
+    assert get(client, "/desk/queue", headers=LEAD).by_id("count-meeting_changed") == "1"
+    page = get(client, f"/desk/referrals/{on_the_day}", headers=as_user("kw-1"))
+    assert said in page.by_id("meeting-change")
+    update_meeting(exceptions=[])  # open again
+    assert flagged()["CRY-0001"] == f"The planned session on {long_date(tuesday)} is on as usual again"
+
+
+def test_a_changed_time_on_the_planned_session_is_said():
+    tuesday = next_tuesday()
+    make_referral("CRY-0001", by="kw-1", planned=tuesday)
+    update_meeting(exceptions=[{"date": tuesday, "closed": False, "time": "12:00", "note": "upstairs"}])
+    assert flagged()["CRY-0001"] == f"The planned session is changed: {long_date(tuesday)}: at 12:00 (upstairs)"
+
+
+def test_a_new_schedule_is_said_in_plain_english():
+    make_referral("CRY-0001", by="kw-1")
+    update_meeting(rrule="FREQ=MONTHLY;BYDAY=1TU", dtstart=next_tuesday())
+    assert flagged()["CRY-0001"] == "Now First Tuesday of the month at 14:00"
+
+
+def test_a_closed_date_cannot_be_planned_and_the_next_open_one_is_the_default():
+    soonest = next_occurrence(2, "14:00", "Europe/London", utcnow()).date()
+    update_meeting(exceptions=[{"date": soonest, "closed": True, "note": "Christmas"}])
+    response = client.post("/referrals", json=referral_body(planned_date=soonest.isoformat()), headers=KEYWORKER)
+    assert response.status_code == 422 and "closed on" in response.json()["detail"] and "Christmas" in response.text
+    response = client.post("/referrals", json=referral_body(), headers=KEYWORKER)
+    assert response.status_code == 201, response.text
+    assert response.json()["planned_date"] == (soonest + dt.timedelta(days=7)).isoformat()
