@@ -138,10 +138,16 @@ def update_meeting(session: Session, *, slug: str, meeting_in: MeetingIn,
     meeting.updated = utcnow()
     session.flush()
     record_change(session, slug=slug, by=by, action="updated",
-                  fields=[k for k in changed if k not in DERIVED], reason=exceptions_change(before, meeting))
+                  fields=_changed_fields(changed), reason=exceptions_change(before, meeting))
     runtime.outbox.record(session, "meeting.updated", snapshot(meeting))
     answers.changed(session)
     return meeting, True
+
+
+def _changed_fields(changed: dict) -> list[str]:
+    """For the history: the fields a person or feed changed (the feed's own ``updated`` follows them)."""
+    fields = [k for k in changed if k not in DERIVED]
+    return [k for k in fields if k != "listing_updated"] if len(fields) > 1 else fields
 
 
 def exceptions_change(before: list[dict], meeting: Meeting) -> str | None:

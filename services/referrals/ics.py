@@ -19,7 +19,7 @@ from icalendar import Alarm, Calendar, Event
 
 from shared.discretion import indiscreet_words
 from shared.events import FELLOWSHIP_NAMES, MeetingSnapshot
-from shared.meeting_time import local_start, parse_hhmm
+from shared.meeting_time import Occurrence, local_start, occurrence_on, parse_hhmm
 
 DISCREET_SUMMARY = "Your meeting"
 USUAL_LENGTH = dt.timedelta(hours=1)  # of a meeting whose end time is not known
@@ -28,17 +28,28 @@ ALARM_BEFORE = dt.timedelta(hours=1)
 UID_NAMESPACE = uuid.UUID("5a0c6d1e-3f47-4a8e-9b1d-2c7e0f4b9a63")
 
 
+def occurrence_of(*, planned_date: dt.date, meeting: MeetingSnapshot) -> Occurrence | None:
+    """The meeting on the planned date as its schedule says (closed, or changed that day), if it meets then."""
+    return occurrence_on(meeting, planned_date) if meeting.time else None
+
+
 def session_start(*, planned_date: dt.date, meeting: MeetingSnapshot) -> dt.datetime | None:
-    """The planned session's local start (aware, in the meeting's timezone); None without a time."""
+    """The planned session's local start (aware, in the meeting's timezone): that day's own time when
+    the meeting changed it; None without a time."""
     if not meeting.time:
         return None
+    occurrence = occurrence_of(planned_date=planned_date, meeting=meeting)
+    if occurrence is not None and not occurrence.closed:
+        return occurrence.start
     return local_start(planned_date, meeting.time, meeting.timezone)
 
 
-def length_of(meeting: MeetingSnapshot) -> dt.timedelta:
-    if not meeting.time or not meeting.end_time:
+def length_of(meeting: MeetingSnapshot, occurrence: Occurrence | None = None) -> dt.timedelta:
+    start_time = f"{occurrence.start:%H:%M}" if occurrence is not None and occurrence.changed else meeting.time
+    end_time = (occurrence.end_time if occurrence is not None and occurrence.end_time else None) or meeting.end_time
+    if not start_time or not end_time:
         return USUAL_LENGTH
-    start, end = parse_hhmm(meeting.time), parse_hhmm(meeting.end_time)
+    start, end = parse_hhmm(start_time), parse_hhmm(end_time)
     minutes = (end.hour * 60 + end.minute - start.hour * 60 - start.minute) % (24 * 60)
     return dt.timedelta(minutes=minutes) if minutes else USUAL_LENGTH
 
@@ -87,12 +98,15 @@ def planned_session_calendar(*, referral_id: uuid.UUID, planned_date: dt.date, m
     start = session_start(planned_date=planned_date, meeting=meeting)
     if start is None:
         raise ValueError("a meeting by appointment has no time to put in a calendar")
+    occurrence = occurrence_of(planned_date=planned_date, meeting=meeting)
     full = detail == "full"
     summary = meeting.name if full else DISCREET_SUMMARY
     place = place_of(meeting, full=full)
     joining = joining_lines(meeting, full=full)
     lines = [f"{meeting.name} ({FELLOWSHIP_NAMES.get(meeting.fellowship, meeting.fellowship)})"] if full else []
     lines += joining
+    if occurrence is not None and occurrence.changed and (note := _shown(occurrence.note, full=full)):
+        lines.insert(int(full), f"This week: {note}")
     if full:
         lines.append(f"Details and changes: {directory_url}/meeting/{quote(meeting.slug)}")
     if not place and meeting.attendance_option == "online" and joining:
@@ -105,7 +119,7 @@ def planned_session_calendar(*, referral_id: uuid.UUID, planned_date: dt.date, m
     event.add("dtstamp", now)
     event.add("summary", summary)
     event.add("dtstart", start)
-    event.add("dtend", start + length_of(meeting))
+    event.add("dtend", start + length_of(meeting, occurrence))
     if place:
         event.add("location", place)
     if lines:

@@ -648,7 +648,11 @@ def calendar_refusal(referral: Referral, found: tuple[MeetingSnapshot, bool] | N
     start = ics.session_start(planned_date=referral.planned_date, meeting=meeting)
     if start is None:
         return "This meeting is by arrangement: it has no set time to add to a calendar."
-    if start + ics.length_of(meeting) <= (now or utcnow()):
+    occurrence = ics.occurrence_of(planned_date=referral.planned_date, meeting=meeting)
+    if occurrence is not None and occurrence.closed:
+        note = f" ({occurrence.note})" if occurrence.note else ""
+        return f"The meeting is closed on the planned date{note}: plan another date with the client first."
+    if start + ics.length_of(meeting, occurrence) <= (now or utcnow()):
         return "The planned session has already taken place."
     return None
 

@@ -169,3 +169,16 @@ def test_no_spelling_of_a_fellowship_or_recovery_word_reaches_a_discreet_calenda
     assert event["dtstart"].dt.hour == 14 and str(event["summary"]) == "Your meeting"
     if attendance != "in_person" and field not in ("conference_url", "name"):
         assert URL in shown.replace(URL.lower(), URL)  # the joining link survives the one part that had to go
+
+
+def test_a_session_changed_that_day_starts_at_its_own_time_with_its_note():
+    from shared.events import MeetingException
+
+    changed = MeetingException(date=dt.date(2027, 3, 30), closed=False, time="15:00", end_time="16:00",
+                               note="In the back room this week")
+    event = event_of(calendar(exceptions=[changed]))
+    assert event["dtstart"].dt.hour == 15 and event["dtend"].dt.hour == 16
+    assert "This week: In the back room this week" in str(event["description"])
+    telling = MeetingException(date=dt.date(2027, 3, 30), closed=False, time="15:00", note="AA convention upstairs")
+    event = event_of(calendar(exceptions=[telling]))
+    assert event["dtstart"].dt.hour == 15 and "convention" not in words_shown(calendar(exceptions=[telling]))

@@ -111,3 +111,15 @@ def test_no_entry_for_a_session_already_past(client):
         session.get(Referral, referral_id).planned_date = dt.date(2020, 1, 7)
     response = download(client, referral_id)
     assert response.status_code == 404 and "already taken place" in Page(response).text
+
+
+def test_no_entry_for_a_planned_date_the_meeting_is_closed(client):
+    from shared.events import MeetingException
+
+    meeting = publish_meeting(**VENUE)
+    planned = next_weekday(meeting.day)
+    referral_id = make_referral("CRY-0047", planned_date=planned)
+    publish_meeting(**VENUE, exceptions=[MeetingException(date=planned, closed=True, note="Christmas")])
+    response = download(client, referral_id)
+    assert response.status_code == 404 and "closed on the planned date (Christmas)" in Page(response).text
+    assert not get(client, f"/desk/referrals/{referral_id}").has("session-calendar")
