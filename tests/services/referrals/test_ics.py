@@ -14,12 +14,9 @@ from icalendar import Calendar
 from services.referrals.ics import planned_session_calendar
 from shared.events import FELLOWSHIP_NAMES, MeetingSnapshot
 from tests.services.notifications.test_wording import (
-    AROUND,
     CLEAN,
-    FREE_TEXT,
-    GIVEAWAYS,
+    GIVEAWAY_CASES,
     URL,
-    neutral_text,
     still_says,
     variant,
 )
@@ -155,9 +152,7 @@ def test_full_detail_names_the_meeting_when_the_client_chose_it():
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.data(), word=st.sampled_from(GIVEAWAYS), field=st.sampled_from(FREE_TEXT),
-       attendance=st.sampled_from(("in_person", "hybrid", "online")), fellowship=st.sampled_from(sorted(FELLOWSHIP_NAMES)),
-       before=neutral_text, after=neutral_text, around=st.tuples(st.sampled_from(AROUND), st.sampled_from(AROUND)))
+@given(data=st.data(), **GIVEAWAY_CASES)
 def test_no_spelling_of_a_fellowship_or_recovery_word_reaches_a_discreet_calendar_entry(
         data, word, field, attendance, fellowship, before, after, around):
     text = f"{before}{around[0]}{data.draw(variant(word))}{around[1]}{after}"
