@@ -1,8 +1,9 @@
 """API tail latency at 8 connections, driven by wrk, against a bare FastAPI route in the same run.
 
-The directory and referrals APIs run on Postgres with 2,400 meetings, each served by the
-production command (``SERVE``: the same uvicorn flags the README gives ops); ``bench/bare_app.py``
-(one async route, nothing else) is served by the very same command. wrk (C, the Debian package
+The directory and referrals APIs run on Postgres with 2,400 meetings, each served as the README
+tells ops to: one process per core with the production command (``SERVE``, ``PROCESSES``), the
+processes sharing one listening socket; ``bench/bare_app.py`` (one async route, nothing else) is
+served the very same way. wrk (C, the Debian package
 ``wrk``; installed with apt-get when missing and run as root) keeps 8 connections busy on:
 
 - ``GET /meetings`` near one of 12 London areas (156 different searches: each area with and
@@ -44,6 +45,8 @@ MEETINGS_FACTOR = 8.0  # 2,400 meetings around London
 SERVE = list(common.SERVE)
 if os.environ.get("BENCH_SERVE") is not None:  # compare another command, e.g. BENCH_SERVE="" (uvicorn's defaults)
     SERVE = os.environ["BENCH_SERVE"].split()
+# One process per core (BENCH_PROCESSES=1: the first passes' figures, one process serving all 8 connections).
+PROCESSES = int(os.environ.get("BENCH_PROCESSES") or os.cpu_count() or 1)
 
 LUA = """
 local requests, i = {REQUESTS}, 0
@@ -132,41 +135,65 @@ def run_wrk(wrk: str, base: str, script: str, seconds: float, server_pids: list[
 
 
 class Server:
-    """One uvicorn command (``SERVE``) for an app, on a free port."""
+    """An app served as the README tells ops to: one uvicorn process (``SERVE``) per container and as
+    many containers as the machine has cores. Here the containers are ``PROCESSES`` processes sharing
+    one listening socket (uvicorn ``--fd``), so the kernel spreads the connections between them as a
+    load balancer in front of the containers would."""
 
-    def __init__(self, name: str, app: str):
-        from tests.support.stack import free_port
+    def __init__(self, name: str, app: str, processes: int):
+        import socket
 
-        self.name, self.port = name, free_port()
+        self.name = name
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(2048)
+        self.sock.set_inheritable(True)
+        self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(f"/tmp/fama-bench-{common.RUN}-{name}.log", "w")  # noqa: SIM115
-        # BENCH_PYSPY=/path/to/py-spy: sample every server into /tmp/fama-bench-<run>-<name>.folded (profiling)
-        spy = os.environ.get("BENCH_PYSPY")
-        profile = [spy, "record", "--subprocesses", "--nonblocking", "-r", "200", "-f", "raw", "-o",
-                   f"/tmp/fama-bench-{common.RUN}-{name}.folded", "--"] if spy else []
-        self.proc = subprocess.Popen([*profile, sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port",
-                                      str(self.port), *SERVE], cwd=common.ROOT, env=dict(os.environ),
-                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.pid = self.proc.pid
+        self.procs = []
+        for i in range(processes):
+            # BENCH_PYSPY=/path/to/py-spy: sample every server into /tmp/fama-bench-<run>-<name>-<i>.folded
+            spy = os.environ.get("BENCH_PYSPY")
+            profile = [spy, "record", "--subprocesses", "--nonblocking", "-r", "200", "-f", "raw", "-o",
+                       f"/tmp/fama-bench-{common.RUN}-{name}-{i}.folded", "--"] if spy else []
+            self.procs.append(subprocess.Popen(
+                [*profile, sys.executable, "-m", "uvicorn", app, "--fd", str(self.sock.fileno()), *SERVE],
+                cwd=common.ROOT, env=dict(os.environ), stdout=self.log, stderr=subprocess.STDOUT,
+                start_new_session=True, pass_fds=(self.sock.fileno(),)))
+
+    @property
+    def pids(self) -> list[int]:
+        """Every process serving: the uvicorn processes (and py-spy's, when profiling) and their children."""
+        return [pid for proc in self.procs for pid in (proc.pid, *children(proc.pid))]
 
     def wait(self, path: str) -> None:
         deadline = time.monotonic() + 90
-        while True:
+        # Every process has started (one could otherwise take the first connections alone) ...
+        while Path(self.log.name).read_text().count("Application startup complete") < len(self.procs):
+            if any(proc.poll() is not None for proc in self.procs) or time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} did not start: {Path(self.log.name).read_text()[-2000:]}")
+            time.sleep(0.2)
+        while True:  # ... and answers
             try:
                 if httpx.get(self.url + path, timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name} did not start: {Path(self.log.name).read_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} did not answer: {Path(self.log.name).read_text()[-2000:]}")
             time.sleep(0.2)
 
     def stop(self) -> None:
         import signal
 
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGINT if os.environ.get("BENCH_PYSPY") else signal.SIGTERM)
-            self.proc.wait(timeout=30)
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGINT if os.environ.get("BENCH_PYSPY") else signal.SIGTERM)
+        for proc in self.procs:
+            proc.wait(timeout=30)
+        self.sock.close()
 
 
 class Memory:
@@ -182,7 +209,7 @@ class Memory:
     def _run(self) -> None:
         while not self._stop.wait(0.5):
             for name, server in self.servers.items():
-                pids = [server.pid, *children(server.pid)]
+                pids = server.pids
                 self.processes[name] = max(self.processes.get(name, 0), len(pids))
                 for pid in pids:
                     self.largest[name] = max(self.largest.get(name, 0), common.rss_kb_one(pid))
@@ -262,8 +289,9 @@ def run() -> None:
     wrk = ensure_wrk()
     loaded = common.load_data(MEETINGS_FACTOR)
     slugs = [r[0] for r in common.sql("directory", "SELECT slug FROM meetings")]
-    servers = {"bare": Server("bare", "bench.bare_app:app"), "directory": Server("directory", "services.directory.api:app"),
-               "referrals": Server("referrals", "services.referrals.api:app")}
+    servers = {"bare": Server("bare", "bench.bare_app:app", PROCESSES),
+               "directory": Server("directory", "services.directory.api:app", PROCESSES),
+               "referrals": Server("referrals", "services.referrals.api:app", PROCESSES)}
     for name, server in servers.items():
         server.wait("/" if name == "bare" else "/healthz")
     requests = {
@@ -287,7 +315,7 @@ def run() -> None:
     try:
         for _ in range(rounds):
             for name, (server, script) in scripts.items():
-                pids = [servers[server].pid, *children(servers[server].pid)]
+                pids = servers[server].pids
                 results[name].append(run_wrk(wrk, servers[server].url, script, seconds, pids))
                 load.append(os.getloadavg()[0])
     finally:
@@ -297,7 +325,7 @@ def run() -> None:
     t = Table("endpoint", "req/s per round", "p50 ms", "p99 ms per round", "max ms", "non-2xx", "errors",
               "throughput : bare, median (min–max)", "server CPU ms/req", "Postgres CPU ms/req",
               title=f"wrk, {CONNECTIONS} connections, {seconds:.0f} s × {rounds} rounds, {loaded['meetings']} meetings, "
-                    f"uvicorn {' '.join(SERVE)} ({common.machine()}; load average during runs "
+                    f"{PROCESSES} × uvicorn {' '.join(SERVE)} per app ({common.machine()}; load average during runs "
                     f"{min(load):.1f}–{max(load):.1f})")
     bare = [r["rate"] for r in results["bare"]]
     for name, rs in results.items():

@@ -143,6 +143,8 @@ def run() -> None:
                         lambda i: request("directory", "GET", fresh[i % len(fresh)] + f"&limit={20 + i % 7}", 200)))
     rows.append(measure("GET /meetings?near=… (kept)", repeats,
                         lambda i: request("directory", "GET", "/meetings?near=SE1&radius_km=10", 200)))
+    rows.append(measure("GET /meetings/{slug} (computed)", repeats,
+                        lambda i: request("directory", "GET", f"/meetings/{slugs[(i + 10) % len(slugs)]}", 200)))
     rows.append(measure("GET /meetings/{slug} (kept)", repeats,
                         lambda i: request("directory", "GET", f"/meetings/{slugs[0]}", 200)))
     rows.append(measure("GET /healthz", repeats, lambda i: request("directory", "GET", "/healthz", 200)))

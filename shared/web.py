@@ -93,30 +93,50 @@ class RateLimited:
     Used on what anyone can call without an account (meeting search, the feed) and on the
     provider callbacks. If Redis is unreachable the request is let through: search must not
     fail because the limiter cannot count. The count is one pipelined round trip on the event
-    loop (redis.asyncio), not a worker thread's.
+    loop (redis.asyncio), not a worker thread's; an endpoint that reads Redis before its
+    parameters (the directory's kept answers) adds the count to its own pipeline (``count_in``)
+    and the dependency then counts nothing more.
     """
+
+    COUNTED = "fama.rate_limit_counted"  # scope key: this request was counted already
 
     def __init__(self, name: str, setting: str):
         self.name, self.setting = name, setting
 
     async def __call__(self, request: Request) -> None:
-        settings: ServiceSettings = request.app.state.settings
-        limit = getattr(settings, self.setting)
-        if limit <= 0:
+        if request.scope.get(self.COUNTED):
             return
-        window = int(time.time() // 60)
-        client_ip = request.client.host if request.client else "unknown"
-        key = f"{settings.redis_key_prefix}ratelimit:{self.name}:{client_ip}:{window}"
+        pipeline = async_redis(request.app).pipeline(transaction=False)
+        check = self.count_in(request, pipeline)
+        if check is None:
+            return
         try:
-            client = async_redis(request.app)
-            count, _ = await client.pipeline().incr(key).expire(key, 120).execute()
+            results = await pipeline.execute()
         except redis.RedisError as exc:
             log.warning("ratelimit.unavailable", limit=self.name, error=type(exc).__name__)
             return
-        if count > limit:
-            retry_after = 60 - int(time.time()) % 60
-            raise HTTPException(429, detail=f"too many requests: at most {limit} a minute, try again in {retry_after} s",
-                                headers={"Retry-After": str(retry_after)})
+        check(results)
+
+    def count_in(self, request: Request, pipeline) -> Callable[[list], None] | None:
+        """Add this request's count to ``pipeline`` (first in it); after it ran, call what is returned
+        with its results: it raises 429 when over the limit. None: no limit set, nothing added."""
+        request.scope[self.COUNTED] = True
+        settings: ServiceSettings = request.app.state.settings
+        limit = getattr(settings, self.setting)
+        if limit <= 0:
+            return None
+        window = int(time.time() // 60)
+        client_ip = request.client.host if request.client else "unknown"
+        key = f"{settings.redis_key_prefix}ratelimit:{self.name}:{client_ip}:{window}"
+        pipeline.incr(key).expire(key, 120)
+
+        def check(results: list) -> None:
+            if results[0] > limit:
+                retry_after = 60 - int(time.time()) % 60
+                raise HTTPException(429, detail=f"too many requests: at most {limit} a minute, try again in "
+                                                f"{retry_after} s", headers={"Retry-After": str(retry_after)})
+
+        return check
 
 
 def async_redis(app: FastAPI) -> redis.asyncio.Redis:
@@ -128,7 +148,8 @@ def async_redis(app: FastAPI) -> redis.asyncio.Redis:
     return held[1]
 
 
-PublicRateLimit = Depends(RateLimited("public", "public_rate_limit_per_minute"))
+PUBLIC_LIMIT = RateLimited("public", "public_rate_limit_per_minute")
+PublicRateLimit = Depends(PUBLIC_LIMIT)
 CallbackRateLimit = Depends(RateLimited("callback", "callback_rate_limit_per_minute"))
 
 

@@ -24,14 +24,17 @@ import redis
 import structlog
 from sqlalchemy import event
 from sqlalchemy.orm import Session
+from starlette.requests import Request
 
 from services.directory.runtime import runtime
+from shared.web import PUBLIC_LIMIT, async_redis
 
 log = structlog.get_logger(__name__)
 
 MAX_BYTES = 8 * 1024 * 1024  # what one process keeps, at most (least recently used dropped first)
 
 _local_changes = 0  # meeting changes committed by this process
+STAMP = "fama.answer_stamp"  # scope key: the stamp read for this request, under which its answer is kept
 
 
 def version_key() -> str:
@@ -64,14 +67,27 @@ class Answers:
 answers = Answers()
 
 
-async def stamp(client) -> tuple | None:
-    """What a kept answer must have been made under to be served now; None: serve nothing kept."""
+def key_of(scope) -> str:
+    """Answers are kept per path and query string, as sent."""
+    return f"{scope['path']}?{scope['query_string'].decode('latin-1')}"
+
+
+async def stamp(request: Request) -> tuple | None:
+    """What a kept answer must have been made under to be served now; None: serve nothing kept.
+
+    One Redis round trip that also counts the request against the public rate limit (and raises
+    its 429), so a kept answer costs one round trip in all."""
+    pipeline = async_redis(request.app).pipeline(transaction=False)
+    over_limit = PUBLIC_LIMIT.count_in(request, pipeline)
+    pipeline.get(version_key())
     try:
-        shared = await client.get(version_key())
-    except redis.RedisError as exc:
+        results = await pipeline.execute()
+    except redis.RedisError as exc:  # the limiter lets the request through; nothing kept is served
         log.warning("answers.version_unavailable", error=type(exc).__name__)
         return None
-    return (int(time.time() // 60), _local_changes, shared)
+    if over_limit is not None:
+        over_limit(results)
+    return (int(time.time() // 60), _local_changes, results[-1])
 
 
 def changed(session: Session) -> None:

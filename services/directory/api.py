@@ -9,12 +9,13 @@ import json
 from email.utils import format_datetime, parsedate_to_datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import Body, Depends, HTTPException, Query, Request, status
+from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from prometheus_client import Counter
 from pydantic import ValidationError
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -44,12 +45,12 @@ from services.directory.schemas import (
 from shared import queues
 from shared.auth import AdminOnly, CurrentPrincipal, Role
 from shared.db import unit_of_work
-from shared.events import MeetingException, utcnow
+from shared.events import utcnow
 from shared.meeting_time import closures_before, meeting_guide_weekday
 from shared.metrics import backbone_metrics
 from shared.pages import setup_pages
 from shared.types import InputDate
-from shared.web import PublicRateLimit, async_redis, make_app
+from shared.web import PublicRateLimit, make_app
 
 SessionDep = Annotated[Session, Depends(runtime.get_session)]
 
@@ -76,8 +77,31 @@ async def invalid_model(_request: Request, exc: ValidationError):
 
 # --- meetings -------------------------------------------------------------------------------
 
-@app.get("/meetings", response_model=MeetingPage, tags=["meetings"],
-         summary="Search meetings (public)", dependencies=[PublicRateLimit])
+class KeptRoute(APIRoute):
+    """A public route whose answers are kept for the minute (answers.py): a kept answer is sent
+    before FastAPI reads and validates the parameters, which cost more than sending it. Only what
+    was answered 200 is kept, so a kept answer's path and query were valid."""
+
+    def get_route_handler(self):
+        make = super().get_route_handler()
+
+        async def kept_or_made(request: Request) -> Response:
+            stamp = await answers.stamp(request)  # counts the public rate limit too (429 when over)
+            body = answers.answers.get(answers.key_of(request.scope), stamp) if stamp is not None else None
+            kept_answers.labels("yes" if body is not None else "no").inc()
+            if body is not None:
+                return Response(body, media_type="application/json")
+            request.scope[answers.STAMP] = stamp
+            return await make(request)
+
+        return kept_or_made
+
+
+public = APIRouter(route_class=KeptRoute)
+
+
+@public.get("/meetings", response_model=MeetingPage, tags=["meetings"],
+            summary="Search meetings (public)", dependencies=[PublicRateLimit])
 async def search_meetings(
     request: Request,
     near: Annotated[str | None, Query(description="UK postcode (full or outward code), UK town, village or city "
@@ -105,17 +129,13 @@ async def search_meetings(
 
 
 async def _kept_answer(request: Request, make) -> Response:
-    """The answer kept for this path and query in this minute (services/directory/answers.py), or
-    ``make()``'s, made in a worker thread and kept."""
-    stamp = await answers.stamp(async_redis(request.app))
-    key = f"{request.scope['path']}?{request.scope['query_string'].decode('latin-1')}"
-    body = answers.answers.get(key, stamp) if stamp is not None else None
-    kept_answers.labels("yes" if body is not None else "no").inc()
-    if body is None:
-        model = await run_in_threadpool(make)
-        body = model.model_dump_json(by_alias=True).encode()
-        if stamp is not None:
-            answers.answers.put(key, stamp, body)
+    """``make()``'s answer, made in a worker thread, and kept under the stamp KeptRoute read
+    (none was kept for this path and query in this minute)."""
+    model = await run_in_threadpool(make)
+    body = model.model_dump_json(by_alias=True).encode()
+    stamp = request.scope.get(answers.STAMP)
+    if stamp is not None:
+        answers.answers.put(answers.key_of(request.scope), stamp, body)
     return Response(body, media_type="application/json")
 
 
@@ -173,31 +193,36 @@ def _result(meeting, distance: float | None, now: dt.datetime) -> MeetingResult:
         "next_start_utc": start.astimezone(dt.UTC).isoformat() if start is not None else None, **scheduled})
 
 
-@app.get("/meetings/{slug}", response_model=MeetingResult, tags=["meetings"],
-         summary="One meeting (public)", dependencies=[PublicRateLimit])
+@public.get("/meetings/{slug}", response_model=MeetingResult, tags=["meetings"],
+            summary="One meeting (public)", dependencies=[PublicRateLimit])
 async def get_meeting(request: Request, slug: str):
     return await _kept_answer(request, functools.partial(_meeting, slug))
 
 
+app.include_router(public)  # here: the routes keep their place before the admin ones
+
+
 def _meeting(slug: str) -> MeetingResult:
+    """A meeting's public JSON from its public columns (search.public_columns), validated once from a
+    dict like a search's results: loading the whole ORM object decrypted the facilitator's and the
+    feed contacts' fields, which this answer never shows."""
     with runtime.reads() as session:  # closed in this thread, like the search's
-        meeting = service.get_meeting(session, slug)
-    result = MeetingResult.model_validate(meeting, from_attributes=True)
-    if meeting.active:
-        _set_next_start(result, meeting)
-    return result
+        meeting = session.execute(_meeting_query(), {"slug": slug}).first()
+    if meeting is None:
+        raise service.NotFound(f"no meeting with slug {slug!r}")
+    now = utcnow()
+    occurrence = search.next_of(meeting, now) if meeting.active else None
+    start = occurrence.start if occurrence is not None else None
+    shown = {} if start is None else {
+        "next_start_local": start.isoformat(), "next_start_utc": start.astimezone(dt.UTC).isoformat(),
+        "next_note": occurrence.note, "next_changed": occurrence.changed,
+        "closed_before_next": [{"date": c.date, "note": c.note} for c in closures_before(meeting, after=now, until=start)]}
+    return MeetingResult.model_validate({**meeting._mapping, **shown})
 
 
-def _set_next_start(result: MeetingResult, meeting, now: dt.datetime | None = None) -> None:
-    now = now or utcnow()
-    occurrence = search.next_of(meeting, now)
-    if occurrence is not None:
-        start = occurrence.start
-        result.next_start_local = start.isoformat()
-        result.next_start_utc = start.astimezone(dt.UTC).isoformat()
-        result.next_note, result.next_changed = occurrence.note, occurrence.changed
-        result.closed_before_next = [MeetingException(date=c.date, note=c.note)
-                                     for c in closures_before(meeting, after=now, until=start)]
+@functools.cache
+def _meeting_query():
+    return select(*search.public_columns()).where(Meeting.slug == bindparam("slug"))
 
 
 @app.post("/meetings", response_model=MeetingAdminOut, status_code=status.HTTP_201_CREATED, tags=["meetings"])

@@ -80,3 +80,46 @@ def test_a_meeting_withdrawn_by_another_process_is_gone_from_the_next_answer():
     subprocess.run([sys.executable, "-c", withdraw], cwd=ROOT, env=dict(os.environ), check=True, timeout=120)
     assert slugs(client.get("/meetings", params=SEARCH)) == []
     assert client.get("/meetings/croydon-smart-tuesday").json()["active"] is False
+
+
+def test_a_kept_answer_is_still_counted_against_the_public_rate_limit(monkeypatch):
+    """Kept answers are sent before FastAPI reads the parameters: the per-address limit, the
+    security headers and the request metrics must hold for them as for any answer."""
+    assert client.post("/meetings", json=meeting(), headers=ADMIN).status_code == 201
+    well_inside_a_minute()
+    monkeypatch.setattr(app.state.settings, "public_rate_limit_per_minute", 3)
+    requests = ("/meetings?near=CR0&radius_km=10", "/meetings/croydon-smart-tuesday")
+    # A different client address each time, so another test's counts in this minute do not matter.
+    limited = TestClient(app, client=("198.51.100.7", 50000))
+    statuses = [limited.get(requests[i % 2]).status_code for i in range(5)]
+    assert statuses == [200, 200, 200, 429, 429]  # the second search and meeting were kept answers
+    refused = limited.get(requests[0])
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) in range(1, 61)
+    assert "at most 3 a minute" in refused.json()["detail"]
+    assert TestClient(app, client=("198.51.100.8", 50000)).get(requests[0]).status_code == 200
+
+
+def test_a_kept_answer_has_the_headers_and_metrics_of_a_made_one():
+    assert client.post("/meetings", json=meeting(), headers=ADMIN).status_code == 201
+    well_inside_a_minute()
+    made = client.get("/meetings/croydon-smart-tuesday")
+    before = kept("yes")
+    again = client.get("/meetings/croydon-smart-tuesday")
+    assert kept("yes") == before + 1 and again.content == made.content
+    for header in ("x-content-type-options", "content-security-policy", "referrer-policy", "content-type"):
+        assert again.headers[header] == made.headers[header], header
+    metrics = client.get("/metrics").text
+    found = re.search(r'^http_requests_total\{method="GET",route="/meetings/\{slug\}",status="200"\} (\S+)$',
+                      metrics, re.M)
+    assert found and float(found.group(1)) >= 2
+
+
+def test_a_refused_query_is_refused_every_time_never_kept():
+    assert client.post("/meetings", json=meeting(), headers=ADMIN).status_code == 201
+    well_inside_a_minute()
+    for query in ("near=CR0&radius_km=10&fellowhsip=aa", "near=CR0&radius_km=900", "near=CR0&types=NOPE"):
+        first, again = client.get(f"/meetings?{query}"), client.get(f"/meetings?{query}")
+        assert first.status_code == again.status_code == 422, query
+        assert again.json() == first.json()
+    assert client.get("/meetings/no-such-meeting").status_code == 404
+    assert client.get("/meetings/no-such-meeting").status_code == 404
