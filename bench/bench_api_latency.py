@@ -2,7 +2,7 @@
 
 The directory and referrals APIs run on Postgres with 2,400 meetings, each served as the README
 tells ops to: one process per core with the production command (``SERVE``, ``PROCESSES``), the
-processes sharing one listening socket; ``bench/bare_app.py`` (one async route, nothing else) is
+processes sharing one listening socket (uvicorn ``--workers``); ``bench/bare_app.py`` (one async route, nothing else) is
 served the very same way. wrk (C, the Debian package
 ``wrk``; installed with apt-get when missing and run as root) keeps 8 connections busy on:
 
@@ -136,43 +136,35 @@ def run_wrk(wrk: str, base: str, script: str, seconds: float, server_pids: list[
 
 class Server:
     """An app served as the README tells ops to: one uvicorn process (``SERVE``) per container and as
-    many containers as the machine has cores. Here the containers are ``PROCESSES`` processes sharing
-    one listening socket (uvicorn ``--fd``), so the kernel spreads the connections between them as a
-    load balancer in front of the containers would."""
+    many containers as the machine has cores. Here the containers are ``PROCESSES`` uvicorn worker
+    processes on one port (``--workers``: the listening socket made once and shared), so the kernel
+    spreads the connections between them as a load balancer in front of the containers would."""
 
     def __init__(self, name: str, app: str, processes: int):
-        import socket
+        from tests.support.stack import free_port
 
-        self.name = name
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(2048)
-        self.sock.set_inheritable(True)
-        self.port = self.sock.getsockname()[1]
+        self.name, self.port, self.processes = name, free_port(), processes
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(f"/tmp/fama-bench-{common.RUN}-{name}.log", "w")  # noqa: SIM115
-        self.procs = []
-        for i in range(processes):
-            # BENCH_PYSPY=/path/to/py-spy: sample every server into /tmp/fama-bench-<run>-<name>-<i>.folded
-            spy = os.environ.get("BENCH_PYSPY")
-            profile = [spy, "record", "--subprocesses", "--nonblocking", "-r", "200", "-f", "raw", "-o",
-                       f"/tmp/fama-bench-{common.RUN}-{name}-{i}.folded", "--"] if spy else []
-            self.procs.append(subprocess.Popen(
-                [*profile, sys.executable, "-m", "uvicorn", app, "--fd", str(self.sock.fileno()), *SERVE],
-                cwd=common.ROOT, env=dict(os.environ), stdout=self.log, stderr=subprocess.STDOUT,
-                start_new_session=True, pass_fds=(self.sock.fileno(),)))
+        # BENCH_PYSPY=/path/to/py-spy: sample every server into /tmp/fama-bench-<run>-<name>.folded (profiling)
+        spy = os.environ.get("BENCH_PYSPY")
+        profile = [spy, "record", "--subprocesses", "--nonblocking", "-r", "200", "-f", "raw", "-o",
+                   f"/tmp/fama-bench-{common.RUN}-{name}.folded", "--"] if spy else []
+        workers = ["--workers", str(processes)] if processes > 1 else []
+        self.proc = subprocess.Popen([*profile, sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port",
+                                      str(self.port), *workers, *SERVE], cwd=common.ROOT, env=dict(os.environ),
+                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
 
     @property
     def pids(self) -> list[int]:
-        """Every process serving: the uvicorn processes (and py-spy's, when profiling) and their children."""
-        return [pid for proc in self.procs for pid in (proc.pid, *children(proc.pid))]
+        """Every process serving: uvicorn's (its workers' supervisor, when more than one) and its children."""
+        return [self.proc.pid, *children(self.proc.pid)]
 
     def wait(self, path: str) -> None:
         deadline = time.monotonic() + 90
         # Every process has started (one could otherwise take the first connections alone) ...
-        while Path(self.log.name).read_text().count("Application startup complete") < len(self.procs):
-            if any(proc.poll() is not None for proc in self.procs) or time.monotonic() > deadline:
+        while Path(self.log.name).read_text().count("Application startup complete") < self.processes:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{self.name} did not start: {Path(self.log.name).read_text()[-2000:]}")
             time.sleep(0.2)
         while True:  # ... and answers
@@ -188,12 +180,9 @@ class Server:
     def stop(self) -> None:
         import signal
 
-        for proc in self.procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGINT if os.environ.get("BENCH_PYSPY") else signal.SIGTERM)
-        for proc in self.procs:
-            proc.wait(timeout=30)
-        self.sock.close()
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT if os.environ.get("BENCH_PYSPY") else signal.SIGTERM)
+            self.proc.wait(timeout=30)
 
 
 class Memory:

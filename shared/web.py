@@ -87,14 +87,24 @@ def _wants_page(request: Request) -> bool:
         "text/html" in request.headers.get("accept", "")
 
 
+# The count of a rate limit's window (and, when given, the value of another key) in one command:
+# one round trip, one reply to parse. The window's key expires after two windows.
+COUNT_AND_READ = """
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+if KEYS[2] then return {count, redis.call('GET', KEYS[2])} end
+return {count}
+"""
+
+
 class RateLimited:
     """A per-client limit on requests a minute, counted in Redis so every API process shares it.
 
     Used on what anyone can call without an account (meeting search, the feed) and on the
     provider callbacks. If Redis is unreachable the request is let through: search must not
-    fail because the limiter cannot count. The count is one pipelined round trip on the event
-    loop (redis.asyncio), not a worker thread's; an endpoint that reads Redis before its
-    parameters (the directory's kept answers) adds the count to its own pipeline (``count_in``)
+    fail because the limiter cannot count. The count is one round trip on the event loop
+    (redis.asyncio), not a worker thread's; an endpoint that must read Redis before its
+    parameters (the directory's kept answers) reads its key in the same round trip (``count``)
     and the dependency then counts nothing more.
     """
 
@@ -104,39 +114,34 @@ class RateLimited:
         self.name, self.setting = name, setting
 
     async def __call__(self, request: Request) -> None:
-        if request.scope.get(self.COUNTED):
-            return
-        pipeline = async_redis(request.app).pipeline(transaction=False)
-        check = self.count_in(request, pipeline)
-        if check is None:
-            return
-        try:
-            results = await pipeline.execute()
-        except redis.RedisError as exc:
-            log.warning("ratelimit.unavailable", limit=self.name, error=type(exc).__name__)
-            return
-        check(results)
+        if not request.scope.get(self.COUNTED):
+            await self.count(request)
 
-    def count_in(self, request: Request, pipeline) -> Callable[[list], None] | None:
-        """Add this request's count to ``pipeline`` (first in it); after it ran, call what is returned
-        with its results: it raises 429 when over the limit. None: no limit set, nothing added."""
+    async def count(self, request: Request, *, also_read: str | None = None) -> tuple[bool, bytes | None]:
+        """Count the request, refusing it (429) over the limit, and read ``also_read`` in the same
+        round trip: (whether Redis answered, that key's value)."""
         request.scope[self.COUNTED] = True
         settings: ServiceSettings = request.app.state.settings
         limit = getattr(settings, self.setting)
-        if limit <= 0:
-            return None
-        window = int(time.time() // 60)
-        client_ip = request.client.host if request.client else "unknown"
-        key = f"{settings.redis_key_prefix}ratelimit:{self.name}:{client_ip}:{window}"
-        pipeline.incr(key).expire(key, 120)
-
-        def check(results: list) -> None:
-            if results[0] > limit:
-                retry_after = 60 - int(time.time()) % 60
-                raise HTTPException(429, detail=f"too many requests: at most {limit} a minute, try again in "
-                                                f"{retry_after} s", headers={"Retry-After": str(retry_after)})
-
-        return check
+        client = async_redis(request.app)
+        try:
+            if limit <= 0:
+                return True, await client.get(also_read) if also_read else None
+            window = int(time.time() // 60)
+            client_ip = request.client.host if request.client else "unknown"
+            key = f"{settings.redis_key_prefix}ratelimit:{self.name}:{client_ip}:{window}"
+            script = request.app.state.count_and_read
+            if script is None or script.registered_client is not client:
+                script = request.app.state.count_and_read = client.register_script(COUNT_AND_READ)
+            found = await script(keys=[key, also_read] if also_read else [key], args=[120])
+        except redis.RedisError as exc:
+            log.warning("ratelimit.unavailable", limit=self.name, error=type(exc).__name__)
+            return False, None
+        if found[0] > limit:
+            retry_after = 60 - int(time.time()) % 60
+            raise HTTPException(429, detail=f"too many requests: at most {limit} a minute, try again in {retry_after} s",
+                                headers={"Retry-After": str(retry_after)})
+        return True, found[1] if also_read else None
 
 
 def async_redis(app: FastAPI) -> redis.asyncio.Redis:
@@ -289,6 +294,7 @@ def _new_app(*, service: str, settings: ServiceSettings, title: str, description
     app.state.credential_cookies = set()
     # Set by shared.pages: the page a refused form gets instead of JSON.
     app.state.refused_form_page = None
+    app.state.count_and_read = None  # the rate limits' Redis script, registered on first use (RateLimited)
     return app
 
 

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from starlette.requests import Request
 
 from services.directory.runtime import runtime
-from shared.web import PUBLIC_LIMIT, async_redis
+from shared.web import PUBLIC_LIMIT
 
 log = structlog.get_logger(__name__)
 
@@ -75,19 +75,12 @@ def key_of(scope) -> str:
 async def stamp(request: Request) -> tuple | None:
     """What a kept answer must have been made under to be served now; None: serve nothing kept.
 
-    One Redis round trip that also counts the request against the public rate limit (and raises
-    its 429), so a kept answer costs one round trip in all."""
-    pipeline = async_redis(request.app).pipeline(transaction=False)
-    over_limit = PUBLIC_LIMIT.count_in(request, pipeline)
-    pipeline.get(version_key())
-    try:
-        results = await pipeline.execute()
-    except redis.RedisError as exc:  # the limiter lets the request through; nothing kept is served
-        log.warning("answers.version_unavailable", error=type(exc).__name__)
+    Read in the round trip that counts the request against the public rate limit (and raises its
+    429), so a kept answer costs one Redis command in all."""
+    answered, shared = await PUBLIC_LIMIT.count(request, also_read=version_key())
+    if not answered:  # the limiter lets the request through; nothing kept is served
         return None
-    if over_limit is not None:
-        over_limit(results)
-    return (int(time.time() // 60), _local_changes, results[-1])
+    return (int(time.time() // 60), _local_changes, shared)
 
 
 def changed(session: Session) -> None:
