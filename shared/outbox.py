@@ -148,9 +148,14 @@ class Outbox:
 
     def record(self, session: Session, event_type: str, payload: Payload, *, occurred_at: dt.datetime | None = None) -> Event:
         """Write the event in the session's transaction; it is sent only if that commits."""
+        return self.record_many(session, event_type, [payload], occurred_at=occurred_at)[0]
+
+    def record_many(self, session: Session, event_type: str, payloads: Sequence[Payload], *,
+                    occurred_at: dt.datetime | None = None) -> list[Event]:
+        """``record`` for several events of one type, in one statement (a plan's reminders)."""
         if event_type in CATALOGUE and CATALOGUE[event_type].producer != self.producer:
             raise ValueError(f"{event_type} is produced by {CATALOGUE[event_type].producer}, not {self.producer}")
-        evt = Event.new(event_type, payload, producer=self.producer, occurred_at=occurred_at)
+        events = [Event.new(event_type, payload, producer=self.producer, occurred_at=occurred_at) for payload in payloads]
         now = utcnow()
         rows = [
             {
@@ -161,13 +166,14 @@ class Outbox:
                 "created_at": now,
                 "attempts": 0,
             }
+            for evt in events
             for sub in subscribers(event_type)
         ]
         if rows:
             session.execute(self.table.insert(), rows)
-            session.info.setdefault(PENDING_KEY, []).extend(Recorded(evt.event_id, r["subscriber"], r["body"])
+            session.info.setdefault(PENDING_KEY, []).extend(Recorded(r["event_id"], r["subscriber"], r["body"])
                                                             for r in rows)
-        return evt
+        return events
 
     def send(self, subscriber: str, body: dict) -> None:
         """One event to ``subscriber``'s queue."""

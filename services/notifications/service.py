@@ -238,13 +238,43 @@ def fact(reminder: Reminder, reason: str | None = None) -> ReminderFact:
 
 # --- planning ----------------------------------------------------------------------------
 
-def _planned_that_day(session: Session, hash_: str, due: dt.datetime, tz: ZoneInfo) -> int:
+def _local_day(due: dt.datetime, tz: ZoneInfo) -> tuple[dt.datetime, dt.datetime]:
+    """The UTC bounds of the meeting's local day ``due`` falls on: the daily cap's day."""
     day = due.astimezone(tz).date()
-    start = dt.datetime.combine(day, dt.time(0), tz).astimezone(dt.UTC)
-    end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(0), tz).astimezone(dt.UTC)
-    return session.scalar(select(func.count()).select_from(Reminder).where(
+    return (dt.datetime.combine(day, dt.time(0), tz).astimezone(dt.UTC),
+            dt.datetime.combine(day + dt.timedelta(days=1), dt.time(0), tz).astimezone(dt.UTC))
+
+
+def _planned_over(session: Session, hash_: str, days: Iterable[tuple[dt.datetime, dt.datetime]]) -> list[dt.datetime]:
+    """When the contact's planned reminders (of any referral, not cancelled) are due from the first of
+    ``days`` to the last: one query for the daily cap of a whole plan, counted per day by the caller."""
+    days = list(days)
+    if not days:
+        return []
+    return [aware(due) for due in session.scalars(select(Reminder.due_at).where(
         Reminder.contact_hash == hash_, Reminder.status != CANCELLED, Reminder.kind.in_(PLANNED_KINDS),
-        Reminder.due_at >= start, Reminder.due_at < end)) or 0
+        Reminder.due_at >= min(start for start, _end in days), Reminder.due_at < max(end for _start, end in days)))]
+
+
+def _set_reminder(session: Session, contact: ReferralContact, existing: Reminder | None, *, kind: str,
+                  start: dt.datetime, end: dt.datetime, due: dt.datetime,
+                  previous_start: dt.datetime | None = None) -> Reminder | None:
+    """Create the reminder, or revive ``existing`` (the same occurrence's) if it was cancelled
+    before it went; None if it stands. Not flushed, and no event yet: the caller does both."""
+    if existing is not None:
+        if existing.status != CANCELLED or existing.sent_at is not None:
+            return None
+        existing.status, existing.due_at, existing.reason, existing.attempts = CREATED, due, None, 0
+        existing.previous_start, existing.contact_hash, existing.channel = previous_start, contact.contact_hash, contact.channel
+        existing.meeting_end = end
+        return existing
+    reminder = Reminder(id=uuid.uuid4(), referral_id=contact.referral_id, site_id=contact.site_id,
+                        fellowship=contact.fellowship, meeting_slug=contact.meeting_slug, kind=kind,
+                        channel=contact.channel, contact_hash=contact.contact_hash, meeting_start=start,
+                        meeting_end=end, previous_start=previous_start, due_at=due, status=CREATED, attempts=0,
+                        in_doubt=False)
+    session.add(reminder)
+    return reminder
 
 
 def _put_reminder(session: Session, contact: ReferralContact, *, kind: str, start: dt.datetime, end: dt.datetime,
@@ -252,36 +282,26 @@ def _put_reminder(session: Session, contact: ReferralContact, *, kind: str, star
     """Create the reminder, or revive a cancelled one for the same occurrence; None if it exists."""
     existing = session.scalar(select(Reminder).where(Reminder.referral_id == contact.referral_id,
                                                      Reminder.kind == kind, Reminder.meeting_start == start))
-    if existing is not None:
-        if existing.status != CANCELLED or existing.sent_at is not None:
-            return None
-        existing.status, existing.due_at, existing.reason, existing.attempts = CREATED, due, None, 0
-        existing.previous_start, existing.contact_hash, existing.channel = previous_start, contact.contact_hash, contact.channel
-        existing.meeting_end = end
-        reminder = existing
-    else:
-        reminder = Reminder(id=uuid.uuid4(), referral_id=contact.referral_id, site_id=contact.site_id,
-                            fellowship=contact.fellowship, meeting_slug=contact.meeting_slug, kind=kind,
-                            channel=contact.channel, contact_hash=contact.contact_hash, meeting_start=start,
-                            meeting_end=end, previous_start=previous_start, due_at=due, status=CREATED, attempts=0,
-                            in_doubt=False)
-        session.add(reminder)
-    session.flush()
-    runtime.outbox.record(session, "reminder.scheduled", fact(reminder))
+    reminder = _set_reminder(session, contact, existing, kind=kind, start=start, end=end, due=due,
+                             previous_start=previous_start)
+    if reminder is not None:
+        session.flush()
+        runtime.outbox.record(session, "reminder.scheduled", fact(reminder))
     return reminder
 
 
-def _confirmation_wanted(session: Session, referral_id: uuid.UUID) -> bool:
+def _confirmation_wanted(reminders: Iterable[Reminder]) -> bool:
     """Once per referral: none planned yet, or only ones a meeting move cancelled before they went."""
-    rows = session.execute(select(Reminder.status, Reminder.reason).where(Reminder.referral_id == referral_id,
-                                                                          Reminder.kind == "confirmation")).all()
-    return all(status == CANCELLED and reason == "meeting moved" for status, reason in rows)
+    return all(r.status == CANCELLED and r.reason == "meeting moved" for r in reminders if r.kind == "confirmation")
 
 
 def plan_reminders(session: Session, *, contact: ReferralContact, meeting: MeetingSnapshot,
                    now: dt.datetime | None = None) -> list[Reminder]:
     """Plan the referral's reminders for its planned meeting date (idempotent); the first time,
-    also the confirmation that tells the client who will text them and how to stop."""
+    also the confirmation that tells the client who will text them and how to stop.
+
+    In a few round trips whatever the number of reminders: the referral's reminders read once,
+    the contact's daily counts in one query, what is new written in one flush and one outbox insert."""
     now = now or utcnow()
     contact.planned = True
     if not contact.active or contact.contact_hash is None or not meeting.active or contact.planned_date is None:
@@ -293,24 +313,36 @@ def plan_reminders(session: Session, *, contact: ReferralContact, meeting: Meeti
         return []
     cfg = settings()
     tz = ZoneInfo(meeting.timezone)
+    end = meeting_end(meeting, start, cfg)
     times = plan_times(meeting=meeting, planned_date=contact.planned_date, now=now, cfg=cfg)
+    # Keyed as the unique constraint: one reminder of a kind per referral and meeting occurrence.
+    existing = {(r.kind, aware(r.meeting_start)): r
+                for r in session.scalars(select(Reminder).where(Reminder.referral_id == contact.referral_id))}
+    days = {kind: _local_day(due, tz) for kind, due in times.items() if kind in PLANNED_KINDS}
+    # The contact's planned reminders, and those this plan adds as it goes (in priority order).
+    planned = _planned_over(session, contact.contact_hash, days.values())
     made = []
-    if cfg.confirmation_at_referral and start > now and _confirmation_wanted(session, contact.referral_id):
+    if cfg.confirmation_at_referral and start > now and _confirmation_wanted(existing.values()):
         soon = now + dt.timedelta(minutes=cfg.confirmation_delay_minutes)
-        confirmation = _put_reminder(session, contact, kind="confirmation", start=start,
-                                     end=meeting_end(meeting, start, cfg), due=notice_time(soon, meeting, cfg))
-        made += [confirmation] if confirmation is not None else []
+        made.append(_set_reminder(session, contact, existing.get(("confirmation", start)), kind="confirmation",
+                                  start=start, end=end, due=notice_time(soon, meeting, cfg)))
     for kind in PLANNED_KINDS:
         due = times.get(kind)
         if due is None:
             continue
-        if _planned_that_day(session, contact.contact_hash, due, tz) >= cfg.daily_cap:
+        day_start, day_end = days[kind]
+        if sum(day_start <= other < day_end for other in planned) >= cfg.daily_cap:
             log.info("reminder.skipped_daily_cap", referral_id=str(contact.referral_id), kind=kind)
             continue
-        reminder = _put_reminder(session, contact, kind=kind, start=start, end=meeting_end(meeting, start, cfg),
+        reminder = _set_reminder(session, contact, existing.get((kind, start)), kind=kind, start=start, end=end,
                                  due=due)
         if reminder is not None:
             made.append(reminder)
+            planned.append(due)
+    made = [reminder for reminder in made if reminder is not None]
+    if made:
+        session.flush()
+        runtime.outbox.record_many(session, "reminder.scheduled", [fact(reminder) for reminder in made])
     return made
 
 
@@ -327,6 +359,10 @@ def record_referral(session: Session, *, referral: ReferralCreated, now: dt.date
         channel, value = "sms", normalise_mobile(details.mobile)
     elif details is not None and details.email:
         channel, value = "email", details.email.strip()
+    # Read before the contact changes, so the contact is written once, as planned (no autoflush between).
+    hash_ = contact_hash(value, channel) if value is not None else None
+    opted_out = hash_ is not None and is_opted_out(session, hash_)
+    meeting = get_meeting(session, meeting_replica, referral.meeting_slug) if hash_ and not opted_out else None
     if contact is None:
         contact = ReferralContact(referral_id=referral.referral_id, active=True, planned=False)
         session.add(contact)
@@ -336,17 +372,15 @@ def record_referral(session: Session, *, referral: ReferralCreated, now: dt.date
         contact.active, contact.stopped_reason, contact.planned = False, "no consent or contact", True
         session.flush()
         return contact
-    hash_ = contact_hash(value, channel)
     contact.channel, contact.contact_hash = channel, hash_
-    if is_opted_out(session, hash_):
+    if opted_out:
         contact.active, contact.stopped_reason, contact.planned = False, "opted out", True
         session.flush()
         return contact
     contact.contact = value
-    session.flush()
-    meeting = get_meeting(session, meeting_replica, referral.meeting_slug)
     if meeting is not None:
         plan_reminders(session, contact=contact, meeting=meeting, now=now)
+    session.flush()  # written here at the latest, as before: a concurrent creation fails in the handler
     return contact
 
 

@@ -8,9 +8,10 @@ import pytest
 from sqlalchemy import text
 
 from services.notifications.config import Settings
+from services.notifications.handlers import HANDLERS
 from services.notifications.models import ReferralContact
 from services.notifications.runtime import runtime
-from services.notifications.service import plan_times
+from services.notifications.service import plan_reminders, plan_times
 from shared.events import MeetingSnapshot
 from tests.services.notifications.support import (
     MOBILE,
@@ -22,6 +23,7 @@ from tests.services.notifications.support import (
     referral_event,
     reminders,
 )
+from tests.support.events import signed
 
 UTC = dt.UTC
 
@@ -176,6 +178,62 @@ class TestReferralCreated:
         third = referral_event(morning, mobile="07700 900456")
         handle(third)
         assert set(by_kind(third.parsed().referral_id)) == {"confirmation", "day_before", "hours_before", "follow_up"}
+
+    @pytest.fixture
+    def follow_up_same_day(self, monkeypatch):
+        """An 11:00 meeting whose follow-up is at 15:00 the same day: its reminder two hours before
+        and its follow-up fall on one local day, the day-before reminder on the day before."""
+        monkeypatch.setattr(runtime.settings, "follow_up_days", 0)
+        monkeypatch.setattr(runtime.settings, "follow_up_time", "15:00")
+        return meeting("morning", time="11:00")
+
+    def test_daily_cap_counts_what_the_same_plan_adds(self, monkeypatch, follow_up_same_day):
+        monkeypatch.setattr(runtime.settings, "daily_cap", 1)
+        handle(meeting_event(follow_up_same_day))
+        first = referral_event(follow_up_same_day)
+        handle(first)
+        # The follow-up is the lower priority, and the reminder before the meeting already has that day.
+        assert set(by_kind(first.parsed().referral_id)) == {"confirmation", "hours_before", "day_before"}
+        second = referral_event(follow_up_same_day)  # same number, same meeting day
+        handle(second)
+        assert set(by_kind(second.parsed().referral_id)) == {"confirmation"}
+        assert len(outbox_events("reminder.scheduled")) == 4
+
+    def test_daily_cap_across_referrals_of_one_contact_on_the_same_day(self, monkeypatch, follow_up_same_day):
+        monkeypatch.setattr(runtime.settings, "daily_cap", 2)
+        handle(meeting_event(follow_up_same_day))
+        first, second, third = (referral_event(follow_up_same_day) for _ in range(3))
+        handle(first)
+        handle(second)
+        handle(third)
+        assert set(by_kind(first.parsed().referral_id)) == {"confirmation", "hours_before", "day_before", "follow_up"}
+        # The meeting day has two already; the day before has one.
+        assert set(by_kind(second.parsed().referral_id)) == {"confirmation", "day_before"}
+        assert set(by_kind(third.parsed().referral_id)) == {"confirmation"}
+        # Each planned reminder told referrals once; the skipped ones, never.
+        assert len(outbox_events("reminder.scheduled")) == 4 + 2 + 1
+
+    def test_daily_cap_across_referrals_arriving_in_one_batch(self, monkeypatch, follow_up_same_day):
+        # A worker's batch message: both referrals planned in one transaction, the second seeing the first.
+        monkeypatch.setattr(runtime.settings, "daily_cap", 2)
+        handle(meeting_event(follow_up_same_day))
+        first, second = referral_event(follow_up_same_day), referral_event(follow_up_same_day)
+        assert runtime.handle_batch([signed(first), signed(second)], HANDLERS) == 2
+        assert set(by_kind(first.parsed().referral_id)) == {"confirmation", "hours_before", "day_before", "follow_up"}
+        assert set(by_kind(second.parsed().referral_id)) == {"confirmation", "day_before"}
+
+    def test_planning_a_planned_referral_again_changes_nothing(self):
+        # As START or a reopened date plan again: what stands is kept, no second event.
+        m = meeting()
+        handle(meeting_event(m))
+        event = referral_event(m)
+        handle(event)
+        before = {(r.id, r.kind, r.due_at, r.status) for r in reminders()}
+        with runtime.transaction() as session:
+            contact = session.get(ReferralContact, event.parsed().referral_id)
+            assert plan_reminders(session, contact=contact, meeting=m) == []
+        assert {(r.id, r.kind, r.due_at, r.status) for r in reminders()} == before
+        assert len(outbox_events("reminder.scheduled")) == 4
 
 
 @pytest.mark.usefixtures("clean_state")
