@@ -71,7 +71,7 @@ def create_referral(referral_in: ReferralIn, session: SessionDep, principal: Sit
         # The answer is read before the commit, on the connection already held (after it, it would cost
         # another connection and more round trips), and the view goes in the audit trail in the same commit.
         reveal = service.reveals_contact(principal, site_id)
-        created = service.referral_out(referral, reveal=reveal, detail=True, session=session)
+        created = service.referral_out(referral, reveal=reveal, detail=True, session=session, created=True)
         audit.record_contact_view(session, principal=principal, referral=referral, reveal=reveal, via="api",
                                   commit=False)
     return created

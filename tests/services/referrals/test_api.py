@@ -260,3 +260,17 @@ def test_unknown_referral_is_404(client, meeting):
     response = client.get("/referrals/6b1f1a52-0d1c-4c1b-8d0e-6a4c1d2b3e4f", headers=KEYWORKER)
     assert response.status_code == 404
     assert client.get("/referrals/not-a-uuid", headers=KEYWORKER).status_code == 422
+
+
+def test_a_new_referral_is_answered_as_it_is_then_read_back(client, meeting):
+    """The creation's answer is built without reading the history and reminders back (it holds
+    them): it must be what the referral's page then reads from the database."""
+    created = client.post("/referrals", json=referral_body(), headers=KEYWORKER)
+    assert created.status_code == 201, created.text
+    read = client.get(f"/referrals/{created.json()['id']}", headers=KEYWORKER)
+    assert read.status_code == 200
+    assert created.json()["history"] == read.json()["history"]
+    assert [h["action"] for h in created.json()["history"]] == ["created"]
+    assert created.json()["reminders"] == read.json()["reminders"] == []
+    assert {k: v for k, v in created.json().items() if k != "updated_at"} == \
+        {k: v for k, v in read.json().items() if k != "updated_at"}
