@@ -121,6 +121,15 @@ def receipt_commands(client, prefix: str, subscriber: str, event_id) -> None:
     client.set(receipt_key(prefix, subscriber, event_id), 1, ex=RECEIPT_TTL_SECONDS)
 
 
+def _within(savepoint, transaction) -> bool:
+    """Whether ``savepoint`` (a SessionTransaction, or None for none) is ``transaction`` or inside it."""
+    while savepoint is not None:
+        if savepoint is transaction:
+            return True
+        savepoint = savepoint.parent
+    return False
+
+
 def batches(rows: Sequence) -> list[tuple[str, list]]:
     """``rows`` (in id order, each with ``.subscriber``) as (subscriber, chunk) pairs: one
     subscriber's rows per chunk, in id order, at most ``RELAY_BATCH``; chunks ordered by their
@@ -176,9 +185,9 @@ class Outbox:
         ]
         if rows:
             session.execute(self.table.insert(), rows)
-            if relays:
-                session.info.setdefault(PENDING_KEY, []).extend(Recorded(evt.event_id, r["subscriber"], r["body"])
-                                                                for r in rows)
+            if relays:  # with the savepoint they were written in, if any: undone if it is rolled back
+                session.info.setdefault(PENDING_KEY, []).append(
+                    (session.get_nested_transaction(), [Recorded(evt.event_id, r["subscriber"], r["body"]) for r in rows]))
         return evt
 
     def send(self, subscriber: str, body: dict) -> None:
@@ -264,14 +273,20 @@ class Outbox:
 
         @event.listens_for(factory, "after_commit")
         def _after_commit(session: Session) -> None:
+            if session.get_nested_transaction() is not None:
+                return  # a savepoint released: its rows are committed only with the whole transaction
             pending = session.info.pop(PENDING_KEY, None)
             if pending:
-                session.info.setdefault("outbox_committed", []).extend(pending)
+                session.info.setdefault("outbox_committed", []).extend(row for _, rows in pending for row in rows)
 
         @event.listens_for(factory, "after_soft_rollback")
         def _after_rollback(session: Session, previous_transaction) -> None:
             if previous_transaction.parent is None:
                 session.info.pop(PENDING_KEY, None)
+            elif previous_transaction.nested and session.info.get(PENDING_KEY):
+                # A savepoint rolled back (a held feed import): its rows are gone, so are their sends.
+                session.info[PENDING_KEY] = [(savepoint, rows) for savepoint, rows in session.info[PENDING_KEY]
+                                             if not _within(savepoint, previous_transaction)]
 
         # after_commit runs while the connection is still being released, so the send happens
         # when the session hands back its connection (after_transaction_end of the root).

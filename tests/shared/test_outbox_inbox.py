@@ -75,6 +75,34 @@ def test_rolled_back_event_is_never_sent(store):
     assert store.queued("notifications.events") == []
 
 
+def test_an_event_recorded_in_a_rolled_back_savepoint_is_never_sent(store):
+    # As a held feed import: the changes and their events are undone, the transaction commits.
+    with transaction(store.factory) as session:
+        kept = store.outbox.record(session, "meeting.published", meeting("kept"))
+        with pytest.raises(RuntimeError):
+            with session.begin_nested():
+                with session.begin_nested():  # a meeting's own savepoint inside the import's
+                    store.outbox.record(session, "meeting.published", meeting("undone"))
+                store.outbox.record(session, "meeting.updated", meeting("undone-too"))
+                raise RuntimeError("held")
+        with session.begin_nested():  # released: its event stands
+            after = store.outbox.record(session, "meeting.updated", meeting("after"))
+    for queue in ("referrals.events", "notifications.events"):
+        [message] = store.queued(queue)
+        assert [b["event_id"] for b in message["args"][0]] == [str(kept.event_id), str(after.event_id)]
+    with store.factory() as session:
+        assert session.scalar(select(func.count()).select_from(store.outbox.table)) == 4
+    # A savepoint released, then the whole transaction rolled back (a feed import that fails later).
+    with pytest.raises(RuntimeError):
+        with transaction(store.factory) as session:
+            with session.begin_nested():
+                store.outbox.record(session, "meeting.published", meeting("never"))
+            raise RuntimeError("the import failed")
+    assert [len(store.queued(q)) for q in ("referrals.events", "notifications.events")] == [1, 1]
+    with store.factory() as session:
+        assert session.scalar(select(func.count()).select_from(store.outbox.table)) == 4
+
+
 def test_committed_event_reaches_each_subscriber_once(store):
     with transaction(store.factory) as session:
         evt = store.outbox.record(session, "meeting.published", meeting())
