@@ -247,8 +247,8 @@ class Outbox:
         return relayed
 
     def _put_back(self, session: Session, rows: Sequence[Recorded]) -> None:
-        """Mark rows recorded as relayed unrelayed again: their send failed (the sweep sends them).
-        Found through the unconfirmed rows' index (they are recent and not yet confirmed)."""
+        """Rows committed marked relayed whose send failed, back to unrelayed for the sweep (found
+        through the unconfirmed rows' index: they are recent and not confirmed)."""
         t = self.table
         session.execute(update(t).where(
             t.c.confirmed_at.is_(None), t.c.relayed_at.is_not(None),
