@@ -127,8 +127,9 @@ def backbone_metrics(runtime, *, queues: Sequence[str]) -> Cached:
                                     "subscriber's queue (capped at 100000)", labels=["subscriber"])
         oldest = GaugeMetricFamily("fama_outbox_oldest_unrelayed_age_seconds",
                                    "Age of the oldest outbox row not yet sent (0 when none)")
-        unconfirmed = GaugeMetricFamily("fama_outbox_unconfirmed", "Events sent but not yet confirmed by their "
-                                        "subscriber (still chased; capped at 100000)", labels=["subscriber"])
+        unconfirmed = GaugeMetricFamily("fama_outbox_unconfirmed", "Events relayed (or marked so by a process that "
+                                        "died before sending) but not yet confirmed by their subscriber (still "
+                                        "chased; capped at 100000)", labels=["subscriber"])
         oldest_unconfirmed = GaugeMetricFamily("fama_outbox_oldest_unconfirmed_age_seconds",
                                                "Age of the oldest event sent and not yet confirmed (0 when none)")
         try:

@@ -1,10 +1,14 @@
 """Transactional outbox: events are rows written with the state change that caused them.
 
 ``Outbox.record`` adds one row per subscriber in the caller's transaction, so an event
-exists if and only if its change was committed. ``Outbox.relay`` sends committed rows to
-their subscriber's queue and marks them relayed. It runs right after each commit of a
-session made by ``Outbox.sessionmaker`` and from a periodic sweep, so a crash between
-commit and send only delays an event.
+exists if and only if its change was committed. In a session whose commits this process relays
+(``relay_after_commit``), the rows are written already marked relayed and are sent from memory
+right after the commit: the mark costs no transaction of its own. A send that fails puts them
+back to unrelayed, for the periodic sweep (``Outbox.sweep``), which also sends the rows of
+sessions that leave their events to it. A crash between the commit and the send leaves rows
+marked relayed that were never sent: ``Outbox.confirm`` sends them, as it does any event without
+a receipt, after ``OUTBOX_RESEND_SECONDS`` (300 s by default) rather than the sweep's second or
+two. That delay, after a crash only, is the price of the transaction saved at every commit.
 
 Being on the broker is not being processed: Redis hands a message to a worker before the
 worker records it as unacknowledged, so a worker killed in that instant (or a broker
@@ -46,7 +50,6 @@ from sqlalchemy import (
     event,
     or_,
     select,
-    text,
     tuple_,
     update,
 )
@@ -70,6 +73,8 @@ from shared.events import (
 log = structlog.get_logger(__name__)
 
 PENDING_KEY = "outbox_pending"
+# In the info of a session whose commits this process relays (set by ``relay_after_commit``).
+RELAYS_KEY = "outbox_relays_after_commit"
 
 
 class Recorded(NamedTuple):
@@ -116,6 +121,15 @@ def receipt_commands(client, prefix: str, subscriber: str, event_id) -> None:
     client.set(receipt_key(prefix, subscriber, event_id), 1, ex=RECEIPT_TTL_SECONDS)
 
 
+def _within(savepoint, transaction) -> bool:
+    """Whether ``savepoint`` (a SessionTransaction, or None for none) is ``transaction`` or inside it."""
+    while savepoint is not None:
+        if savepoint is transaction:
+            return True
+        savepoint = savepoint.parent
+    return False
+
+
 def batches(rows: Sequence) -> list[tuple[str, list]]:
     """``rows`` (in id order, each with ``.subscriber``) as (subscriber, chunk) pairs: one
     subscriber's rows per chunk, in id order, at most ``RELAY_BATCH``; chunks ordered by their
@@ -152,11 +166,16 @@ class Outbox:
 
     def record_many(self, session: Session, event_type: str, payloads: Sequence[Payload], *,
                     occurred_at: dt.datetime | None = None) -> list[Event]:
-        """``record`` for several events of one type, in one statement (a plan's reminders)."""
+        """``record`` for several events of one type, in one statement (a plan's reminders).
+
+        If this process relays the session's commits, the rows are written marked relayed, with
+        the send that follows the commit counted in ``attempts``, and kept in memory for it;
+        otherwise they are left unrelayed for the sweep."""
         if event_type in CATALOGUE and CATALOGUE[event_type].producer != self.producer:
             raise ValueError(f"{event_type} is produced by {CATALOGUE[event_type].producer}, not {self.producer}")
         events = [Event.new(event_type, payload, producer=self.producer, occurred_at=occurred_at) for payload in payloads]
         now = utcnow()
+        relays = session.info.get(RELAYS_KEY, False)
         rows = [
             {
                 "event_id": evt.event_id,
@@ -164,15 +183,17 @@ class Outbox:
                 "subscriber": sub,
                 "body": self.body_for(evt, sub),
                 "created_at": now,
-                "attempts": 0,
+                "relayed_at": now if relays else None,
+                "attempts": 1 if relays else 0,
             }
             for evt in events
             for sub in subscribers(event_type)
         ]
         if rows:
             session.execute(self.table.insert(), rows)
-            session.info.setdefault(PENDING_KEY, []).extend(Recorded(r["event_id"], r["subscriber"], r["body"])
-                                                            for r in rows)
+            if relays:  # with the savepoint they were written in, if any: undone if it is rolled back
+                session.info.setdefault(PENDING_KEY, []).append(
+                    (session.get_nested_transaction(), [Recorded(r["event_id"], r["subscriber"], r["body"]) for r in rows]))
         return events
 
     def send(self, subscriber: str, body: dict) -> None:
@@ -231,13 +252,19 @@ class Outbox:
         relayed = len(sent_ids)
         return relayed
 
-    def _unrelayed(self, rows: Sequence[Recorded]):
+    def _put_back(self, session: Session, rows: Sequence[Recorded]) -> None:
+        """Rows committed marked relayed whose send failed, back to unrelayed for the sweep (found
+        through the unconfirmed rows' index: they are recent and not confirmed)."""
         t = self.table
-        return update(t).where(t.c.relayed_at.is_(None),
-                               tuple_(t.c.event_id, t.c.subscriber).in_([(r.event_id, r.subscriber) for r in rows]))
+        session.execute(update(t).where(
+            t.c.confirmed_at.is_(None), t.c.relayed_at.is_not(None),
+            tuple_(t.c.event_id, t.c.subscriber).in_([(r.event_id, r.subscriber) for r in rows]),
+        ).values(relayed_at=None))
 
     def sweep(self, factory: sessionmaker[Session], *, older_than: dt.timedelta = dt.timedelta(seconds=2)) -> int:
-        """Relay everything left behind (by a crash, a broker outage or a failed send)."""
+        """Relay every row left unrelayed: recorded by a session whose commits are not relayed
+        (a process that relays its commits records them marked relayed), or put back after a failed
+        send. Rows marked relayed by a process that died before sending them are ``confirm``'s."""
         total = 0
         while True:
             n = self.relay(factory, older_than=older_than)
@@ -246,18 +273,26 @@ class Outbox:
                 return total
 
     def relay_after_commit(self, factory: sessionmaker[Session]) -> None:
-        """Relay each committed session's events at once, outside its transaction."""
+        """Relay each committed session's events at once, outside its transaction. The sessions of
+        ``factory`` then record their events marked relayed (``record``)."""
+        factory.configure(info={**factory.kw.get("info", {}), RELAYS_KEY: True})
 
         @event.listens_for(factory, "after_commit")
         def _after_commit(session: Session) -> None:
+            if session.get_nested_transaction() is not None:
+                return  # a savepoint released: its rows are committed only with the whole transaction
             pending = session.info.pop(PENDING_KEY, None)
             if pending:
-                session.info.setdefault("outbox_committed", []).extend(pending)
+                session.info.setdefault("outbox_committed", []).extend(row for _, rows in pending for row in rows)
 
         @event.listens_for(factory, "after_soft_rollback")
         def _after_rollback(session: Session, previous_transaction) -> None:
             if previous_transaction.parent is None:
                 session.info.pop(PENDING_KEY, None)
+            elif previous_transaction.nested and session.info.get(PENDING_KEY):
+                # A savepoint rolled back (a held feed import): its rows are gone, so are their sends.
+                session.info[PENDING_KEY] = [(savepoint, rows) for savepoint, rows in session.info[PENDING_KEY]
+                                             if not _within(savepoint, previous_transaction)]
 
         # after_commit runs while the connection is still being released, so the send happens
         # when the session hands back its connection (after_transaction_end of the root).
@@ -274,18 +309,20 @@ class Outbox:
                 log.warning("outbox.relay_after_commit_failed", error=type(exc).__name__)
 
     def relay_recorded(self, factory: sessionmaker[Session], rows: Sequence[Recorded]) -> int:
-        """Send rows this process has just committed, from memory, and mark them relayed.
+        """Send rows this process has just committed, from memory: the relay of every commit.
 
-        The relay of every commit: it needs no claim and no read of what it wrote (the sweep only
-        takes rows older than a few seconds, and a second copy is absorbed by the inbox). The mark
-        is committed without waiting for the disk (synchronous_commit off on Postgres): lost in a
-        crash, it only means the sweep sends those events again. Returns the number of rows sent.
+        The rows were committed already marked relayed (``record``), so a send that succeeds
+        needs no transaction at all, no claim and no read of what was written. Rows whose send
+        fails (and every row after them) are put back to unrelayed in one small transaction, so
+        the sweep sends them within seconds. Should the process die before the send, or that
+        transaction fail, they stay marked but unsent, and ``confirm`` sends them again once
+        ``resend_after`` has passed without a receipt: a few minutes late, never lost; a copy
+        that did arrive meanwhile is absorbed by the inbox. Returns the number of rows sent.
         """
-        t = self.table
         by_subscriber: dict[str, list[Recorded]] = {}
         for row in rows:
             by_subscriber.setdefault(row.subscriber, []).append(row)
-        sent, failed = [], []
+        sent, failed = 0, []
         for subscriber, sub_rows in by_subscriber.items():
             for i in range(0, len(sub_rows), RELAY_BATCH):
                 chunk = sub_rows[i:i + RELAY_BATCH]
@@ -298,21 +335,18 @@ class Outbox:
                     log.warning("outbox.send_failed", events=len(chunk), error=type(exc).__name__)
                     failed.extend(chunk)
                     continue
-                sent.extend(chunk)
-        with transaction(factory) as session:
-            if session.get_bind().dialect.name == "postgresql":
-                session.execute(text("SET LOCAL synchronous_commit TO OFF"))
-            if sent:
-                session.execute(self._unrelayed(sent).values(relayed_at=utcnow(), attempts=t.c.attempts + 1))
-            if failed:
-                session.execute(self._unrelayed(failed).values(attempts=t.c.attempts + 1))
-        return len(sent)
+                sent += len(chunk)
+        if failed:
+            with transaction(factory) as session:
+                self._put_back(session, failed)
+        return sent
 
     def confirm(self, factory: sessionmaker[Session], client, *, prefix: str, resend_after: dt.timedelta,
                 limit: int = 1000) -> dict[str, int]:
         """Mark relayed rows whose subscriber left a receipt; send again those that have none
-        after ``resend_after`` (doubling each time), so a message the broker dropped is not lost.
-        Resends are batched like the relay's sends."""
+        after ``resend_after`` (doubling each time), so a message the broker dropped is not lost,
+        nor one never sent because its process died between the commit and the send (``record``
+        marks rows relayed in the commit). Resends are batched like the relay's sends."""
         t = self.table
         now = utcnow()
         confirmed = resent = 0

@@ -4,6 +4,11 @@ Celery workers over real Redis, exactly once, even when delivered twice."""
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
 
 import pytest
 from fastapi.testclient import TestClient
@@ -18,7 +23,7 @@ from shared.db import make_sessionmaker, transaction
 from shared.outbox import receipt_key
 from tests.support.auth import auth
 from tests.support.broker import queued_messages
-from tests.support.processes import wait_for
+from tests.support.processes import ROOT, wait_for
 
 pytestmark = pytest.mark.usefixtures("clean_state")
 
@@ -77,7 +82,7 @@ def test_events_swept_together_travel_as_one_batch_and_are_each_processed_once(p
     from services.directory.schemas import MeetingIn
     from services.directory.service import create_meeting
 
-    # Committed by a process that died before relaying: the sweep finds them together.
+    # Committed by a session whose commits nobody relays: the sweep finds them together.
     slugs = [f"croydon-smart-{i}" for i in range(3)]
     with transaction(make_sessionmaker(directory.engine)) as session:
         for slug in slugs:
@@ -114,6 +119,60 @@ def test_events_swept_together_travel_as_one_batch_and_are_each_processed_once(p
     for runtime, table in ((referrals, referrals_replica), (notifications, notifications_replica)):
         assert _inbox_count(runtime) == 3
         assert len(replica_rows(runtime, table)) == 3
+
+
+# The directory publishing a meeting, killed (SIGKILL) the moment its relay is about to send.
+KILLED_BEFORE_THE_SEND = """
+import json, os, signal, sys
+from services.directory.runtime import runtime
+from services.directory.schemas import MeetingIn
+from services.directory.service import create_meeting
+
+runtime.outbox.send_batch = lambda subscriber, bodies: os.kill(os.getpid(), signal.SIGKILL)
+with runtime.transaction() as session:
+    create_meeting(session, meeting_in=MeetingIn(**json.loads(sys.argv[1])))
+"""
+
+
+def test_an_event_whose_process_died_between_commit_and_send_reaches_both_replicas_once(processes, redis_client,
+                                                                                           redis_prefix):
+    """The relayed mark is committed with the change, so a process killed before its send leaves
+    rows that look relayed and were never sent: the scheduler's confirm sends them, having no
+    receipt, once OUTBOX_RESEND_SECONDS have passed (2 s here, 300 s by default)."""
+    from services.directory.models import Meeting
+    from services.directory.runtime import runtime as directory
+
+    killed = subprocess.run([sys.executable, "-c", KILLED_BEFORE_THE_SEND, json.dumps(MEETING)], cwd=ROOT,
+                            env=os.environ, capture_output=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode(errors="replace")[-3000:]
+    with directory.sessions() as session:
+        assert session.scalars(select(Meeting.slug)).all() == [MEETING["slug"]]  # the change was committed
+        t = directory.outbox_table
+        rows = session.execute(select(t.c.subscriber, t.c.relayed_at, t.c.confirmed_at)).all()
+    assert sorted(r.subscriber for r in rows) == ["notifications", "referrals"]
+    assert all(r.relayed_at is not None and r.confirmed_at is None for r in rows)  # marked, never sent
+    for service in ("referrals", "notifications"):
+        assert queued_messages(redis_client, redis_prefix, f"{service}.events") == []
+    assert directory.outbox.sweep(directory.sessions, older_than=dt.timedelta(0)) == 0  # not the sweep's
+
+    processes.worker("referrals")
+    processes.worker("notifications")
+    scheduler = processes.scheduler("directory", env={"OUTBOX_RESEND_SECONDS": "2"})
+    for runtime, table in ((referrals, referrals_replica), (notifications, notifications_replica)):
+        replica = wait_for(lambda runtime=runtime, table=table: replica_rows(runtime, table), timeout=60,
+                           what=f"the meeting in the {runtime.name} replica")
+        assert [r.slug for r in replica] == [MEETING["slug"]]
+
+    def confirmed() -> bool:
+        with directory.sessions() as session:
+            return session.scalar(select(func.count()).select_from(t).where(t.c.confirmed_at.is_not(None))) == 2
+
+    wait_for(confirmed, timeout=60, what="both copies confirmed by their receipts")
+    assert "outbox.resent_unconfirmed" in scheduler.log()
+    # However many times it was sent before the receipts came back, each replica has it once.
+    for runtime, table in ((referrals, referrals_replica), (notifications, notifications_replica)):
+        assert _inbox_count(runtime) == 1
+        assert len(replica_rows(runtime, table)) == 1
 
 
 def _inbox_count(runtime) -> int:

@@ -50,7 +50,7 @@ def published(slug: str, *, ago: dt.timedelta = dt.timedelta(0)) -> Event:
 
 
 def test_outbox_backlog_rises_while_no_relay_runs_and_falls_when_the_sweep_comes_back(processes):
-    # Three meetings committed while nothing relays them (the API died between commit and send).
+    # Three meetings committed while nothing relays them (a session without the relay, as the sender's).
     no_relay = make_sessionmaker(directory.engine)
     with transaction(no_relay) as session:
         for n in range(3):

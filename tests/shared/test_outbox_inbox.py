@@ -75,6 +75,34 @@ def test_rolled_back_event_is_never_sent(store):
     assert store.queued("notifications.events") == []
 
 
+def test_an_event_recorded_in_a_rolled_back_savepoint_is_never_sent(store):
+    # As a held feed import: the changes and their events are undone, the transaction commits.
+    with transaction(store.factory) as session:
+        kept = store.outbox.record(session, "meeting.published", meeting("kept"))
+        with pytest.raises(RuntimeError):
+            with session.begin_nested():
+                with session.begin_nested():  # a meeting's own savepoint inside the import's
+                    store.outbox.record(session, "meeting.published", meeting("undone"))
+                store.outbox.record(session, "meeting.updated", meeting("undone-too"))
+                raise RuntimeError("held")
+        with session.begin_nested():  # released: its event stands
+            after = store.outbox.record(session, "meeting.updated", meeting("after"))
+    for queue in ("referrals.events", "notifications.events"):
+        [message] = store.queued(queue)
+        assert [b["event_id"] for b in message["args"][0]] == [str(kept.event_id), str(after.event_id)]
+    with store.factory() as session:
+        assert session.scalar(select(func.count()).select_from(store.outbox.table)) == 4
+    # A savepoint released, then the whole transaction rolled back (a feed import that fails later).
+    with pytest.raises(RuntimeError):
+        with transaction(store.factory) as session:
+            with session.begin_nested():
+                store.outbox.record(session, "meeting.published", meeting("never"))
+            raise RuntimeError("the import failed")
+    assert [len(store.queued(q)) for q in ("referrals.events", "notifications.events")] == [1, 1]
+    with store.factory() as session:
+        assert session.scalar(select(func.count()).select_from(store.outbox.table)) == 4
+
+
 def test_committed_event_reaches_each_subscriber_once(store):
     with transaction(store.factory) as session:
         evt = store.outbox.record(session, "meeting.published", meeting())
@@ -93,8 +121,8 @@ def test_committed_event_reaches_each_subscriber_once(store):
         assert store.outbox.unrelayed(session) == 0
 
 
-def test_relay_that_dies_between_commit_and_send_loses_nothing(store):
-    # A session without the after-commit relay stands for a process killed right after commit.
+def test_events_of_a_session_without_the_relay_are_left_to_the_sweep(store):
+    # A session whose commits nobody relays (as the notifications sender's): its rows wait unrelayed.
     bare = make_sessionmaker(store.engine)
     with transaction(bare) as session:
         store.outbox.record(session, "meeting.updated", meeting())
@@ -124,6 +152,66 @@ def test_send_failure_keeps_the_row_for_the_sweep(store):
     store.outbox.send_batch = real_send
     assert store.outbox.sweep(store.factory, older_than=dt.timedelta(0)) == 2
     assert len(store.queued("notifications.events")) == 1
+
+
+def test_a_send_that_fails_after_commit_puts_back_its_rows_only(store):
+    real_send = store.outbox.send_batch
+
+    def notifications_send_fails(subscriber, bodies):
+        if subscriber == "notifications":
+            raise ConnectionError("redis unavailable")
+        real_send(subscriber, bodies)
+
+    store.outbox.send_batch = notifications_send_fails
+    with transaction(store.factory) as session:
+        evt = store.outbox.record(session, "meeting.published", meeting())
+    # Sent to referrals and marked in the commit; back to unrelayed for notifications (one attempt).
+    assert outbox_rows(store, "referrals") == [(True, 1)]
+    assert outbox_rows(store, "notifications") == [(False, 1)]
+    store.outbox.send_batch = real_send
+    assert store.outbox.sweep(store.factory, older_than=dt.timedelta(0)) == 1
+    assert [m["args"][0]["event_id"] for m in store.queued("notifications.events")] == [str(evt.event_id)]
+    assert len(store.queued("referrals.events")) == 1
+    assert outbox_rows(store, "notifications") == [(True, 2)]
+
+
+def test_the_relayed_mark_is_written_in_the_commit_itself(store):
+    from sqlalchemy import event as sa_event
+
+    commits = []
+    sa_event.listen(store.engine, "commit", lambda _conn: commits.append(1))
+    with transaction(store.factory) as session:
+        session.execute(store.things.insert().values(name="x"))
+        store.outbox.record(session, "meeting.published", meeting())
+    assert len(commits) == 1  # no second transaction to mark the rows after the send
+    assert outbox_rows(store, "referrals") == outbox_rows(store, "notifications") == [(True, 1)]
+    assert len(store.queued("referrals.events")) == len(store.queued("notifications.events")) == 1
+
+
+def test_a_process_killed_between_commit_and_send_loses_nothing(store, monkeypatch):
+    # The rows were committed marked relayed; the process dies before its relay sends them.
+    monkeypatch.setattr(store.outbox, "relay_recorded", lambda factory, rows: 0)
+    with transaction(store.factory) as session:
+        evt = store.outbox.record(session, "meeting.updated", meeting())
+    assert store.queued("referrals.events") == store.queued("notifications.events") == []
+    # Not the sweep's: the rows look relayed. No subscriber left a receipt, so the confirm sends
+    # them once the resend delay has passed, as it does a message the broker dropped.
+    assert store.outbox.sweep(store.factory, older_than=dt.timedelta(0)) == 0
+    resend_after = dt.timedelta(seconds=60)
+
+    def confirm():
+        return store.outbox.confirm(store.factory, store.redis, prefix=store.prefix, resend_after=resend_after)
+
+    assert confirm() == {"confirmed": 0, "resent": 0}
+    _age_relayed_rows(store, dt.timedelta(minutes=1, seconds=1))
+    assert confirm() == {"confirmed": 0, "resent": 2}
+    for queue, sub in SUBSCRIBERS:
+        assert [m["args"][0]["event_id"] for m in store.queued(queue)] == [str(evt.event_id)]
+        assert outbox_rows(store, sub) == [(True, 2)]
+    for _, sub in SUBSCRIBERS:
+        receipt_commands(store.redis, store.prefix, sub, evt.event_id)
+    _age_relayed_rows(store, dt.timedelta(minutes=1))
+    assert confirm() == {"confirmed": 2, "resent": 0}
 
 
 def test_same_message_delivered_twice_changes_nothing(store):
@@ -206,7 +294,7 @@ SUBSCRIBERS = (("referrals.events", "referrals"), ("notifications.events", "noti
 
 
 def record_for_the_sweep(store, count: int) -> list[Event]:
-    """``count`` meeting events committed by a process that died before relaying them."""
+    """``count`` meeting events committed by a session that leaves them to the sweep."""
     bare = make_sessionmaker(store.engine)
     with transaction(bare) as session:
         return [store.outbox.record(session, "meeting.published", meeting(f"meeting-{i}")) for i in range(count)]
