@@ -158,7 +158,7 @@ class Server:
     @property
     def pids(self) -> list[int]:
         """Every process serving: uvicorn's (its workers' supervisor, when more than one) and its children."""
-        return [self.proc.pid, *children(self.proc.pid)]
+        return [self.proc.pid, *common.descendants(self.proc.pid)]
 
     def wait(self, path: str) -> None:
         deadline = time.monotonic() + 90
@@ -205,19 +205,6 @@ class Memory:
 
     def stop(self) -> None:
         self._stop.set()
-
-
-def children(pid: int) -> list[int]:
-    found, todo = [], [pid]
-    while todo:
-        try:
-            with open(f"/proc/{todo[0]}/task/{todo[0]}/children") as f:
-                kids = [int(c) for c in f.read().split()]
-        except FileNotFoundError:
-            kids = []
-        found += kids
-        todo = todo[1:] + kids
-    return found
 
 
 # Where the searches of a busy minute come from: a few services' neighbourhoods (the pilot
