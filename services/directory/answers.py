@@ -1,12 +1,18 @@
-"""Public answers kept for the minute: the meeting search and a meeting's JSON, as sent.
+"""Public answers kept until they could read differently: the meeting search and a meeting's
+JSON, as sent.
 
 Both are anonymous and read-mostly, and computing one costs a thread, two queries and the
 next start of every result (docs/PERFORMANCE.md), while a served copy costs a dictionary
 look-up. A copy is served only while all of these still hold:
 
 - the same path and query string;
-- the same minute: meetings start on whole minutes, so "next start" and "happening" can only
-  change when the minute does;
+- no moment at which an answer can change with the clock has come since it was made
+  (``kept_until``): what an answer shows of time ("next start", "happening", "starting soon",
+  the soonest-first order, "today") turns only when some meeting starts or ends, an hour before
+  a start, an hour after a start (a meeting without an end time), or at midnight; all of these
+  are on whole minutes. Those minutes of the day, of every meeting's usual and exceptional times,
+  whatever the day, are the moments: a superset of the real ones, so an answer is never kept past
+  one;
 - nothing they show changed since: every change of a meeting (create, update, withdraw, import)
   or of the postcodes loaded bumps a counter in this process and in Redis after its commit
   (``changed``), and each request reads the Redis one, so every API process sees a change from
@@ -17,16 +23,23 @@ If Redis cannot be read, nothing is served from the copies.
 
 from __future__ import annotations
 
+import bisect
+import datetime as dt
+import threading
 import time
 from collections import OrderedDict
+from zoneinfo import ZoneInfo
 
 import redis
 import structlog
-from sqlalchemy import event
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 from starlette.requests import Request
 
+from services.directory.models import Meeting
 from services.directory.runtime import runtime
+from services.directory.search import SOON, SORT_ZONE, USUAL_LENGTH, length_of
+from shared.meeting_time import exceptions_of, local_start, parse_hhmm
 from shared.web import PUBLIC_LIMIT
 
 log = structlog.get_logger(__name__)
@@ -44,27 +57,97 @@ def version_key() -> str:
 class Answers:
     def __init__(self, max_bytes: int = MAX_BYTES):
         self.max_bytes, self.size = max_bytes, 0
-        self.kept: OrderedDict[str, tuple[tuple, bytes]] = OrderedDict()
+        self.kept: OrderedDict[str, tuple[tuple, int, bytes]] = OrderedDict()
 
-    def get(self, key: str, stamp: tuple) -> bytes | None:
+    def get(self, key: str, stamp: tuple, minute: int) -> bytes | None:
         found = self.kept.get(key)
-        if found is None or found[0] != stamp:
+        if found is None or found[0] != stamp or minute >= found[1]:
             return None
         self.kept.move_to_end(key)
-        return found[1]
+        return found[2]
 
-    def put(self, key: str, stamp: tuple, body: bytes) -> None:
+    def put(self, key: str, stamp: tuple, until: int, body: bytes) -> None:
+        """Keep ``body`` for ``key`` under ``stamp`` up to (not including) the minute ``until``."""
         old = self.kept.pop(key, None)
         if old is not None:
-            self.size -= len(old[1])
-        self.kept[key] = (stamp, body)
+            self.size -= len(old[2])
+        self.kept[key] = (stamp, until, body)
         self.size += len(body)
         while self.size > self.max_bytes and self.kept:
-            _, (_, dropped) = self.kept.popitem(last=False)
+            _, (_, _, dropped) = self.kept.popitem(last=False)
             self.size -= len(dropped)
 
 
 answers = Answers()
+
+
+def minute_now() -> int:
+    """Minutes since the epoch (UTC): the unit answers are kept in."""
+    return int(time.time() // 60)
+
+
+_moments: tuple | None = None  # (stamp, horizon minute, sorted minutes) of the meetings as they were at stamp
+_moments_lock = threading.Lock()
+
+
+def kept_until(minute: int, stamp: tuple) -> int:
+    """The first minute after ``minute`` at which an answer made in ``minute`` may read differently
+    (the module's docstring); read in a worker thread (one query, once per change of the meetings
+    and once a day)."""
+    global _moments
+    with _moments_lock:
+        held = _moments
+        if held is None or held[0] != stamp or minute >= held[1]:
+            with runtime.reads() as session:
+                rows = session.execute(select(Meeting.time, Meeting.end_time, Meeting.timezone, Meeting.exceptions)
+                                       .where(Meeting.time.is_not(None))).all()
+            held = _moments = (stamp, *turning_minutes(rows, minute))
+    _, horizon, minutes = held
+    i = bisect.bisect_right(minutes, minute)
+    return minutes[i] if i < len(minutes) else horizon
+
+
+def turning_minutes(meetings, minute: int, days: int = 2) -> tuple[int, list[int]]:
+    """(horizon, the minutes from ``minute`` to the horizon at which what an answer shows of time may
+    turn) for meetings with (time, end_time, timezone, exceptions): each start, an hour before it, its
+    end and an hour after it, each end time, and midnight, in the meeting's zone on every day up to
+    ``days`` ahead, whatever the day it meets (more moments than there are, never fewer). The hours
+    before and after are counted from the start itself, so they hold across a change of the clocks."""
+    starts: dict[str, set[tuple[str, int]]] = {SORT_ZONE.key: set()}
+    wall: dict[str, set[str]] = {SORT_ZONE.key: {"00:00"}}  # wall-clock times: end times, midnight
+    for meeting in meetings:
+        zone = meeting.timezone or SORT_ZONE.key
+        length = _minutes(length_of(meeting))
+        times = [(meeting.time, meeting.end_time)]
+        times += [(e.get("time") or meeting.time, e.get("end_time")) for e in exceptions_of(meeting).values()]
+        for start_time, end_time in times:
+            starts.setdefault(zone, set()).add((start_time, length))
+            wall.setdefault(zone, {"00:00"}).update(t for t in (start_time, end_time) if t)
+    horizon = minute + days * 24 * 60
+    now = dt.datetime.fromtimestamp(minute * 60, dt.UTC)
+    found = set()
+    for zone_name in starts.keys() | wall.keys():
+        zone = ZoneInfo(zone_name)
+        today = now.astimezone(zone).date()
+        for day in (today + dt.timedelta(days=offset) for offset in range(-1, days + 2)):
+            for at in (_at(day, t, zone) for t in wall.get(zone_name, ())):
+                found.update(at)
+            for start_time, length in starts.get(zone_name, ()):
+                start = local_start(day, start_time, zone_name)
+                found.update(start + dt.timedelta(minutes=d) for d in
+                             (0, -_minutes(SOON), length, _minutes(USUAL_LENGTH)))
+    turns = {int(at.timestamp() // 60) for at in found}
+    return horizon, sorted(t for t in turns if minute < t <= horizon)
+
+
+def _at(day: dt.date, hhmm: str, zone: ZoneInfo) -> tuple[dt.datetime, ...]:
+    """Both instants a wall-clock time can name on a day the clocks go back (one otherwise)."""
+    naive = dt.datetime.combine(day, parse_hhmm(hhmm))
+    return naive.replace(tzinfo=zone), naive.replace(tzinfo=zone, fold=1)
+
+
+def _minutes(delta: dt.timedelta) -> int:
+    return int(delta.total_seconds() // 60)
 
 
 def key_of(scope) -> str:
@@ -80,7 +163,7 @@ async def stamp(request: Request) -> tuple | None:
     answered, shared = await PUBLIC_LIMIT.count(request, also_read=version_key())
     if not answered:  # the limiter lets the request through; nothing kept is served
         return None
-    return (int(time.time() // 60), _local_changes, shared)
+    return (_local_changes, shared)
 
 
 def changed(session: Session) -> None:

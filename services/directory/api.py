@@ -87,11 +87,12 @@ class KeptRoute(APIRoute):
 
         async def kept_or_made(request: Request) -> Response:
             stamp = await answers.stamp(request)  # counts the public rate limit too (429 when over)
-            body = answers.answers.get(answers.key_of(request.scope), stamp) if stamp is not None else None
+            minute = answers.minute_now()
+            body = answers.answers.get(answers.key_of(request.scope), stamp, minute) if stamp is not None else None
             kept_answers.labels("yes" if body is not None else "no").inc()
             if body is not None:
                 return Response(body, media_type="application/json")
-            request.scope[answers.STAMP] = stamp
+            request.scope[answers.STAMP] = (stamp, minute)
             return await make(request)
 
         return kept_or_made
@@ -129,18 +130,22 @@ async def search_meetings(
 
 
 async def _kept_answer(request: Request, make) -> Response:
-    """``make()``'s answer, made in a worker thread, and kept under the stamp KeptRoute read
-    (none was kept for this path and query in this minute)."""
-    model = await run_in_threadpool(make)
-    body = model.model_dump_json(by_alias=True).encode()
-    stamp = request.scope.get(answers.STAMP)
-    if stamp is not None:
-        answers.answers.put(answers.key_of(request.scope), stamp, body)
+    """``make()``'s answer, made in a worker thread, and kept under the stamp KeptRoute read (none
+    was kept for this path and query) until it could read differently (answers.kept_until)."""
+    stamp, minute = request.scope.get(answers.STAMP, (None, None))
+
+    def made() -> tuple[bytes, int | None]:
+        body = make().model_dump_json(by_alias=True).encode()
+        return body, answers.kept_until(minute, stamp) if stamp is not None else None
+
+    body, until = await run_in_threadpool(made)
+    if until is not None:
+        answers.answers.put(answers.key_of(request.scope), stamp, until, body)
     return Response(body, media_type="application/json")
 
 
 def _search_page(*, near, radius_km, day, date, starts_after, starts_before, fellowship, types, attendance, q, sort,
-                 limit, offset, page) -> MeetingPage:
+                 limit, offset, page, now: dt.datetime | None = None) -> MeetingPage:
     codes = [c.strip() for value in types for c in value.split(",") if c.strip()]
     unknown = [c for c in codes if c not in TYPE_NAMES]
     if unknown:
@@ -155,7 +160,7 @@ def _search_page(*, near, radius_km, day, date, starts_after, starts_before, fel
         raise service.InvalidInput("q", "has no letters or numbers to search for")
     if sort == "distance" and not near:
         raise service.InvalidInput("sort", "distance needs near: a postcode, a place or 'latitude,longitude'")
-    now = utcnow()
+    now = now or utcnow()
     days = list(day)
     if date is not None:
         start = search.start_of(date)
@@ -202,7 +207,7 @@ async def get_meeting(request: Request, slug: str):
 app.include_router(public)  # here: the routes keep their place before the admin ones
 
 
-def _meeting(slug: str) -> MeetingResult:
+def _meeting(slug: str, now: dt.datetime | None = None) -> MeetingResult:
     """A meeting's public JSON from its public columns (search.public_columns), validated once from a
     dict like a search's results: loading the whole ORM object decrypted the facilitator's and the
     feed contacts' fields, which this answer never shows."""
@@ -210,7 +215,7 @@ def _meeting(slug: str) -> MeetingResult:
         meeting = session.execute(_meeting_query(), {"slug": slug}).first()
     if meeting is None:
         raise service.NotFound(f"no meeting with slug {slug!r}")
-    now = utcnow()
+    now = now or utcnow()
     occurrence = search.next_of(meeting, now) if meeting.active else None
     start = occurrence.start if occurrence is not None else None
     shown = {} if start is None else {
