@@ -86,25 +86,37 @@ def minute_now() -> int:
     return int(time.time() // 60)
 
 
-_moments: tuple | None = None  # (stamp, horizon minute, sorted minutes) of the meetings as they were at stamp
-_moments_lock = threading.Lock()
+_held: tuple | None = None  # (stamp, horizon minute, turning minutes, ids of meetings with a schedule)
+_held_lock = threading.Lock()
+
+
+def _meetings_held(minute: int, stamp: tuple) -> tuple:
+    """What answers need of all meetings, as they were at ``stamp``: read in a worker thread (one
+    query, once per change of the meetings and once a day)."""
+    global _held
+    with _held_lock:
+        held = _held
+        if held is None or held[0] != stamp or minute >= held[1]:
+            with runtime.reads() as session:
+                rows = session.execute(select(Meeting.id, Meeting.weekly, Meeting.time, Meeting.end_time,
+                                              Meeting.timezone, Meeting.exceptions)).all()
+            held = _held = (stamp, *turning_minutes([r for r in rows if r.time is not None], minute),
+                            [r.id for r in rows if not r.weekly])
+    return held
 
 
 def kept_until(minute: int, stamp: tuple) -> int:
     """The first minute after ``minute`` at which an answer made in ``minute`` may read differently
-    (the module's docstring); read in a worker thread (one query, once per change of the meetings
-    and once a day)."""
-    global _moments
-    with _moments_lock:
-        held = _moments
-        if held is None or held[0] != stamp or minute >= held[1]:
-            with runtime.reads() as session:
-                rows = session.execute(select(Meeting.time, Meeting.end_time, Meeting.timezone, Meeting.exceptions)
-                                       .where(Meeting.time.is_not(None))).all()
-            held = _moments = (stamp, *turning_minutes(rows, minute))
-    _, horizon, minutes = held
+    (the module's docstring)."""
+    _, horizon, minutes, _ = _meetings_held(minute, stamp)
     i = bisect.bisect_right(minutes, minute)
     return minutes[i] if i < len(minutes) else horizon
+
+
+def scheduled_ids(minute: int, stamp: tuple) -> list[int]:
+    """The ids of the meetings with a schedule (not simply weekly), which every search asks for:
+    held with the turning minutes, so a search made afresh saves that query."""
+    return _meetings_held(minute, stamp)[3]
 
 
 def turning_minutes(meetings, minute: int, days: int = 2) -> tuple[int, list[int]]:

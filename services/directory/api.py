@@ -126,7 +126,7 @@ async def search_meetings(
     return await _kept_answer(request, functools.partial(
         _search_page, near=near, radius_km=radius_km, day=day, date=date, starts_after=starts_after,
         starts_before=starts_before, fellowship=fellowship, types=types, attendance=attendance, q=q, sort=sort,
-        limit=limit, offset=offset, page=page))
+        limit=limit, offset=offset, page=page, kept=request.scope.get(answers.STAMP)))
 
 
 async def _kept_answer(request: Request, make) -> Response:
@@ -145,7 +145,8 @@ async def _kept_answer(request: Request, make) -> Response:
 
 
 def _search_page(*, near, radius_km, day, date, starts_after, starts_before, fellowship, types, attendance, q, sort,
-                 limit, offset, page, now: dt.datetime | None = None) -> MeetingPage:
+                 limit, offset, page, now: dt.datetime | None = None, kept: tuple | None = None) -> MeetingPage:
+    """``kept``: (stamp, minute) under which the answer will be kept (KeptRoute), or None."""
     codes = [c.strip() for value in types for c in value.split(",") if c.strip()]
     unknown = [c for c in codes if c not in TYPE_NAMES]
     if unknown:
@@ -174,9 +175,10 @@ def _search_page(*, near, radius_km, day, date, starts_after, starts_before, fel
     search_in = SearchIn(near=near, radius_km=radius_km, days=days, starts_after=starts_after,
                          starts_before=starts_before, fellowship=fellowship, types=codes, attendance=attendance,
                          q=q, sort=sort, limit=limit, offset=offset, now=now, on_date=date)
+    ids = answers.scheduled_ids(kept[1], kept[0]) if kept and kept[0] is not None else None
     # Closed here, in the endpoint's thread; reads only (no BEGIN or ROLLBACK round trip on Postgres).
     with runtime.reads() as session:
-        found = search.search_meetings(session, search_in=search_in)
+        found = search.search_meetings(session, search_in=search_in, scheduled_ids=ids)
     return MeetingPage(total=found["total"], limit=limit, offset=offset, near=found["near"],
                        results=[_result(m, d, now) for m, d in found["results"]],
                        beyond=[_result(m, d, now) for m, d in found["beyond"]])

@@ -334,13 +334,16 @@ def _load(session: Session, rows: list[tuple]) -> list[tuple]:
     return [(loaded[r.id], d) for r, d in rows]
 
 
-def search_meetings(session: Session, *, search_in: SearchIn, geocoder: Geocoder | None = None) -> dict:
+def search_meetings(session: Session, *, search_in: SearchIn, geocoder: Geocoder | None = None,
+                    scheduled_ids: list[int] | None = None) -> dict:
     """Live meetings matching the filters; by distance when ``near`` is given, or soonest first.
 
     With ``near`` only the grid rows covering the circle are read (an index range per
     row), then exact great-circle distances decide, so the work follows the area searched.
     When fewer than a few are within the radius, the nearest beyond it (up to 200 km) are
     returned as ``beyond``, so a rural search is never simply empty.
+    ``scheduled_ids``: the ids of meetings with a schedule, when the caller holds them as they are now
+    (answers.py); read here otherwise.
     Returns {"total", "near", "results": [(meeting, distance_km | None)], "beyond": [...]}.
     """
     now = search_in.now or utcnow()
@@ -351,7 +354,8 @@ def search_meetings(session: Session, *, search_in: SearchIn, geocoder: Geocoder
     # Meetings with a schedule (few): their next occurrences; those with none (or none open on the date
     # searched) are left out in SQL, so every order and page below stays SQL's.
     # The weekly flag alone first: only its index can answer that (the filters' own indexes would scan).
-    scheduled_ids = session.scalars(select(Meeting.id).where(Meeting.weekly.is_(False))).all()
+    if scheduled_ids is None:
+        scheduled_ids = session.scalars(select(Meeting.id).where(Meeting.weekly.is_(False))).all()
     scheduled = _scheduled(session, [Meeting.id.in_(scheduled_ids), *conditions], search_in, now) \
         if scheduled_ids else {}
     over = [i for i, occurrence in scheduled.items() if occurrence is None]
