@@ -60,7 +60,7 @@ app = make_app(service="directory", settings=runtime.settings, engine=lambda: ru
 app.state.metrics_registry.register(backbone_metrics(runtime, queues=[queues.events_queue("directory")]))
 # How often the public search and meeting JSON were answered from what this process kept (answers.py).
 kept_answers = Counter("fama_directory_public_answers_total", "Public searches and meetings answered, by whether "
-                       "the answer kept for the minute served", ["kept"], registry=app.state.metrics_registry)
+                       "an answer kept from before served", ["kept"], registry=app.state.metrics_registry)
 
 
 def _errors_response(errors: list[dict]) -> JSONResponse:
@@ -78,9 +78,9 @@ async def invalid_model(_request: Request, exc: ValidationError):
 # --- meetings -------------------------------------------------------------------------------
 
 class KeptRoute(APIRoute):
-    """A public route whose answers are kept for the minute (answers.py): a kept answer is sent
-    before FastAPI reads and validates the parameters, which cost more than sending it. Only what
-    was answered 200 is kept, so a kept answer's path and query were valid."""
+    """A public route whose answers are kept until they could read differently (answers.py): a kept
+    answer is sent before FastAPI reads and validates the parameters, which cost more than sending
+    it. Only what was answered 200 is kept, so a kept answer's path and query were valid."""
 
     def get_route_handler(self):
         make = super().get_route_handler()

@@ -1,4 +1,4 @@
-"""Public answers kept for the minute (services/directory/answers.py): served again only while
+"""Public answers kept (services/directory/answers.py): served again only while
 nothing they show has changed, whichever process changed it."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def kept(answer: str) -> float:
 
 
 def well_inside_a_minute() -> None:
-    """Answers are kept for the minute they were made in: start a test's requests early in one."""
+    """An answer may turn at the next minute (a meeting starts): start a test's requests early in one."""
     if time.time() % 60 > 45:
         time.sleep(61 - time.time() % 60)
 
