@@ -9,7 +9,7 @@ import json
 from email.utils import format_datetime, parsedate_to_datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, status
+from fastapi import Body, Depends, HTTPException, Query, Request, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
@@ -98,11 +98,17 @@ class KeptRoute(APIRoute):
         return kept_or_made
 
 
-public = APIRouter(route_class=KeptRoute)
+def kept_get(path: str, **route):
+    """``@app.get`` for a KeptRoute (in the app's own routes, where the 405 answer's Allow header and
+    the OpenAPI document find it)."""
+    def register(endpoint):
+        app.router.add_api_route(path, endpoint, methods=["GET"], route_class_override=KeptRoute, **route)
+        return endpoint
+    return register
 
 
-@public.get("/meetings", response_model=MeetingPage, tags=["meetings"],
-            summary="Search meetings (public)", dependencies=[PublicRateLimit])
+@kept_get("/meetings", response_model=MeetingPage, tags=["meetings"],
+          summary="Search meetings (public)", dependencies=[PublicRateLimit])
 async def search_meetings(
     request: Request,
     near: Annotated[str | None, Query(description="UK postcode (full or outward code), UK town, village or city "
@@ -200,13 +206,11 @@ def _result(meeting, distance: float | None, now: dt.datetime) -> MeetingResult:
         "next_start_utc": start.astimezone(dt.UTC).isoformat() if start is not None else None, **scheduled})
 
 
-@public.get("/meetings/{slug}", response_model=MeetingResult, tags=["meetings"],
-            summary="One meeting (public)", dependencies=[PublicRateLimit])
+@kept_get("/meetings/{slug}", response_model=MeetingResult, tags=["meetings"],
+          summary="One meeting (public)", dependencies=[PublicRateLimit])
 async def get_meeting(request: Request, slug: str):
     return await _kept_answer(request, functools.partial(_meeting, slug))
 
-
-app.include_router(public)  # here: the routes keep their place before the admin ones
 
 
 def _meeting(slug: str, now: dt.datetime | None = None) -> MeetingResult:

@@ -389,12 +389,16 @@ class PhoneScanner:
         self.lengths = sorted({len(f) for f in self.forms if f[0].isdigit()})
 
     def find(self, content: str) -> set[str]:
+        """The forms found whole: not the inside of a longer number (a task's run time in seconds,
+        0.0207770010001695, holds 7700100016)."""
         found = set()
         for run in DIGIT_RUNS.findall(content):
             for length in self.lengths:
                 for start in range(0, len(run) - length + 1):
-                    window = run[start:start + length]
-                    if window in self.forms:
+                    end = start + length
+                    window = run[start:end]
+                    if window in self.forms and (start == 0 or run[start - 1] == " ") and \
+                            (end == len(run) or run[end] == " "):
                         found.add(window)
         found |= {f for f in self.forms if f.startswith("+") and f in content}
         return found

@@ -210,6 +210,7 @@ def test_nothing_lost_or_doubled_under_faults(redis_prefix, capsys):
         assert created and sealed == len(created), "referral.created events queued during the outage carry sealed contacts"
         assert in_clear_on_broker == [], "a contact detail was on the broker in clear"
         assert scanner.find("call 07700 100001 today") and scanner.find('{"to": "+447700100002"}'), "the scanner works"
+        assert not scanner.find("succeeded in 0.02" + harness.e164(3)[3:] + "95s"), "a longer number is no phone number"
         hits = []
         for engine in engines.values():
             hits += scanner.scan_database(engine)
