@@ -44,10 +44,12 @@ from shared.web import PUBLIC_LIMIT
 
 log = structlog.get_logger(__name__)
 
-MAX_BYTES = 8 * 1024 * 1024  # what one process keeps, at most (least recently used dropped first)
+# What one process keeps, at most, of each (least recently used dropped first): searches and meetings
+# apart, so a run of searches asked once (a keyworker typing postcodes) never pushes out the meetings.
+SEARCH_BYTES = MEETING_BYTES = 4 * 1024 * 1024
 
 _local_changes = 0  # meeting changes committed by this process
-STAMP = "fama.answer_stamp"  # scope key: the stamp read for this request, under which its answer is kept
+STAMP = "fama.answer_stamp"  # scope key: (stamp, minute, Answers) under which this request's answer is kept
 
 
 def version_key() -> str:
@@ -55,7 +57,7 @@ def version_key() -> str:
 
 
 class Answers:
-    def __init__(self, max_bytes: int = MAX_BYTES):
+    def __init__(self, max_bytes: int):
         self.max_bytes, self.size = max_bytes, 0
         self.kept: OrderedDict[str, tuple[tuple, int, bytes]] = OrderedDict()
 
@@ -78,7 +80,12 @@ class Answers:
             self.size -= len(dropped)
 
 
-answers = Answers()
+searches, meetings = Answers(SEARCH_BYTES), Answers(MEETING_BYTES)
+
+
+def kept_for(path: str) -> Answers:
+    """Where the answers of a route (its path template) are kept."""
+    return searches if path == "/meetings" else meetings
 
 
 def minute_now() -> int:

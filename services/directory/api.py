@@ -83,16 +83,16 @@ class KeptRoute(APIRoute):
     it. Only what was answered 200 is kept, so a kept answer's path and query were valid."""
 
     def get_route_handler(self):
-        make = super().get_route_handler()
+        make, kept = super().get_route_handler(), answers.kept_for(self.path)
 
         async def kept_or_made(request: Request) -> Response:
             stamp = await answers.stamp(request)  # counts the public rate limit too (429 when over)
             minute = answers.minute_now()
-            body = answers.answers.get(answers.key_of(request.scope), stamp, minute) if stamp is not None else None
+            body = kept.get(answers.key_of(request.scope), stamp, minute) if stamp is not None else None
             kept_answers.labels("yes" if body is not None else "no").inc()
             if body is not None:
                 return Response(body, media_type="application/json")
-            request.scope[answers.STAMP] = (stamp, minute)
+            request.scope[answers.STAMP] = (stamp, minute, kept)
             return await make(request)
 
         return kept_or_made
@@ -138,7 +138,7 @@ async def search_meetings(
 async def _kept_answer(request: Request, make) -> Response:
     """``make()``'s answer, made in a worker thread, and kept under the stamp KeptRoute read (none
     was kept for this path and query) until it could read differently (answers.kept_until)."""
-    stamp, minute = request.scope.get(answers.STAMP, (None, None))
+    stamp, minute, kept = request.scope.get(answers.STAMP, (None, None, None))
 
     def made() -> tuple[bytes, int | None]:
         body = make().model_dump_json(by_alias=True).encode()
@@ -146,13 +146,13 @@ async def _kept_answer(request: Request, make) -> Response:
 
     body, until = await run_in_threadpool(made)
     if until is not None:
-        answers.answers.put(answers.key_of(request.scope), stamp, until, body)
+        kept.put(answers.key_of(request.scope), stamp, until, body)
     return Response(body, media_type="application/json")
 
 
 def _search_page(*, near, radius_km, day, date, starts_after, starts_before, fellowship, types, attendance, q, sort,
                  limit, offset, page, now: dt.datetime | None = None, kept: tuple | None = None) -> MeetingPage:
-    """``kept``: (stamp, minute) under which the answer will be kept (KeptRoute), or None."""
+    """``kept``: (stamp, minute, where) the answer will be kept under (KeptRoute), or None."""
     codes = [c.strip() for value in types for c in value.split(",") if c.strip()]
     unknown = [c for c in codes if c not in TYPE_NAMES]
     if unknown:

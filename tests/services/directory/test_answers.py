@@ -123,3 +123,19 @@ def test_a_refused_query_is_refused_every_time_never_kept():
         assert again.json() == first.json()
     assert client.get("/meetings/no-such-meeting").status_code == 404
     assert client.get("/meetings/no-such-meeting").status_code == 404
+
+
+def test_searches_asked_once_never_push_a_kept_meeting_out():
+    """Searches and meetings are kept apart: a keyworker typing postcode after postcode fills the
+    searches' share, never the meetings'."""
+    from services.directory import answers
+
+    assert client.post("/meetings", json=meeting(), headers=ADMIN).status_code == 201
+    well_inside_a_minute()
+    made = client.get("/meetings/croydon-smart-tuesday")
+    for i in range(answers.SEARCH_BYTES // 50_000 + 10):  # more than the searches' share holds
+        answers.searches.put(f"/meetings?near=X{i}", ("any",), 2**40, b" " * 50_000)
+    assert answers.searches.size <= answers.SEARCH_BYTES
+    before = kept("yes")
+    assert client.get("/meetings/croydon-smart-tuesday").content == made.content
+    assert kept("yes") == before + 1
