@@ -42,6 +42,8 @@ FELLOWSHIPS = ("aa", "na", "ca", "smart", "al-anon")
 console = Console(width=200)
 # The production command's options (README, "Serving the APIs"): every bench serves the APIs with them.
 SERVE = ("--loop", "uvloop", "--http", "httptools", "--no-access-log")
+# And the image's environment (Dockerfile) for every process a bench starts.
+os.environ.setdefault("MALLOC_ARENA_MAX", "2")
 
 
 def setup() -> None:
