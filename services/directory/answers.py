@@ -57,27 +57,56 @@ def version_key() -> str:
 
 
 class Answers:
-    def __init__(self, max_bytes: int):
-        self.max_bytes, self.size = max_bytes, 0
-        self.kept: OrderedDict[str, tuple[tuple, int, bytes]] = OrderedDict()
+    """At most ``max_bytes`` of answers. When full, the least recently used go first, but an answer
+    asked fewer times than one it would push out is not kept (TinyLFU's admission): a run of searches
+    asked once or twice never pushes out those asked all day. The counts halve now and then, so what
+    was popular yesterday gives way."""
+
+    def __init__(self, max_bytes: int, *, max_asked: int = 20_000):
+        self.max_bytes, self.size, self.max_asked = max_bytes, 0, max_asked
+        self.kept: OrderedDict[str, list] = OrderedDict()  # key: [stamp, until, body, times asked]
+        self.asked: dict[str, int] = {}  # times asked, of answers made but not kept
 
     def get(self, key: str, stamp: tuple, minute: int) -> bytes | None:
         found = self.kept.get(key)
         if found is None or found[0] != stamp or minute >= found[1]:
             return None
+        found[3] += 1
         self.kept.move_to_end(key)
         return found[2]
 
-    def put(self, key: str, stamp: tuple, until: int, body: bytes) -> None:
-        """Keep ``body`` for ``key`` under ``stamp`` up to (not including) the minute ``until``."""
+    def put(self, key: str, stamp: tuple, until: int, body: bytes, *, minute: int) -> bool:
+        """Keep ``body`` for ``key`` under ``stamp`` up to (not including) the minute ``until``, if it
+        earns its place; whether it was kept. What can no longer be served (another stamp, its minute
+        passed) makes room first, whatever its count."""
+        asked = self.asked.pop(key, 0) + 1
         old = self.kept.pop(key, None)
         if old is not None:
             self.size -= len(old[2])
-        self.kept[key] = (stamp, until, body)
+            asked = max(asked, old[3])
+        need, victims = self.size + len(body) - self.max_bytes, []
+        for kept_key, (kept_stamp, kept_until, kept_body, kept_asked) in self.kept.items():  # least recent first
+            if need <= 0:
+                break
+            if kept_stamp == stamp and minute < kept_until and kept_asked >= asked:
+                break  # it would push out an answer asked as often: not kept
+            victims.append(kept_key)
+            need -= len(kept_body)
+        if need > 0:
+            self._count(key, asked)
+            return False
+        for victim in victims:
+            self.size -= len(self.kept.pop(victim)[2])
+        self.kept[key] = [stamp, until, body, asked]
         self.size += len(body)
-        while self.size > self.max_bytes and self.kept:
-            _, (_, _, dropped) = self.kept.popitem(last=False)
-            self.size -= len(dropped)
+        return True
+
+    def _count(self, key: str, asked: int) -> None:
+        self.asked[key] = asked
+        if len(self.asked) > self.max_asked:  # age every count
+            self.asked.clear()
+            for entry in self.kept.values():
+                entry[3] //= 2
 
 
 searches, meetings = Answers(SEARCH_BYTES), Answers(MEETING_BYTES)

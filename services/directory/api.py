@@ -146,7 +146,7 @@ async def _kept_answer(request: Request, make) -> Response:
 
     body, until = await run_in_threadpool(made)
     if until is not None:
-        kept.put(answers.key_of(request.scope), stamp, until, body)
+        kept.put(answers.key_of(request.scope), stamp, until, body, minute=minute)
     return Response(body, media_type="application/json")
 
 

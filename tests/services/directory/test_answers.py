@@ -134,8 +134,58 @@ def test_searches_asked_once_never_push_a_kept_meeting_out():
     well_inside_a_minute()
     made = client.get("/meetings/croydon-smart-tuesday")
     for i in range(answers.SEARCH_BYTES // 50_000 + 10):  # more than the searches' share holds
-        answers.searches.put(f"/meetings?near=X{i}", ("any",), 2**40, b" " * 50_000)
+        answers.searches.put(f"/meetings?near=X{i}", ("any",), 2**40, b" " * 50_000, minute=0)
     assert answers.searches.size <= answers.SEARCH_BYTES
     before = kept("yes")
     assert client.get("/meetings/croydon-smart-tuesday").content == made.content
     assert kept("yes") == before + 1
+
+
+def test_a_flood_of_searches_asked_once_leaves_the_popular_ones_kept():
+    from services.directory.answers import Answers
+
+    kept, stamp = Answers(10_000, max_asked=1_000), ("s",)
+    for i in range(10):  # ten popular answers fill it
+        assert kept.put(f"popular-{i}", stamp, 100, b"p" * 1_000, minute=1)
+        for _ in range(20):
+            assert kept.get(f"popular-{i}", stamp, 1) is not None
+    for i in range(500):  # then five hundred different searches, each asked once
+        assert not kept.put(f"once-{i}", stamp, 100, b"o" * 1_000, minute=2)
+    assert all(kept.get(f"popular-{i}", stamp, 2) for i in range(10))
+    assert kept.size <= 10_000
+    # Asked as often as the least popular (22 times), a newcomer still is not kept; more often, it is.
+    for _ in range(22):
+        assert not kept.put("rising", stamp, 100, b"r" * 1_000, minute=3)
+    assert kept.put("rising", stamp, 100, b"r" * 1_000, minute=3)
+    assert kept.get("rising", stamp, 3) is not None and kept.size <= 10_000
+
+
+def test_what_can_no_longer_be_served_makes_room_whatever_its_count():
+    from services.directory.answers import Answers
+
+    kept = Answers(3_000)
+    for i in range(3):
+        kept.put(f"old-{i}", ("before",), 100, b"x" * 1_000, minute=1)
+        for _ in range(50):
+            kept.get(f"old-{i}", ("before",), 1)
+    assert kept.put("after a change", ("after",), 100, b"y" * 1_000, minute=2)  # another stamp
+    kept.put("short", ("after",), 3, b"z" * 1_000, minute=2)
+    assert kept.put("later", ("after",), 100, b"w" * 1_000, minute=5)  # "short" was kept to minute 3
+    assert kept.get("after a change", ("after",), 5) and kept.get("later", ("after",), 5)
+
+
+def test_counts_age_so_yesterdays_popular_answers_give_way():
+    from services.directory.answers import Answers
+
+    kept, stamp = Answers(2_000, max_asked=10), ("s",)
+    for key in ("a", "b"):
+        kept.put(key, stamp, 100, b"x" * 1_000, minute=1)
+        for _ in range(40):
+            kept.get(key, stamp, 1)
+    admitted = False
+    for round_ in range(12):  # many searches asked now and then: the counts halve each time the tally fills
+        for i in range(11):
+            kept.put(f"other-{round_}-{i}", stamp, 100, b"o" * 1_000, minute=2)
+        for _ in range(3):
+            admitted = kept.put("today", stamp, 100, b"t" * 1_000, minute=2) or admitted
+    assert admitted and kept.get("today", stamp, 2) is not None
