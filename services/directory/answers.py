@@ -136,7 +136,9 @@ def _meetings_held(minute: int, stamp: tuple) -> tuple:
             with runtime.reads() as session:
                 rows = session.execute(select(Meeting.id, Meeting.weekly, Meeting.time, Meeting.end_time,
                                               Meeting.timezone, Meeting.exceptions)).all()
-            held = _held = (stamp, *turning_minutes([r for r in rows if r.time is not None], minute),
+            # From an hour back: a request that read the clock just before another thread refreshed
+            # this must still find the turns between its minute and that thread's.
+            held = _held = (stamp, *turning_minutes([r for r in rows if r.time is not None], minute - 60),
                             [r.id for r in rows if not r.weekly])
     return held
 

@@ -89,3 +89,12 @@ def test_an_answer_is_not_kept_past_a_start_an_hour_before_it_or_an_end(meetings
         assert at in as_times, hhmm
     assert answers_at(dt.datetime(2026, 12, 8, 13, 59, 59, tzinfo=dt.UTC)) != \
         answers_at(dt.datetime(2026, 12, 8, 14, 0, 0, tzinfo=dt.UTC))  # the start does change them
+
+
+def test_a_request_that_read_the_clock_before_the_turns_were_refreshed_still_finds_its_turn(meetings):
+    """Two requests: one read the clock at 13:59, then another, at 14:00, refreshed what is held of
+    the meetings. The first's answer must still end at 14:00 (the Tuesday meeting's start)."""
+    at = dt.datetime(2026, 12, 8, 14, 0, tzinfo=dt.UTC)  # London is on UTC in December
+    turn = int(at.timestamp() // 60)
+    answers.kept_until(turn, ("refreshed at 14:00",))
+    assert answers.kept_until(turn - 1, ("refreshed at 14:00",)) == turn
