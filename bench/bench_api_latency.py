@@ -8,8 +8,8 @@ served the very same way. wrk (C, the Debian package
 
 - ``GET /meetings`` near one of 12 London areas (156 different searches: each area with and
   without a day or a fellowship), as the keyworkers of a region's services search in a busy minute;
-- ``GET /meetings`` near one of 284 London outward codes (852 different searches: few are asked
-  again within the minute a process keeps an answer, so this is the search computed anew);
+- ``GET /meetings`` near one of 284 London outward codes (852 different searches, each asked about
+  twice in a run: a process keeps what is asked more often first, so this is the search computed anew);
   the public search's per-address limit is raised far above the load but still counted in Redis;
 - ``GET /meetings/{slug}`` over all 2,400 meetings (the meeting page's JSON);
 - ``POST /referrals`` with consent and a distinct mobile, as the keyworker of the meeting's site.
