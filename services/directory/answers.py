@@ -14,9 +14,10 @@ look-up. A copy is served only while all of these still hold:
   whatever the day, are the moments: a superset of the real ones, so an answer is never kept past
   one;
 - nothing they show changed since: every change of a meeting (create, update, withdraw, import)
-  or of the postcodes loaded bumps a counter in this process and in Redis after its commit
-  (``changed``), and each request reads the Redis one, so every API process sees a change from
-  its next request on.
+  or of the postcodes loaded bumps a counter in this process and writes a new mark in Redis after
+  its commit (``changed``), and each request reads the Redis one, so every API process sees a change
+  from its next request on;
+- at most ``MAX_KEPT_MINUTES`` old, in case a change's mark could not be written.
 
 If Redis cannot be read, nothing is served from the copies.
 """
@@ -27,6 +28,7 @@ import bisect
 import datetime as dt
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from zoneinfo import ZoneInfo
 
@@ -122,6 +124,9 @@ def minute_now() -> int:
     return int(time.time() // 60)
 
 
+# And never longer than this: a change whose mark could not be written to Redis (it was unreachable)
+# shows in every process within it.
+MAX_KEPT_MINUTES = 5
 _held: tuple | None = None  # (stamp, horizon minute, turning minutes, ids of meetings with a schedule)
 _held_lock = threading.Lock()
 
@@ -148,7 +153,7 @@ def kept_until(minute: int, stamp: tuple) -> int:
     (the module's docstring)."""
     _, horizon, minutes, _ = _meetings_held(minute, stamp)
     i = bisect.bisect_right(minutes, minute)
-    return minutes[i] if i < len(minutes) else horizon
+    return min(minutes[i] if i < len(minutes) else horizon, minute + MAX_KEPT_MINUTES)
 
 
 def scheduled_ids(minute: int, stamp: tuple) -> list[int]:
@@ -228,7 +233,7 @@ def _after_commit(session: Session) -> None:
     global _local_changes
     session.info.pop("meetings_changed", None)
     _local_changes += 1
-    try:
-        runtime.redis.incr(version_key())
-    except redis.RedisError as exc:  # other processes see the change when the minute turns
+    try:  # a value never used before (a counter would start again after Redis lost its data)
+        runtime.redis.set(version_key(), uuid.uuid4().hex)
+    except redis.RedisError as exc:  # other processes see the change within MAX_KEPT_MINUTES
         log.warning("answers.version_not_bumped", error=type(exc).__name__)

@@ -189,3 +189,23 @@ def test_counts_age_so_yesterdays_popular_answers_give_way():
         for _ in range(3):
             admitted = kept.put("today", stamp, 100, b"t" * 1_000, minute=2) or admitted
     assert admitted and kept.get("today", stamp, 2) is not None
+
+
+def test_a_change_after_redis_lost_its_data_is_never_mistaken_for_an_old_one(redis_client):
+    """The change mark is a value never used before, not a counter: a counter would start again
+    after Redis lost its data, and an answer kept under the old count would be served again."""
+    from services.directory import answers
+
+    assert client.post("/meetings", json=meeting(), headers=ADMIN).status_code == 201
+    well_inside_a_minute()
+    assert slugs(client.get("/meetings", params=SEARCH)) == ["croydon-smart-tuesday"]
+    redis_client.delete(answers.version_key())  # Redis restarted without its data
+    add = ("from services.directory import service\n"
+           "from services.directory.runtime import runtime\n"
+           "from services.directory.schemas import MeetingIn\n"
+           "from tests.services.directory.helpers import meeting\n"
+           "with runtime.transaction() as session:\n"
+           "    service.create_meeting(session, meeting_in=MeetingIn(**meeting(slug='croydon-aa-friday', "
+           "fellowship='aa', day=5)), by='another process')\n")
+    subprocess.run([sys.executable, "-c", add], cwd=ROOT, env=dict(os.environ), check=True, timeout=120)
+    assert sorted(slugs(client.get("/meetings", params=SEARCH))) == ["croydon-aa-friday", "croydon-smart-tuesday"]

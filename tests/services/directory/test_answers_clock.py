@@ -98,3 +98,9 @@ def test_a_request_that_read_the_clock_before_the_turns_were_refreshed_still_fin
     turn = int(at.timestamp() // 60)
     answers.kept_until(turn, ("refreshed at 14:00",))
     assert answers.kept_until(turn - 1, ("refreshed at 14:00",)) == turn
+
+
+def test_no_answer_is_kept_longer_than_the_cap_even_with_no_meeting_for_days(meetings):
+    """At most MAX_KEPT_MINUTES: a change whose mark Redis could not take shows within it."""
+    quiet = int(dt.datetime(2026, 12, 8, 2, 0, tzinfo=dt.UTC).timestamp() // 60)  # no meeting near 02:00
+    assert answers.kept_until(quiet, ("capped",)) == quiet + answers.MAX_KEPT_MINUTES
