@@ -132,10 +132,8 @@ class RateLimited:
             window = int(time.time() // 60)
             client_ip = request.client.host if request.client else "unknown"
             key = f"{settings.redis_key_prefix}ratelimit:{self.name}:{client_ip}:{window}"
-            script = request.app.state.count_and_read
-            if script is None or script.registered_client is not client:
-                script = request.app.state.count_and_read = client.register_script(COUNT_AND_READ)
-            found = await script(keys=[key, also_read] if also_read else [key], args=[120])
+            count_and_read = client.register_script(COUNT_AND_READ)  # EVALSHA, the script sent once
+            found = await count_and_read(keys=[key, also_read] if also_read else [key], args=[120])
         except redis.RedisError as exc:
             log.warning("ratelimit.unavailable", limit=self.name, error=type(exc).__name__)
             return False, None
@@ -306,7 +304,6 @@ def _new_app(*, service: str, settings: ServiceSettings, title: str, description
     app.state.credential_cookies = set()
     # Set by shared.pages: the page a refused form gets instead of JSON.
     app.state.refused_form_page = None
-    app.state.count_and_read = None  # the rate limits' Redis script, registered on first use (RateLimited)
     return app
 
 

@@ -30,6 +30,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 import redis
@@ -51,7 +52,7 @@ log = structlog.get_logger(__name__)
 SEARCH_BYTES = MEETING_BYTES = 4 * 1024 * 1024
 
 _local_changes = 0  # meeting changes committed by this process
-STAMP = "fama.answer_stamp"  # scope key: (stamp, minute, Answers) under which this request's answer is kept
+KEEPING = "fama.answer_keeping"  # scope key: the Keeping under which this request's answer is kept
 
 
 def version_key() -> str:
@@ -127,39 +128,55 @@ def minute_now() -> int:
 # And never longer than this: a change whose mark could not be written to Redis (it was unreachable)
 # shows in every process within it.
 MAX_KEPT_MINUTES = 5
-_held: tuple | None = None  # (stamp, horizon minute, turning minutes, ids of meetings with a schedule)
+class Held(NamedTuple):
+    """What answers need of all meetings, as they were under ``stamp``."""
+
+    stamp: tuple
+    horizon: int  # the minute up to which ``turns`` were found
+    turns: list[int]  # turning minutes (turning_minutes)
+    scheduled_ids: list[int]  # meetings with a schedule (not simply weekly)
+
+
+class Keeping(NamedTuple):
+    """What KeptRoute read for a request whose answer it will keep (the request scope's ``KEEPING``)."""
+
+    stamp: tuple
+    minute: int
+    answers: Answers
+
+
+_held: Held | None = None
 _held_lock = threading.Lock()
 
 
-def _meetings_held(minute: int, stamp: tuple) -> tuple:
-    """What answers need of all meetings, as they were at ``stamp``: read in a worker thread (one
-    query, once per change of the meetings and once a day)."""
+def _meetings_held(minute: int, stamp: tuple) -> Held:
+    """Read in a worker thread: one query, once per change of the meetings and once a day."""
     global _held
     with _held_lock:
         held = _held
-        if held is None or held[0] != stamp or minute >= held[1]:
+        if held is None or held.stamp != stamp or minute >= held.horizon:
             with runtime.reads() as session:
                 rows = session.execute(select(Meeting.id, Meeting.weekly, Meeting.time, Meeting.end_time,
                                               Meeting.timezone, Meeting.exceptions)).all()
             # From an hour back: a request that read the clock just before another thread refreshed
             # this must still find the turns between its minute and that thread's.
-            held = _held = (stamp, *turning_minutes([r for r in rows if r.time is not None], minute - 60),
-                            [r.id for r in rows if not r.weekly])
+            horizon, turns = turning_minutes([r for r in rows if r.time is not None], minute - 60)
+            held = _held = Held(stamp, horizon, turns, [r.id for r in rows if not r.weekly])
     return held
 
 
 def kept_until(minute: int, stamp: tuple) -> int:
     """The first minute after ``minute`` at which an answer made in ``minute`` may read differently
     (the module's docstring)."""
-    _, horizon, minutes, _ = _meetings_held(minute, stamp)
-    i = bisect.bisect_right(minutes, minute)
-    return min(minutes[i] if i < len(minutes) else horizon, minute + MAX_KEPT_MINUTES)
+    held = _meetings_held(minute, stamp)
+    i = bisect.bisect_right(held.turns, minute)
+    return min(held.turns[i] if i < len(held.turns) else held.horizon, minute + MAX_KEPT_MINUTES)
 
 
 def scheduled_ids(minute: int, stamp: tuple) -> list[int]:
     """The ids of the meetings with a schedule (not simply weekly), which every search asks for:
     held with the turning minutes, so a search made afresh saves that query."""
-    return _meetings_held(minute, stamp)[3]
+    return _meetings_held(minute, stamp).scheduled_ids
 
 
 def turning_minutes(meetings, minute: int, days: int = 2) -> tuple[int, list[int]]:
@@ -168,26 +185,27 @@ def turning_minutes(meetings, minute: int, days: int = 2) -> tuple[int, list[int
     end and an hour after it, each end time, and midnight, in the meeting's zone on every day up to
     ``days`` ahead, whatever the day it meets (more moments than there are, never fewer). The hours
     before and after are counted from the start itself, so they hold across a change of the clocks."""
-    starts: dict[str, set[tuple[str, int]]] = {SORT_ZONE.key: set()}
-    wall: dict[str, set[str]] = {SORT_ZONE.key: {"00:00"}}  # wall-clock times: end times, midnight
+    # Per zone: (start time, length) pairs, and wall-clock times (starts, end times, midnight).
+    # "Today" of the soonest-first order turns at Britain's midnight, whatever the meetings.
+    zones: dict[str, tuple[set, set]] = {SORT_ZONE.key: (set(), {"00:00"})}
     for meeting in meetings:
-        zone = meeting.timezone or SORT_ZONE.key
+        starts, wall = zones.setdefault(meeting.timezone or SORT_ZONE.key, (set(), {"00:00"}))
         length = _minutes(length_of(meeting))
         times = [(meeting.time, meeting.end_time)]
         times += [(e.get("time") or meeting.time, e.get("end_time")) for e in exceptions_of(meeting).values()]
         for start_time, end_time in times:
-            starts.setdefault(zone, set()).add((start_time, length))
-            wall.setdefault(zone, {"00:00"}).update(t for t in (start_time, end_time) if t)
+            starts.add((start_time, length))
+            wall.update(t for t in (start_time, end_time) if t)
     horizon = minute + days * 24 * 60
     now = dt.datetime.fromtimestamp(minute * 60, dt.UTC)
     found = set()
-    for zone_name in starts.keys() | wall.keys():
+    for zone_name, (starts, wall) in zones.items():
         zone = ZoneInfo(zone_name)
         today = now.astimezone(zone).date()
         for day in (today + dt.timedelta(days=offset) for offset in range(-1, days + 2)):
-            for at in (_at(day, t, zone) for t in wall.get(zone_name, ())):
-                found.update(at)
-            for start_time, length in starts.get(zone_name, ()):
+            for hhmm in wall:
+                found.update(_at(day, hhmm, zone))
+            for start_time, length in starts:
                 start = local_start(day, start_time, zone_name)
                 found.update(start + dt.timedelta(minutes=d) for d in
                              (0, -_minutes(SOON), length, _minutes(USUAL_LENGTH)))

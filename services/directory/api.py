@@ -92,7 +92,8 @@ class KeptRoute(APIRoute):
             kept_answers.labels("yes" if body is not None else "no").inc()
             if body is not None:
                 return Response(body, media_type="application/json")
-            request.scope[answers.STAMP] = (stamp, minute, kept)
+            if stamp is not None:
+                request.scope[answers.KEEPING] = answers.Keeping(stamp, minute, kept)
             return await make(request)
 
         return kept_or_made
@@ -132,27 +133,28 @@ async def search_meetings(
     return await _kept_answer(request, functools.partial(
         _search_page, near=near, radius_km=radius_km, day=day, date=date, starts_after=starts_after,
         starts_before=starts_before, fellowship=fellowship, types=types, attendance=attendance, q=q, sort=sort,
-        limit=limit, offset=offset, page=page, kept=request.scope.get(answers.STAMP)))
+        limit=limit, offset=offset, page=page, keeping=request.scope.get(answers.KEEPING)))
 
 
 async def _kept_answer(request: Request, make) -> Response:
     """``make()``'s answer, made in a worker thread, and kept under the stamp KeptRoute read (none
     was kept for this path and query) until it could read differently (answers.kept_until)."""
-    stamp, minute, kept = request.scope.get(answers.STAMP, (None, None, None))
+    keeping: answers.Keeping | None = request.scope.get(answers.KEEPING)
 
     def made() -> tuple[bytes, int | None]:
         body = make().model_dump_json(by_alias=True).encode()
-        return body, answers.kept_until(minute, stamp) if stamp is not None else None
+        return body, answers.kept_until(keeping.minute, keeping.stamp) if keeping else None
 
     body, until = await run_in_threadpool(made)
-    if until is not None:
-        kept.put(answers.key_of(request.scope), stamp, until, body, minute=minute)
+    if keeping:
+        keeping.answers.put(answers.key_of(request.scope), keeping.stamp, until, body, minute=keeping.minute)
     return Response(body, media_type="application/json")
 
 
 def _search_page(*, near, radius_km, day, date, starts_after, starts_before, fellowship, types, attendance, q, sort,
-                 limit, offset, page, now: dt.datetime | None = None, kept: tuple | None = None) -> MeetingPage:
-    """``kept``: (stamp, minute, where) the answer will be kept under (KeptRoute), or None."""
+                 limit, offset, page, now: dt.datetime | None = None,
+                 keeping: answers.Keeping | None = None) -> MeetingPage:
+    """``keeping``: what the answer will be kept under (KeptRoute), or None."""
     codes = [c.strip() for value in types for c in value.split(",") if c.strip()]
     unknown = [c for c in codes if c not in TYPE_NAMES]
     if unknown:
@@ -181,7 +183,7 @@ def _search_page(*, near, radius_km, day, date, starts_after, starts_before, fel
     search_in = SearchIn(near=near, radius_km=radius_km, days=days, starts_after=starts_after,
                          starts_before=starts_before, fellowship=fellowship, types=codes, attendance=attendance,
                          q=q, sort=sort, limit=limit, offset=offset, now=now, on_date=date)
-    ids = answers.scheduled_ids(kept[1], kept[0]) if kept and kept[0] is not None else None
+    ids = answers.scheduled_ids(keeping.minute, keeping.stamp) if keeping else None
     # Closed here, in the endpoint's thread; reads only (no BEGIN or ROLLBACK round trip on Postgres).
     with runtime.reads() as session:
         found = search.search_meetings(session, search_in=search_in, scheduled_ids=ids)
