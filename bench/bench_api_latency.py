@@ -8,9 +8,9 @@ served the very same way. wrk (C, the Debian package
 
 - ``GET /meetings`` near one of 12 London areas (156 different searches: each area with and
   without a day or a fellowship), as the keyworkers of a region's services search in a busy minute;
-- ``GET /meetings`` near one of 284 London outward codes (852 different searches, each asked about
-  twice in a run: a process keeps what is asked more often first, so this is the search computed anew);
-  the public search's per-address limit is raised far above the load but still counted in Redis;
+- ``GET /meetings`` near a random point in London, each request its own (the search computed
+  afresh: nothing kept answers it); the public search's per-address limit is raised far above the load but still
+  counted in Redis;
 - ``GET /meetings/{slug}`` over all 2,400 meetings (the meeting page's JSON);
 - ``POST /referrals`` with consent and a distinct mobile, as the keyworker of the meeting's site.
 
@@ -146,9 +146,10 @@ class Server:
         self.name, self.port, self.processes = name, free_port(), processes
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(f"/tmp/fama-bench-{common.RUN}-{name}.log", "w")  # noqa: SIM115
-        # BENCH_PYSPY=/path/to/py-spy: sample every server into /tmp/fama-bench-<run>-<name>.folded (profiling)
-        spy = os.environ.get("BENCH_PYSPY")
-        profile = [spy, "record", "--subprocesses", "--nonblocking", "-r", "200", "-f", "raw", "-o",
+        # BENCH_PYSPY=/path/to/py-spy: sample every server into /tmp/fama-bench-<run>-<name>.folded (profiling);
+        # BENCH_PYSPY_GIL=1: only the threads holding the GIL (where the CPU goes, not the waits)
+        spy, gil = os.environ.get("BENCH_PYSPY"), ["--gil"] if os.environ.get("BENCH_PYSPY_GIL") else []
+        profile = [spy, "record", "--subprocesses", "--nonblocking", *gil, "-r", "200", "-f", "raw", "-o",
                    f"/tmp/fama-bench-{common.RUN}-{name}.folded", "--"] if spy else []
         workers = ["--workers", str(processes)] if processes > 1 else []
         self.proc = subprocess.Popen([*profile, sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port",
@@ -221,22 +222,40 @@ def area_search_requests() -> list:
     return requests
 
 
-def search_requests() -> list:
-    """Every London outward code, with and without a filter: few searches asked twice in a minute."""
-    rng = random.Random(3)
-    outcodes = []
-    with open(common.ROOT / "services/directory/data/uk-outcodes.csv") as f:
-        next(f)
-        for line in f:
-            code, lat, lng = line.strip().split(",")
-            if 51.35 < float(lat) < 51.65 and -0.45 < float(lng) < 0.25:
-                outcodes.append(code)
-    requests = []
-    for code in outcodes:
-        for extra in ("", f"&day={rng.randrange(7)}", f"&fellowship={rng.choice(common.FELLOWSHIPS)}"):
-            requests.append(("GET", f"/meetings?near={code}&radius_km=10{extra}", None, None))
-    rng.shuffle(requests)
-    return requests
+# Where a search never asked before is made: a point in London (a keyworker's exact address), with and
+# without a day or a fellowship.
+LONDON = (51.38, 51.62, -0.40, 0.20)
+
+
+def search_requests(count: int) -> list:
+    """``count`` searches near points in London (few, if any, asked twice)."""
+    rng, (lat0, lat1, lng0, lng1) = random.Random(3), LONDON
+    extras = ["", *(f"&day={d}" for d in range(7)), *(f"&fellowship={f}" for f in common.FELLOWSHIPS)]
+    return [("GET", f"/meetings?near={rng.uniform(lat0, lat1):.5f},{rng.uniform(lng0, lng1):.5f}&radius_km=10"
+                    f"{rng.choice(extras)}", None, None) for _ in range(count)]
+
+
+def fresh_search_script() -> str:
+    """A wrk script whose every request is a search near its own random point in London (as
+    ``search_requests``; one in a billion asked twice), so nothing kept answers any."""
+    lat0, lat1, lng0, lng1 = LONDON
+    extras = ["", *(f"&day={d}" for d in range(7)), *(f"&fellowship={f}" for f in common.FELLOWSHIPS)]
+    lua = LUA.replace("local requests, i = {REQUESTS}, 0\ninit = function(args) i = math.random(#requests) end\n"
+                      "request = function()\n  i = i % #requests + 1\n  local r = requests[i]\n"
+                      "  return wrk.format(r[1], r[2], r[3], r[4])\nend\n", f"""
+local extras, threads = {{{", ".join(lua_string(e) for e in extras)}}}, 0
+setup = function(thread) threads = threads + 1; thread:set("thread_number", threads) end
+init = function(args) math.randomseed(os.time() * 1000 + thread_number) end
+request = function()
+  local near = string.format("%.5f,%.5f", {lat0} + math.random() * {lat1 - lat0:.2f}, {lng0} + math.random() * {lng1 - lng0:.2f})
+  return wrk.format("GET", "/meetings?near=" .. near .. "&radius_km=10" .. extras[math.random(#extras)])
+end
+""")
+    if "FAMA-RESULT" not in lua or "requests[i]" in lua:
+        raise AssertionError("LUA changed: fresh_search_script no longer replaces its request function")
+    path = Path(tempfile.mkstemp(prefix="fama-wrk-", suffix=".lua")[1])
+    path.write_text(lua)
+    return str(path)
 
 
 def referral_requests(count: int) -> list:
@@ -273,13 +292,13 @@ def run() -> None:
     requests = {
         "bare": ("bare", [("GET", "/", None, None)]),
         "search (12 areas)": ("directory", area_search_requests()),
-        "search (852 different)": ("directory", search_requests()),
+        "search (never asked before)": ("directory", search_requests(1)),
         "meeting": ("directory", [("GET", f"/meetings/{s}", None, None) for s in slugs]),
         "referrals": ("referrals", referral_requests(int(seconds * rounds * 400) + 1000)),
     }
     first_request = {name: rs[-1] for name, (_server, rs) in requests.items()}
-    scripts = {name: (server, wrk_script(rs[:-1] if name == "referrals" else rs))
-               for name, (server, rs) in requests.items()}
+    scripts = {name: (server, fresh_search_script() if name == "search (never asked before)" else
+                      wrk_script(rs[:-1] if name == "referrals" else rs)) for name, (server, rs) in requests.items()}
     for name, (server, _script) in scripts.items():  # each request kind answers as it should before it is timed
         method, path, headers, body = first_request[name]
         response = httpx.request(method, servers[server].url + path, headers=headers, content=body)

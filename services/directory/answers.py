@@ -49,7 +49,7 @@ log = structlog.get_logger(__name__)
 
 # What one process keeps, at most, of each (least recently used dropped first): searches and meetings
 # apart, so a run of searches asked once (a keyworker typing postcodes) never pushes out the meetings.
-SEARCH_BYTES = MEETING_BYTES = 4 * 1024 * 1024
+SEARCH_BYTES = MEETING_BYTES = RESULT_BYTES = 4 * 1024 * 1024
 
 _local_changes = 0  # meeting changes committed by this process
 KEEPING = "fama.answer_keeping"  # scope key: the Keeping under which this request's answer is kept
@@ -113,6 +113,9 @@ class Answers:
 
 
 searches, meetings = Answers(SEARCH_BYTES), Answers(MEETING_BYTES)
+# And each meeting as a search shows it, but for its distance (api._results_shown), kept the same way:
+# a search made afresh takes from here the results that other searches showed since.
+results = Answers(RESULT_BYTES)
 
 
 def kept_for(path: str) -> Answers:

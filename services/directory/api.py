@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from prometheus_client import Counter
 from pydantic import ValidationError
+from pydantic_core import to_json
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -137,12 +138,12 @@ async def search_meetings(
 
 
 async def _kept_answer(request: Request, make) -> Response:
-    """``make()``'s answer, made in a worker thread, and kept under the stamp KeptRoute read (none
-    was kept for this path and query) until it could read differently (answers.kept_until)."""
+    """``make()``'s answer (JSON bytes), made in a worker thread, and kept under the stamp KeptRoute read
+    (none was kept for this path and query) until it could read differently (answers.kept_until)."""
     keeping: answers.Keeping | None = request.scope.get(answers.KEEPING)
 
     def made() -> tuple[bytes, int | None]:
-        body = make().model_dump_json(by_alias=True).encode()
+        body = make()
         return body, answers.kept_until(keeping.minute, keeping.stamp) if keeping else None
 
     body, until = await run_in_threadpool(made)
@@ -153,8 +154,9 @@ async def _kept_answer(request: Request, make) -> Response:
 
 def _search_page(*, near, radius_km, day, date, starts_after, starts_before, fellowship, types, attendance, q, sort,
                  limit, offset, page, now: dt.datetime | None = None,
-                 keeping: answers.Keeping | None = None) -> MeetingPage:
-    """``keeping``: what the answer will be kept under (KeptRoute), or None."""
+                 keeping: answers.Keeping | None = None) -> bytes:
+    """The search's JSON (a MeetingPage). ``keeping``: what the answer will be kept under (KeptRoute), or
+    None; ``now``: the clock's (tests)."""
     codes = [c.strip() for value in types for c in value.split(",") if c.strip()]
     unknown = [c for c in codes if c not in TYPE_NAMES]
     if unknown:
@@ -169,7 +171,7 @@ def _search_page(*, near, radius_km, day, date, starts_after, starts_before, fel
         raise service.InvalidInput("q", "has no letters or numbers to search for")
     if sort == "distance" and not near:
         raise service.InvalidInput("sort", "distance needs near: a postcode, a place or 'latitude,longitude'")
-    now = now or utcnow()
+    clock = now = now or utcnow()
     days = list(day)
     if date is not None:
         start = search.start_of(date)
@@ -186,16 +188,42 @@ def _search_page(*, near, radius_km, day, date, starts_after, starts_before, fel
     ids = answers.scheduled_ids(keeping.minute, keeping.stamp) if keeping else None
     # Closed here, in the endpoint's thread; reads only (no BEGIN or ROLLBACK round trip on Postgres).
     with runtime.reads() as session:
-        found = search.search_meetings(session, search_in=search_in, scheduled_ids=ids)
-    return MeetingPage(total=found["total"], limit=limit, offset=offset, near=found["near"],
-                       results=[_result(m, d, now) for m, d in found["results"]],
-                       beyond=[_result(m, d, now) for m, d in found["beyond"]])
+        found = search.search_meetings(session, search_in=search_in, scheduled_ids=ids, ids_only=True)
+        shown = _results_shown(session, [row.id for row, _ in found["results"] + found["beyond"]], now,
+                               keeping=keeping, later=now != clock)
+    envelope = MeetingPage(total=found["total"], limit=limit, offset=offset, near=found["near"], results=[])
+    return _page_body(envelope.model_dump_json(by_alias=True).encode(),
+                      [_at_distance(shown[row.id], d) for row, d in found["results"] if row.id in shown],
+                      [_at_distance(shown[row.id], d) for row, d in found["beyond"] if row.id in shown])
+
+
+def _results_shown(session: Session, ids: list[int], now: dt.datetime, *, keeping: answers.Keeping | None,
+                   later: bool) -> dict[int, bytes]:
+    """Each meeting's JSON as a search result at ``now``, its distance left out (``"distance_km":null``).
+
+    Kept with the answers (answers.results), under the same stamp and to the same minute, so a search
+    made afresh builds only the meetings that no search showed since; ``later``: ``now`` is a date's
+    start (a search of a later date), not the clock's, so what is kept of it is its own."""
+    shown, key = {}, (now if later else None)
+    if keeping:
+        for i in ids:
+            body = answers.results.get((i, key), keeping.stamp, keeping.minute)
+            if body is not None:
+                shown[i] = body
+    missing = [i for i in ids if i not in shown]
+    if missing:
+        until = answers.kept_until(keeping.minute, keeping.stamp) if keeping else None
+        for row in session.execute(_rows_query(), {"ids": missing}):
+            shown[row.id] = body = _result(row, None, now).model_dump_json(by_alias=True).encode()
+            if keeping:
+                answers.results.put((row.id, key), keeping.stamp, until, body, minute=keeping.minute)
+    return shown
 
 
 def _result(meeting, distance: float | None, now: dt.datetime) -> MeetingResult:
     """A search's row (search.public_columns) as a result: one validation of a dict, which pydantic
     does in its Rust core (reading a row's attributes one by one cost a third of a search)."""
-    occurrence = search.next_of(meeting, now)
+    occurrence, happening = search.next_and_happening(meeting, now)
     start = occurrence.start if occurrence is not None else None
     scheduled = {} if meeting.weekly or occurrence is None else {
         "next_note": occurrence.note, "next_changed": occurrence.changed,
@@ -203,15 +231,40 @@ def _result(meeting, distance: float | None, now: dt.datetime) -> MeetingResult:
                                for c in closures_before(meeting, after=now, until=start)]}
     return MeetingResult.model_validate({
         **meeting._mapping, "distance_km": None if distance is None else round(distance, 2),
-        "happening": search.happening(meeting, now),
+        "happening": happening,
         "next_start_local": start.isoformat() if start is not None else None,
         "next_start_utc": start.astimezone(dt.UTC).isoformat() if start is not None else None, **scheduled})
+
+
+@functools.cache
+def _rows_query():
+    return select(*search.public_columns()).where(Meeting.id.in_(bindparam("ids", expanding=True)))
+
+
+NO_DISTANCE = b'"distance_km":null'
+NO_RESULTS = b'"results":[],"beyond":[]}'
+
+
+def _at_distance(result: bytes, distance: float | None) -> bytes:
+    """A result's JSON (``_results_shown``) at ``distance``, written as pydantic writes it. Quotes inside a
+    JSON string are escaped, so the first ``"distance_km":null`` is the result's own field."""
+    if distance is None:
+        return result
+    return result.replace(NO_DISTANCE, b'"distance_km":' + to_json(round(distance, 2)), 1)
+
+
+def _page_body(envelope: bytes, results: list[bytes], beyond: list[bytes]) -> bytes:
+    """A MeetingPage's JSON from its JSON with no results (which ends with them) and each result's."""
+    if not envelope.endswith(NO_RESULTS):
+        raise AssertionError("MeetingPage no longer ends with its results and beyond")
+    return b"".join((envelope[:-len(NO_RESULTS)], b'"results":[', b",".join(results), b'],"beyond":[',
+                     b",".join(beyond), b"]}"))
 
 
 @kept_get("/meetings/{slug}", response_model=MeetingResult, tags=["meetings"],
           summary="One meeting (public)", dependencies=[PublicRateLimit])
 async def get_meeting(request: Request, slug: str):
-    return await _kept_answer(request, functools.partial(_meeting, slug))
+    return await _kept_answer(request, lambda: _meeting(slug).model_dump_json(by_alias=True).encode())
 
 
 

@@ -157,13 +157,18 @@ def length_of(meeting) -> dt.timedelta:
 
 def happening(meeting, now: dt.datetime) -> str | None:
     """"in_progress" (started, not yet ended), "starting_soon" (within the hour) or None."""
-    occurrence = next_meeting(meeting, after=now - length_of(meeting))
-    if occurrence is None:
-        return None
-    start = occurrence.start
-    if start <= now:
-        return "in_progress"
-    return "starting_soon" if start - now <= SOON else None
+    return next_and_happening(meeting, now)[1]
+
+
+def next_and_happening(meeting, now: dt.datetime) -> tuple[Occurrence | None, str | None]:
+    """``next_of`` and ``happening`` at once: the first start after one meeting's length ago is the next
+    start too, unless that occurrence is in progress."""
+    first = next_meeting(meeting, after=now - length_of(meeting))
+    if first is None:
+        return None, None
+    if first.start <= now:
+        return next_meeting(meeting, after=now), "in_progress"
+    return first, "starting_soon" if first.start - now <= SOON else None
 
 
 def start_of(day: dt.date) -> dt.datetime:
@@ -212,44 +217,66 @@ FEW = 3  # fewer than this within the radius: the nearest beyond it are shown to
 BEYOND_MAX_KM = 200.0
 
 
-def _filters(search_in: SearchIn, today: dt.date) -> list:
-    conditions = [Meeting.active.is_(True), Meeting.attendance_option != "inactive",
-                  or_(Meeting.last_date.is_(None), Meeting.last_date >= today)]
+def _like(text: str) -> str:
+    """A LIKE pattern (escape character '/') for ``text`` anywhere in a value."""
+    return "%" + text.replace("/", "//").replace("%", "/%").replace("_", "/_") + "%"
+
+
+def _filters(search_in: SearchIn, today: dt.date) -> tuple[tuple, dict]:
+    """(which filters are used, their values): the statements of each set of filters are built once
+    with placeholders (``_conditions``), since building and keying SQLAlchemy expressions anew for
+    every search cost more CPU than running them."""
     days = sorted(set(search_in.days) | ({search_in.day} if search_in.day is not None else set()))
+    q = search_in.q.strip().lower() if search_in.q else ""
+    values = {"today": today, "days": days, "starts_after": search_in.starts_after,
+              "starts_before": search_in.starts_before, "fellowship": search_in.fellowship, "q": _like(q)}
+    for i, code in enumerate(search_in.types):
+        values[f"type_{i}"] = _like(f"|{code}|")
+    used = (bool(days), bool(search_in.starts_after), bool(search_in.starts_before), bool(search_in.fellowship),
+            len(search_in.types), search_in.attendance, bool(q))
+    return used, values
+
+
+ATTENDANCE = {"in_person": ("in_person", "hybrid"),  # people can walk into hybrid meetings too
+              "online": ("online", "hybrid"),  # and join them online
+              "hybrid": ("hybrid",)}
+
+
+@functools.cache
+def _conditions(used: tuple, without: bool = False) -> tuple:
+    """The conditions of the filters ``used`` (``_filters``); ``without``: and not one of the ids ``over``."""
+    days, after, before, fellowship, types, attendance, q = used
+    conditions = [Meeting.active.is_(True), Meeting.attendance_option != "inactive",
+                  or_(Meeting.last_date.is_(None), Meeting.last_date >= bindparam("today"))]
     if days:
-        conditions.append(Meeting.day.in_(days))
-    if search_in.starts_after:
-        conditions.append(Meeting.time >= search_in.starts_after)
-    if search_in.starts_before:
-        conditions.append(Meeting.time <= search_in.starts_before)
-    if search_in.fellowship:
-        conditions.append(Meeting.fellowship == search_in.fellowship)
-    for code in search_in.types:
-        conditions.append(Meeting.types_key.contains(f"|{code}|", autoescape=True))
-    if search_in.attendance == "in_person":  # people can walk into hybrid meetings too
-        conditions.append(Meeting.attendance_option.in_(("in_person", "hybrid")))
-    elif search_in.attendance == "online":  # and join them online
-        conditions.append(Meeting.attendance_option.in_(("online", "hybrid")))
-    elif search_in.attendance == "hybrid":
-        conditions.append(Meeting.attendance_option == "hybrid")
-    if search_in.q:
-        q = search_in.q.strip().lower()
-        conditions.append(or_(*(func.lower(col).contains(q, autoescape=True) for col in (
+        conditions.append(Meeting.day.in_(bindparam("days", expanding=True)))
+    if after:
+        conditions.append(Meeting.time >= bindparam("starts_after"))
+    if before:
+        conditions.append(Meeting.time <= bindparam("starts_before"))
+    if fellowship:
+        conditions.append(Meeting.fellowship == bindparam("fellowship"))
+    for i in range(types):
+        conditions.append(Meeting.types_key.like(bindparam(f"type_{i}"), escape="/"))
+    if attendance:
+        conditions.append(Meeting.attendance_option.in_(ATTENDANCE[attendance]))
+    if q:
+        conditions.append(or_(*(func.lower(col).like(bindparam("q"), escape="/") for col in (
             Meeting.name, Meeting.location, Meeting.formatted_address, Meeting.group, Meeting.notes,
             Meeting.postcode, Meeting.city))))
-    return conditions
+    if without:
+        conditions.append(Meeting.id.not_in(bindparam("over", expanding=True)))
+    return tuple(conditions)
 
 
-# The distance ranking as SQL, built once with placeholders (building SQLAlchemy expressions anew for
-# every search cost as much CPU as running it): ``haversine_km`` from the place to each meeting, term
+# The distance ranking as SQL, with placeholders: ``haversine_km`` from the place to each meeting, term
 # for term in the same order (Postgres and SQLite 3.35+ have the functions).
 _P1, _COS_P1, _LNG = (bindparam(name, type_=Float) for name in ("near_p1", "near_cos_p1", "near_lng"))
 _A = func.power(func.sin((func.radians(Meeting.latitude) - _P1) / 2), 2) + _COS_P1 * func.cos(
     func.radians(Meeting.latitude)) * func.power(func.sin(func.radians(Meeting.longitude - _LNG) / 2), 2)
 DISTANCE_KM = 2 * EARTH_RADIUS_KM * func.asin(func.sqrt(case((_A > 1.0, 1.0), else_=_A)))
-_BOX = (Meeting.latitude.between(bindparam("near_lat0", type_=Float), bindparam("near_lat1", type_=Float)),
-        Meeting.longitude.between(bindparam("near_lng0", type_=Float), bindparam("near_lng1", type_=Float)),
-        DISTANCE_KM <= bindparam("near_radius", type_=Float))
+_IN_BOX = (Meeting.latitude.between(bindparam("near_lat0", type_=Float), bindparam("near_lat1", type_=Float)),
+           Meeting.longitude.between(bindparam("near_lng0", type_=Float), bindparam("near_lng1", type_=Float)))
 _BEYOND = DISTANCE_KM > bindparam("near_inner", type_=Float)
 
 
@@ -260,18 +287,16 @@ def _cells(rows: int):
                                       bindparam(f"near_cell_{i}_to", type_=Integer)) for i in range(rows)))
 
 
-def _near(lat: float, lng: float, radius_km: float, inner_km: float) -> tuple[list, dict]:
-    """The conditions of meetings more than ``inner_km`` and at most ``radius_km`` away, and their values."""
+def _near(lat: float, lng: float, radius_km: float, inner_km: float) -> tuple[int, dict]:
+    """(how many grid rows, the values of the placeholders) of the meetings more than ``inner_km`` and at
+    most ``radius_km`` away."""
     ranges, (lat0, lat1, lng0, lng1) = cell_ranges(lat, lng, radius_km)
     p1 = math.radians(lat)
     values = {"near_p1": p1, "near_cos_p1": math.cos(p1), "near_lng": lng, "near_lat0": lat0, "near_lat1": lat1,
               "near_lng0": lng0, "near_lng1": lng1, "near_radius": radius_km, "near_inner": inner_km}
     for i, (a, b) in enumerate(ranges):
         values[f"near_cell_{i}_from"], values[f"near_cell_{i}_to"] = a, b
-    where = [_cells(len(ranges)), *_BOX]
-    if inner_km >= 0:
-        where.append(_BEYOND)
-    return where, values
+    return len(ranges), values
 
 
 # What a public answer reads of a meeting: every column but the withdrawal reason and the encrypted
@@ -288,54 +313,65 @@ def public_columns() -> tuple:
                  and (attr.key in shown or not isinstance(attr.columns[0].type, EncryptedText)))
 
 
+def _shown(ids_only: bool) -> tuple:
+    return (Meeting.id,) if ids_only else public_columns()
+
+
 @functools.cache
-def _ranked_query(postgres: bool):
+def _ranked_query(postgres: bool, where: tuple, rows: int, beyond: bool, ids_only: bool):
+    """One statement per set of filters, grid rows and columns shown, built once: reused, its cache
+    key is computed once too."""
     # Ties in the order Python's sort gives them (code points: "C" on Postgres; SQLite's own is binary).
     binary = (lambda col: col.collate("C")) if postgres else (lambda col: col)
-    return (select(*public_columns(), DISTANCE_KM.label("distance_km"), func.count().over().label("found"))
-            .order_by(DISTANCE_KM, func.coalesce(Meeting.day, 7), binary(func.coalesce(Meeting.time, "")),
-                      binary(Meeting.slug)))
+    distance = DISTANCE_KM.label("distance_km")
+    return (select(*_shown(ids_only), distance, func.count().over().label("found"))
+            .where(*_conditions(*where), _cells(rows), *_IN_BOX, DISTANCE_KM <= bindparam("near_radius", type_=Float),
+                   *([_BEYOND] if beyond else []))
+            .order_by(distance, func.coalesce(Meeting.day, 7), binary(func.coalesce(Meeting.time, "")),
+                      binary(Meeting.slug))
+            .offset(bindparam("offset", type_=Integer)).limit(bindparam("limit", type_=Integer)))
 
 
-def _ranked(session: Session, conditions: list, lat: float, lng: float, radius_km: float, *, offset: int,
-            limit: int, inner_km: float = -1.0) -> tuple[int, list[tuple]]:
+def _ranked(session: Session, where: tuple, values: dict, lat: float, lng: float, radius_km: float, *, offset: int,
+            limit: int, inner_km: float = -1.0, ids_only: bool = False) -> tuple[int, list[tuple]]:
     """(how many match, [(row, distance)] of the page) nearest first: one query ranks, counts and reads
     the page, so only the page's rows leave the database (a dense area holds thousands of candidates)."""
-    near, values = _near(lat, lng, radius_km, inner_km)
-    query = _ranked_query(session.get_bind().dialect.name == "postgresql")
-    rows = session.execute(query.where(*conditions, *near).offset(offset).limit(limit), values).all()
-    if rows:
-        return rows[0].found, [(r, r.distance_km) for r in rows]
+    rows, near = _near(lat, lng, radius_km, inner_km)
+    values = {**values, **near, "offset": offset, "limit": limit}
+    query = _ranked_query(session.get_bind().dialect.name == "postgresql", where, rows, inner_km >= 0, ids_only)
+    found = session.execute(query, values).all()
+    if found:
+        return found[0].found, [(r, r.distance_km) for r in found]
     if offset == 0:
         return 0, []
-    return session.scalar(select(func.count()).select_from(Meeting).where(*conditions, *near), values) or 0, []
+    count = select(func.count()).select_from(Meeting).where(*_conditions(*where), _cells(rows), *_IN_BOX,
+                                                             DISTANCE_KM <= bindparam("near_radius", type_=Float))
+    return session.scalar(count, values) or 0, []
 
 
-def _within(session: Session, conditions: list, lat: float, lng: float, radius_km: float,
-            inner_km: float = -1.0) -> list[tuple]:
-    """(row, distance) of the candidates more than ``inner_km`` and at most ``radius_km`` away."""
-    ranges, (lat0, lat1, lng0, lng1) = cell_ranges(lat, lng, radius_km)
-    where = [*conditions, or_(*(Meeting.cell.between(a, b) for a, b in ranges)),
-             Meeting.latitude.between(lat0, lat1), Meeting.longitude.between(lng0, lng1)]
+def _within(session: Session, where: tuple, values: dict, lat: float, lng: float, radius_km: float) -> list[tuple]:
+    """(row, distance) of the candidates at most ``radius_km`` away."""
+    rows, near = _near(lat, lng, radius_km, -1.0)
     # Rank on a few columns, then load the page's meetings only.
     found = []
     candidates = select(Meeting.id, Meeting.latitude, Meeting.longitude, Meeting.day, Meeting.time,
-                        Meeting.end_time, Meeting.slug, Meeting.weekly)
-    for row in session.execute(candidates.where(and_(*where))):
+                        Meeting.end_time, Meeting.slug, Meeting.weekly).where(*_conditions(*where), _cells(rows), *_IN_BOX)
+    for row in session.execute(candidates, {**values, **near}):
         distance = haversine_km(lat, lng, row.latitude, row.longitude)
-        if inner_km < distance <= radius_km:
+        if distance <= radius_km:
             found.append((row, distance))
     return found
 
 
-def _load(session: Session, rows: list[tuple]) -> list[tuple]:
-    loaded = {m.id: m for m in session.execute(select(*public_columns()).where(Meeting.id.in_([r.id for r, _ in rows])))} \
-        if rows else {}
+def _load(session: Session, rows: list[tuple], ids_only: bool) -> list[tuple]:
+    if ids_only or not rows:
+        return rows
+    loaded = {m.id: m for m in session.execute(select(*public_columns()).where(Meeting.id.in_([r.id for r, _ in rows])))}
     return [(loaded[r.id], d) for r, d in rows]
 
 
 def search_meetings(session: Session, *, search_in: SearchIn, geocoder: Geocoder | None = None,
-                    scheduled_ids: list[int] | None = None) -> dict:
+                    scheduled_ids: list[int] | None = None, ids_only: bool = False) -> dict:
     """Live meetings matching the filters; by distance when ``near`` is given, or soonest first.
 
     With ``near`` only the grid rows covering the circle are read (an index range per
@@ -343,12 +379,13 @@ def search_meetings(session: Session, *, search_in: SearchIn, geocoder: Geocoder
     When fewer than a few are within the radius, the nearest beyond it (up to 200 km) are
     returned as ``beyond``, so a rural search is never simply empty.
     ``scheduled_ids``: the ids of meetings with a schedule, when the caller holds them as they are now
-    (answers.py); read here otherwise.
+    (answers.py); read here otherwise. ``ids_only``: the results' rows carry the meeting's ``id``
+    alone (for a caller that holds what it shows of meetings, api.py).
     Returns {"total", "near", "results": [(meeting, distance_km | None)], "beyond": [...]}.
     """
     now = search_in.now or utcnow()
     today = now.astimezone(SORT_ZONE).date()
-    conditions = _filters(search_in, today)
+    used, values = _filters(search_in, today)
     clock = _clock(now)
     soonest = search_in.sort == "soonest"
     # Meetings with a schedule (few): their next occurrences; those with none (or none open on the date
@@ -356,16 +393,16 @@ def search_meetings(session: Session, *, search_in: SearchIn, geocoder: Geocoder
     # The weekly flag alone first: only its index can answer that (the filters' own indexes would scan).
     if scheduled_ids is None:
         scheduled_ids = session.scalars(select(Meeting.id).where(Meeting.weekly.is_(False))).all()
-    scheduled = _scheduled(session, [Meeting.id.in_(scheduled_ids), *conditions], search_in, now) \
+    scheduled = _scheduled(session, used, {**values, "scheduled": scheduled_ids}, search_in, now) \
         if scheduled_ids else {}
-    over = [i for i, occurrence in scheduled.items() if occurrence is None]
-    if over:
-        conditions.append(Meeting.id.not_in(over))
+    values["over"] = [i for i, occurrence in scheduled.items() if occurrence is None]
+    where = (used, bool(values["over"]))
+    conditions = _conditions(*where)
     if search_in.near:
-        where = resolve_near(search_in.near, geocoder, session=session)
-        lat, lng, radius = where.latitude, where.longitude, search_in.radius_km
+        place = resolve_near(search_in.near, geocoder, session=session)
+        lat, lng, radius = place.latitude, place.longitude, search_in.radius_km
         if soonest:  # the order is the next start's: computed here, for every candidate
-            found = _within(session, conditions, lat, lng, radius)
+            found = _within(session, where, values, lat, lng, radius)
 
             def key(rd):
                 occurrence = scheduled.get(rd[0].id) if not rd[0].weekly else None
@@ -373,39 +410,48 @@ def search_meetings(session: Session, *, search_in: SearchIn, geocoder: Geocoder
                     soonest_key(rd[0].day, rd[0].time, rd[0].end_time, clock)
                 return (*when, rd[1], rd[0].slug)
             found.sort(key=key)
-            total, page = len(found), _load(session, found[search_in.offset:search_in.offset + search_in.limit])
+            page = found[search_in.offset:search_in.offset + search_in.limit]
+            total, page = len(found), _load(session, page, ids_only)
         else:
-            total, page = _ranked(session, conditions, lat, lng, radius, offset=search_in.offset, limit=search_in.limit)
+            total, page = _ranked(session, where, values, lat, lng, radius, offset=search_in.offset,
+                                  limit=search_in.limit, ids_only=ids_only)
         beyond: list[tuple] = []
         if total < FEW:
             reach = radius
             while len(beyond) < FEW and reach < BEYOND_MAX_KM:
                 reach = min(reach * 2 if reach >= 10 else reach + 10, BEYOND_MAX_KM)
-                beyond = _ranked(session, conditions, lat, lng, reach, offset=0, limit=FEW, inner_km=radius)[1]
-        return {"total": total, "near": {"query": search_in.near, "resolved": where.label,
-                                         "precision": where.precision, "latitude": lat, "longitude": lng,
+                beyond = _ranked(session, where, values, lat, lng, reach, offset=0, limit=FEW, inner_km=radius,
+                                 ids_only=ids_only)[1]
+        return {"total": total, "near": {"query": search_in.near, "resolved": place.label,
+                                         "precision": place.precision, "latitude": lat, "longitude": lng,
                                          "radius_km": radius},
                 "results": page, "beyond": beyond}
-    total = session.scalar(select(func.count()).select_from(Meeting).where(*conditions)) or 0
+    total = session.scalar(select(func.count()).select_from(Meeting).where(*conditions), values) or 0
     order = (_soonest_order(clock), Meeting.time, Meeting.name, Meeting.id) if soonest else \
         (Meeting.day.is_(None), Meeting.day, Meeting.time, Meeting.name, Meeting.id)
     if soonest and any(scheduled.values()):
         return {"total": total, "near": None, "beyond": [],
-                "results": _soonest_merged(session, conditions, order, scheduled, search_in, clock, today)}
-    rows = session.execute(select(*public_columns()).where(*conditions).order_by(*order)
-                           .offset(search_in.offset).limit(search_in.limit)).all()
+                "results": _soonest_merged(session, conditions, values, order, scheduled, search_in, clock, today,
+                                           ids_only)}
+    rows = session.execute(select(*_shown(ids_only)).where(*conditions).order_by(*order)
+                           .offset(search_in.offset).limit(search_in.limit), values).all()
     return {"total": total, "near": None, "results": [(m, None) for m in rows], "beyond": []}
 
 
-def _scheduled(session: Session, where: list, search_in: SearchIn, now: dt.datetime) -> dict[int, Occurrence | None]:
-    """The next occurrence (in progress counts) of each meeting with a schedule among ``where``; None for one
-    that has no more (or, searching a date, none open that day). Such meetings are few: weekly ones are
-    ordered and filtered in SQL alone."""
-    rows = session.execute(select(Meeting.id, Meeting.day, Meeting.time, Meeting.end_time,
-                                  Meeting.timezone, Meeting.rrule, Meeting.dtstart, Meeting.exceptions)
-                           .where(*where))
+@functools.cache
+def _scheduled_query(used: tuple):
+    return select(Meeting.id, Meeting.day, Meeting.time, Meeting.end_time, Meeting.timezone, Meeting.rrule,
+                  Meeting.dtstart, Meeting.exceptions).where(Meeting.id.in_(bindparam("scheduled", expanding=True)),
+                                                             *_conditions(used))
+
+
+def _scheduled(session: Session, used: tuple, values: dict, search_in: SearchIn,
+               now: dt.datetime) -> dict[int, Occurrence | None]:
+    """The next occurrence (in progress counts) of each meeting of ``values["scheduled"]`` that the filters
+    ``used`` match; None for one that has no more (or, searching a date, none open that day). Such meetings
+    are few: weekly ones are ordered and filtered in SQL alone."""
     out = {}
-    for row in rows:
+    for row in session.execute(_scheduled_query(used), values):
         occurrence = next_meeting(row, after=now - length_of(row))
         if search_in.on_date is not None:
             on = occurrence_on(row, search_in.on_date)
@@ -414,18 +460,19 @@ def _scheduled(session: Session, where: list, search_in: SearchIn, now: dt.datet
     return out
 
 
-def _soonest_merged(session: Session, conditions: list, order: tuple, scheduled: dict[int, Occurrence | None],
-                    search_in: SearchIn, clock: tuple[int, str, str], today: dt.date) -> list[tuple]:
+def _soonest_merged(session: Session, conditions: tuple, values: dict, order: tuple,
+                    scheduled: dict[int, Occurrence | None], search_in: SearchIn, clock: tuple[int, str, str],
+                    today: dt.date, ids_only: bool) -> list[tuple]:
     """A page of the soonest-first order when some meetings have schedules: weekly ones in SQL's order up to
     the page's end, the scheduled ones by their own next occurrence, merged."""
     end = search_in.offset + search_in.limit
     weekly = session.execute(select(Meeting.id, Meeting.day, Meeting.time, Meeting.end_time, Meeting.name)
-                             .where(*conditions, Meeting.weekly.is_(True)).order_by(*order).limit(end)).all()
+                             .where(*conditions, Meeting.weekly.is_(True)).order_by(*order).limit(end), values).all()
     keyed = [((*soonest_key(r.day, r.time, r.end_time, clock), r.name, r.id), r.id) for r in weekly]
     names = dict(session.execute(select(Meeting.id, Meeting.name).where(Meeting.id.in_(list(scheduled)))).all())
     keyed += [((*scheduled_key(o, clock, today), names[i], i), i) for i, o in scheduled.items() if o is not None]
     ids = [i for _key, i in sorted(keyed)[search_in.offset:end]]
-    loaded = {m.id: m for m in session.execute(select(*public_columns()).where(Meeting.id.in_(ids)))} if ids else {}
+    loaded = {m.id: m for m in session.execute(select(*_shown(ids_only)).where(Meeting.id.in_(ids)))} if ids else {}
     return [(loaded[i], None) for i in ids]
 
 
