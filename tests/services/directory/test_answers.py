@@ -82,6 +82,26 @@ def test_a_meeting_withdrawn_by_another_process_is_gone_from_the_next_answer():
     assert client.get("/meetings/croydon-smart-tuesday").json()["active"] is False
 
 
+def test_a_meeting_changed_by_another_process_shows_in_a_new_search_not_as_another_search_showed_it():
+    """Each meeting as a search showed it is kept for other searches (api._results_shown): under the
+    same mark as the answers, so another process's change is never served from it."""
+    assert client.post("/meetings", json=meeting(), headers=ADMIN).status_code == 201
+    well_inside_a_minute()
+    [shown] = client.get("/meetings", params=SEARCH).json()["results"]
+    assert shown["name"] == "SMART Recovery Croydon" and shown["distance_km"] is not None
+    rename = ("from services.directory import service\n"
+              "from services.directory.runtime import runtime\n"
+              "from services.directory.schemas import MeetingIn\n"
+              "with runtime.transaction() as session:\n"
+              "    meeting = service.get_meeting(session, 'croydon-smart-tuesday')\n"
+              "    changed = {**service.meeting_in_of(meeting), 'name': 'SMART Recovery at the Hub'}\n"
+              "    service.update_meeting(session, slug='croydon-smart-tuesday', meeting_in=MeetingIn(**changed), by='t')\n")
+    subprocess.run([sys.executable, "-c", rename], cwd=ROOT, env=dict(os.environ), check=True, timeout=120)
+    for other in ({**SEARCH, "day": 2}, {"near": "CR0 1AB", "radius_km": 3}, {"sort": "soonest"}):
+        [result] = client.get("/meetings", params=other).json()["results"]
+        assert result["name"] == "SMART Recovery at the Hub", other
+
+
 def test_a_kept_answer_is_still_counted_against_the_public_rate_limit(monkeypatch):
     """Kept answers are sent before FastAPI reads the parameters: the per-address limit, the
     security headers and the request metrics must hold for them as for any answer."""
