@@ -63,25 +63,32 @@ class Answers:
     """At most ``max_bytes`` of answers. When full, the least recently used go first, but an answer
     asked fewer times than one it would push out is not kept (TinyLFU's admission): a run of searches
     asked once or twice never pushes out those asked all day. The counts halve now and then, so what
-    was popular yesterday gives way."""
+    was popular yesterday gives way. Safe to share between threads (the results are kept from the
+    endpoints' worker threads)."""
 
     def __init__(self, max_bytes: int, *, max_asked: int = 20_000):
         self.max_bytes, self.size, self.max_asked = max_bytes, 0, max_asked
         self.kept: OrderedDict[str, list] = OrderedDict()  # key: [stamp, until, body, times asked]
         self.asked: dict[str, int] = {}  # times asked, of answers made but not kept
+        self._lock = threading.Lock()
 
     def get(self, key: str, stamp: tuple, minute: int) -> bytes | None:
-        found = self.kept.get(key)
-        if found is None or found[0] != stamp or minute >= found[1]:
-            return None
-        found[3] += 1
-        self.kept.move_to_end(key)
-        return found[2]
+        with self._lock:
+            found = self.kept.get(key)
+            if found is None or found[0] != stamp or minute >= found[1]:
+                return None
+            found[3] += 1
+            self.kept.move_to_end(key)
+            return found[2]
 
     def put(self, key: str, stamp: tuple, until: int, body: bytes, *, minute: int) -> bool:
         """Keep ``body`` for ``key`` under ``stamp`` up to (not including) the minute ``until``, if it
         earns its place; whether it was kept. What can no longer be served (another stamp, its minute
         passed) makes room first, whatever its count."""
+        with self._lock:
+            return self._put(key, stamp, until, body, minute)
+
+    def _put(self, key: str, stamp: tuple, until: int, body: bytes, minute: int) -> bool:
         asked = self.asked.pop(key, 0) + 1
         old = self.kept.pop(key, None)
         if old is not None:

@@ -229,3 +229,38 @@ def test_a_change_after_redis_lost_its_data_is_never_mistaken_for_an_old_one(red
            "fellowship='aa', day=5)), by='another process')\n")
     subprocess.run([sys.executable, "-c", add], cwd=ROOT, env=dict(os.environ), check=True, timeout=120)
     assert sorted(slugs(client.get("/meetings", params=SEARCH))) == ["croydon-aa-friday", "croydon-smart-tuesday"]
+
+
+def test_threads_keeping_and_reading_at_once_never_fail_nor_lose_count_of_the_size():
+    """The results are kept from the endpoints' worker threads, several at a time (api._results_shown):
+    a full store making room while another thread reads it must neither raise (an OrderedDict changed
+    while it is walked) nor lose count of what it holds (its limit would drift)."""
+    import random
+    import threading
+
+    from services.directory.answers import Answers
+
+    store, failures, stamp = Answers(200_000), [], ("s",)
+    interval = sys.getswitchinterval()
+
+    def keyworkers(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            for _ in range(20_000):
+                key = rng.randrange(3_000)
+                if store.get(key, stamp, 0) is None:
+                    store.put(key, stamp, 10, b"x" * rng.randrange(100, 400), minute=0)
+        except Exception as exc:  # noqa: BLE001 (what a request would have answered 500 with)
+            failures.append(repr(exc))
+
+    sys.setswitchinterval(1e-6)  # threads switch as often as they can
+    try:
+        threads = [threading.Thread(target=keyworkers, args=(seed,)) for seed in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert failures == []
+    assert store.size == sum(len(entry[2]) for entry in store.kept.values()) <= store.max_bytes
