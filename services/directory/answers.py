@@ -125,11 +125,6 @@ searches, meetings = Answers(SEARCH_BYTES), Answers(MEETING_BYTES)
 results = Answers(RESULT_BYTES)
 
 
-def kept_for(path: str) -> Answers:
-    """Where the answers of a route (its path template) are kept."""
-    return searches if path == "/meetings" else meetings
-
-
 def minute_now() -> int:
     """Minutes since the epoch (UTC): the unit answers are kept in."""
     return int(time.time() // 60)

@@ -84,7 +84,7 @@ class KeptRoute(APIRoute):
     it. Only what was answered 200 is kept, so a kept answer's path and query were valid."""
 
     def get_route_handler(self):
-        make, kept = super().get_route_handler(), answers.kept_for(self.path)
+        make, kept = super().get_route_handler(), self.endpoint.kept_in
 
         async def kept_or_made(request: Request) -> Response:
             stamp = await answers.stamp(request)  # counts the public rate limit too (429 when over)
@@ -100,16 +100,17 @@ class KeptRoute(APIRoute):
         return kept_or_made
 
 
-def kept_get(path: str, **route):
-    """``@app.get`` for a KeptRoute (in the app's own routes, where the 405 answer's Allow header and
-    the OpenAPI document find it)."""
+def kept_get(path: str, kept_in: answers.Answers, **route):
+    """``@app.get`` for a KeptRoute whose answers are kept in ``kept_in`` (in the app's own routes, where
+    the 405 answer's Allow header and the OpenAPI document find it)."""
     def register(endpoint):
+        endpoint.kept_in = kept_in
         app.router.add_api_route(path, endpoint, methods=["GET"], route_class_override=KeptRoute, **route)
         return endpoint
     return register
 
 
-@kept_get("/meetings", response_model=MeetingPage, tags=["meetings"],
+@kept_get("/meetings", answers.searches, response_model=MeetingPage, tags=["meetings"],
           summary="Search meetings (public)", dependencies=[PublicRateLimit])
 async def search_meetings(
     request: Request,
@@ -261,7 +262,7 @@ def _page_body(envelope: bytes, results: list[bytes], beyond: list[bytes]) -> by
                      b",".join(beyond), b"]}"))
 
 
-@kept_get("/meetings/{slug}", response_model=MeetingResult, tags=["meetings"],
+@kept_get("/meetings/{slug}", answers.meetings, response_model=MeetingResult, tags=["meetings"],
           summary="One meeting (public)", dependencies=[PublicRateLimit])
 async def get_meeting(request: Request, slug: str):
     return await _kept_answer(request, lambda: _meeting(slug).model_dump_json(by_alias=True).encode())
