@@ -9,6 +9,9 @@ import json
 from email.utils import format_datetime, parsedate_to_datetime
 from typing import Annotated, Any, Literal
 
+import anyio
+import anyio.to_thread
+from anyio.lowlevel import RunVar
 from fastapi import Body, Depends, HTTPException, Query, Request, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, Response
@@ -138,6 +141,23 @@ async def search_meetings(
         limit=limit, offset=offset, page=page, keeping=request.scope.get(answers.KEEPING)))
 
 
+# Public answers are made in at most this many threads at once per process (the others wait their
+# turn): more only fight over the interpreter lock, and the event loop serving kept answers waits
+# for it too (docs/PERFORMANCE.md §10). Other endpoints keep the default thread pool.
+PUBLIC_ANSWER_THREADS = 2
+_public_answer_threads: RunVar[anyio.CapacityLimiter] = RunVar("fama_public_answer_threads")
+
+
+def public_answer_threads() -> anyio.CapacityLimiter:
+    """This event loop's limiter of the threads making public answers."""
+    try:
+        return _public_answer_threads.get()
+    except LookupError:
+        limiter = anyio.CapacityLimiter(PUBLIC_ANSWER_THREADS)
+        _public_answer_threads.set(limiter)
+        return limiter
+
+
 async def _kept_answer(request: Request, make) -> Response:
     """``make()``'s answer (JSON bytes), made in a worker thread, and kept under the stamp KeptRoute read
     (none was kept for this path and query) until it could read differently (answers.kept_until)."""
@@ -147,7 +167,7 @@ async def _kept_answer(request: Request, make) -> Response:
         body = make()
         return body, answers.kept_until(keeping.minute, keeping.stamp) if keeping else None
 
-    body, until = await run_in_threadpool(made)
+    body, until = await anyio.to_thread.run_sync(made, limiter=public_answer_threads())
     if keeping:
         keeping.answers.put(answers.key_of(request.scope), keeping.stamp, until, body, minute=keeping.minute)
     return Response(body, media_type="application/json")

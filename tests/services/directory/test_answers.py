@@ -264,3 +264,53 @@ def test_threads_keeping_and_reading_at_once_never_fail_nor_lose_count_of_the_si
         sys.setswitchinterval(interval)
     assert failures == []
     assert store.size == sum(len(entry[2]) for entry in store.kept.values()) <= store.max_bytes
+
+
+def test_public_answers_are_made_in_their_own_few_threads_and_never_hold_up_other_endpoints(monkeypatch):
+    """At most PUBLIC_ANSWER_THREADS public answers are made at once in a process (more only fight
+    over the interpreter lock); the rest wait their turn, while the other endpoints keep their own
+    threads: a keyworker's desk is not held up by a burst of public searches."""
+    import asyncio
+    import threading
+
+    import httpx
+
+    from services.directory import api
+
+    assert client.post("/meetings", json=meeting(), headers=ADMIN).status_code == 201
+    making, most, lock, made = 0, 0, threading.Lock(), api._search_page
+
+    def slow_search_page(**search):
+        nonlocal making, most
+        with lock:
+            making += 1
+            most = max(most, making)
+        try:
+            time.sleep(0.5)  # a search held up by a slow database
+            return made(**search)
+        finally:
+            with lock:
+                making -= 1
+
+    monkeypatch.setattr(api, "_search_page", slow_search_page)
+
+    async def burst() -> list[str]:
+        done: list[str] = []
+        transport = httpx.ASGITransport(app=app, client=("192.0.2.10", 5000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://fama.test") as http:
+            async def search(radius: int):
+                response = await http.get("/meetings", params={"near": "CR0", "radius_km": radius})
+                assert response.status_code == 200 and slugs(response) == ["croydon-smart-tuesday"]
+                done.append("search")
+
+            async def desk():
+                await asyncio.sleep(0.1)  # while the searches are being made
+                response = await http.get("/sites", headers=ADMIN)
+                assert response.status_code == 200
+                done.append("desk")
+            await asyncio.gather(*(search(radius) for radius in range(5, 11)), desk())
+        return done
+
+    done = asyncio.run(burst())
+    assert most == api.PUBLIC_ANSWER_THREADS  # six searches asked at once, two made at a time
+    assert done.index("desk") < 4 and done.count("search") == 6  # the desk answered before most of them
