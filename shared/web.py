@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+import anyio.to_thread
 import redis
 import redis.asyncio
 import structlog
@@ -280,10 +281,17 @@ def make_app(*, service: str, settings: ServiceSettings, engine: Callable[[], En
 
 
 @contextlib.asynccontextmanager
-async def _frozen_at_start(_app: FastAPI):
-    """What the process loaded to start (~160,000 objects: the app, its models, SQLAlchemy's and
-    pydantic's) is left out of the garbage collector's scans: a full scan of it took ~90 ms, every few
-    thousand requests, and was the slowest 1% of a busy API's answers (docs/PERFORMANCE.md §9)."""
+async def _frozen_at_start(app: FastAPI):
+    """Before the first request: the app's ``warm_up`` calls (``app.state.warm_up``: what the first
+    requests would otherwise pay for, made in a thread), then what the process loaded to start
+    (~160,000 objects: the app, its models, SQLAlchemy's and pydantic's) is left out of the garbage
+    collector's scans: a full scan of it took ~90 ms, every few thousand requests, and was the slowest
+    1% of a busy API's answers (docs/PERFORMANCE.md §9)."""
+    for warm_up in app.state.warm_up:
+        try:
+            await anyio.to_thread.run_sync(warm_up)
+        except Exception as exc:  # noqa: BLE001 (the database may be down: start anyway, /healthz says so)
+            log.warning("app.warm_up_failed", warm_up=warm_up.__name__, error=type(exc).__name__)
     gc.collect()
     gc.freeze()
     yield
@@ -298,6 +306,7 @@ def _new_app(*, service: str, settings: ServiceSettings, title: str, description
                   dependencies=[Depends(reject_unknown_query_parameters)], **fastapi_kw)
     app.state.settings = settings
     app.state.service = service
+    app.state.warm_up = []
     # Paths whose responses are never stored by a browser or proxy, even without credentials (pages add theirs).
     app.state.private_paths = ()
     # Cookies that sign a browser in (pages add theirs): a request carrying one is answered no-store.

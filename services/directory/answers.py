@@ -244,6 +244,15 @@ async def stamp(request: Request) -> tuple | None:
     return (_local_changes, shared)
 
 
+def current_stamp() -> tuple | None:
+    """The stamp a request made now would read (``stamp``), outside a request; None if Redis cannot be
+    read."""
+    try:
+        return (_local_changes, runtime.redis.get(version_key()))
+    except redis.RedisError:
+        return None
+
+
 def changed(session: Session) -> None:
     """Mark the session's transaction as changing what the answers say (meetings, postcodes): once it
     commits, the kept answers are stale."""

@@ -37,6 +37,25 @@ def test_not_ready_when_database_and_redis_are_down(tmp_path):
     assert response.json()["checks"]["redis"].startswith("unavailable")
 
 
+def test_a_warm_up_that_fails_never_stops_the_app_from_starting_and_saying_what_is_wrong():
+    """The warm-up calls run before the first request; the database may be down then: the app starts
+    all the same and /readyz says what is unavailable."""
+    settings = ServiceSettings(redis_url="redis://127.0.0.1:1/0")
+    engine = make_engine("postgresql+psycopg://nobody@127.0.0.1:1/none")
+    app = make_app(service="x", settings=settings, engine=lambda: engine, title="FAMA x")
+    warmed = []
+
+    def reads_the_database():
+        with engine.connect():
+            warmed.append("never")
+
+    app.state.warm_up += [reads_the_database, lambda: warmed.append("after a failed one")]
+    with TestClient(app) as client:  # runs the lifespan, as uvicorn does
+        assert warmed == ["after a failed one"]
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/readyz").json()["checks"]["database"].startswith("unavailable")
+
+
 def test_oversized_request_is_413():
     settings = ServiceSettings(max_request_bytes=1000)
     app = make_app(service="x", settings=settings, engine=lambda: None, title="FAMA x")

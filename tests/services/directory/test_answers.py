@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from services.directory.api import app
 from tests.services.directory.helpers import meeting
@@ -314,3 +315,26 @@ def test_public_answers_are_made_in_their_own_few_threads_and_never_hold_up_othe
     done = asyncio.run(burst())
     assert most == api.PUBLIC_ANSWER_THREADS  # six searches asked at once, two made at a time
     assert done.index("desk") < 4 and done.count("search") == 6  # the desk answered before most of them
+
+
+def test_a_process_starts_with_each_live_meeting_made_as_searches_show_it():
+    """A process's first searches after a start or a deploy do not each compute their results: the
+    warm-up (api._warm_up, run before the first request) made them, under the stamp requests read."""
+    from services.directory import answers
+    from services.directory.models import Meeting
+    from services.directory.runtime import runtime
+
+    far = meeting(slug="newcastle-na", fellowship="na", postcode="NE1 4ST", latitude=54.97, longitude=-1.61)
+    for body in (meeting(), far, meeting(slug="croydon-aa-friday", fellowship="aa", day=5)):
+        assert client.post("/meetings", json=body, headers=ADMIN).status_code == 201
+    withdraw = client.post("/meetings/croydon-aa-friday/withdraw", json={"reason": "closed"}, headers=ADMIN)
+    assert withdraw.status_code == 200
+    well_inside_a_minute()
+    with TestClient(app) as started:  # runs the lifespan, as uvicorn does
+        stamp, minute = answers.current_stamp(), answers.minute_now()
+        with runtime.reads() as session:
+            ids = dict(session.execute(select(Meeting.slug, Meeting.id)).all())
+        for live in ("croydon-smart-tuesday", "newcastle-na"):  # the latter far from any search it made
+            assert answers.results.get((ids[live], None), stamp, minute) is not None, live
+        assert answers.results.get((ids["croydon-aa-friday"], None), stamp, minute) is None  # withdrawn
+        assert slugs(started.get("/meetings", params=SEARCH)) == ["croydon-smart-tuesday"]
