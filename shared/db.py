@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from sqlalchemy import DateTime, Engine, MetaData, TypeDecorator, create_engine, event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
@@ -50,6 +51,12 @@ def make_metadata() -> MetaData:
 
 def is_sqlite(bind) -> bool:
     return bind.dialect.name == "sqlite"
+
+
+def upsert(dialect: str, target):
+    """``INSERT`` into ``target`` with the ``ON CONFLICT`` clauses of the database (``dialect``:
+    PostgreSQL's, else SQLite's, the two FAMA runs on)."""
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(target)
 
 
 def make_engine(url: str, *, ping_after_idle: float | None = None, **kw) -> Engine:

@@ -21,7 +21,7 @@ from sqlalchemy import Column, MetaData, String, Table, Uuid, delete
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db import UTCDateTime, transaction
+from shared.db import UTCDateTime, transaction, upsert
 from shared.events import Event, refusal, utcnow
 
 log = structlog.get_logger(__name__)
@@ -66,15 +66,11 @@ def claim_new(session: Session, inbox: Table, events: list[Event]) -> set | None
     concurrent delivery's row is waited for: committed, it is skipped), in the session's transaction.
     Returns the ids inserted, or None where the database has no ``ON CONFLICT DO NOTHING``."""
     dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:
+    if dialect not in ("postgresql", "sqlite"):
         return None
     now = utcnow()
     rows = [{"event_id": e.event_id, "event_type": e.type, "processed_at": now} for e in events]
-    statement = insert(inbox).values(rows).on_conflict_do_nothing(index_elements=["event_id"])
+    statement = upsert(dialect, inbox).values(rows).on_conflict_do_nothing(index_elements=["event_id"])
     return set(session.execute(statement.returning(inbox.c.event_id)).scalars())
 
 

@@ -1,7 +1,7 @@
 """Engagement: counters per site, fellowship and ISO week, and what each reader may see of them.
 
 Everything about the concept lives here: the metric vocabulary, counting facts from events
-(the handlers call ``count_fact``), the read model (``read`` / ``tabulate``), who may see
+(the handlers call ``count_facts``), the read model (``read`` / ``tabulate``), who may see
 which sites (``scope_of``), disclosure control for commissioners (``rounded``) and the CSV
 both downloads share (``csv_text``). The API and the dashboard only present what this
 module returns.
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import functools
 import io
 import secrets
 from collections import defaultdict
@@ -33,12 +34,12 @@ from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from services.directory import service
 from services.directory.models import EngagementCount, EngagementFact, Site
 from shared.auth import Principal, Role
+from shared.db import upsert
 from shared.errors import Forbidden
 from shared.events import Stage
 
@@ -91,28 +92,34 @@ def stage_metrics(*, business_status: str | None, to_status: str | None, accompa
 
 # --- counting from events -----------------------------------------------------------------
 
-def _insert(session: Session, model):
-    dialect = session.get_bind().dialect.name
-    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(model)
+@functools.cache
+def _counting(dialect: str):
+    """The two statements counting facts: a fact once ever, and a counter by one. Built once per
+    database kind: executing them skips building them again, and each takes many rows at once."""
+    facts = (upsert(dialect, EngagementFact).on_conflict_do_nothing(index_elements=["subject", "metric"])
+             .returning(EngagementFact.metric))
+    counts = upsert(dialect, EngagementCount).on_conflict_do_update(
+        index_elements=["site_id", "fellowship", "week_start", "metric"], set_={"count": EngagementCount.count + 1})
+    return facts, counts
 
 
-def count_fact(session: Session, *, subject: str, metric: str, site_id: str, fellowship: str,
-               occurred_at: dt.datetime) -> bool:
-    """Count ``metric`` for ``subject`` once ever; True if it was new."""
-    monday = week_start(occurred_at)
-    inserted = session.execute(
-        _insert(session, EngagementFact).values(subject=subject, metric=metric, site_id=site_id, fellowship=fellowship,
-                                               week_start=monday, occurred_at=occurred_at)
-        .on_conflict_do_nothing(index_elements=["subject", "metric"]).returning(EngagementFact.subject)
-    ).first()
-    if inserted is None:
-        return False
-    # A new counter draws its rounding point once; later counts keep it (see ``rounded``).
-    stmt = _insert(session, EngagementCount).values(site_id=site_id, fellowship=fellowship, week_start=monday,
-                                                    metric=metric, count=1, rounding_point=secrets.randbelow(BASE))
-    session.execute(stmt.on_conflict_do_update(index_elements=["site_id", "fellowship", "week_start", "metric"],
-                                               set_={"count": EngagementCount.count + 1}))
-    return True
+def count_facts(session: Session, *, subject: str, metrics: Iterable[str], site_id: str, fellowship: str,
+                occurred_at: dt.datetime) -> list[str]:
+    """Count each of ``metrics`` for ``subject`` once ever, in two round trips however many they
+    are (the facts, then the counters of those that were new); returns the new ones."""
+    where = {"site_id": site_id, "fellowship": fellowship, "week_start": week_start(occurred_at)}
+    facts = [{"subject": subject, "metric": metric, "occurred_at": occurred_at, **where}
+             for metric in sorted(set(metrics))]
+    if not facts:
+        return []
+    fact_stmt, count_stmt = _counting(session.get_bind().dialect.name)
+    new = sorted(session.scalars(fact_stmt, facts))
+    if new:
+        # A new counter draws its rounding point once; later counts keep it (see ``rounded``). Rows in
+        # key order, so two workers counting the same counters lock them in the same order.
+        session.execute(count_stmt, [{"metric": metric, "count": 1, "rounding_point": secrets.randbelow(BASE), **where}
+                                     for metric in new])
+    return new
 
 
 # --- disclosure control -------------------------------------------------------------------

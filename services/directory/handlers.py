@@ -24,32 +24,31 @@ from shared.inbox import Handler
 
 def referral_created(session: Session, event: Event) -> None:
     payload: ReferralCreated = event.parsed()
-    where = {"site_id": payload.site_id, "fellowship": payload.fellowship, "occurred_at": event.occurred_at}
-    engagement.count_fact(session, subject=str(payload.referral_id), metric="referrals_made", **where)
-    for metric in engagement.stage_metrics(business_status=payload.business_status, to_status=payload.status,
-                                           accompanied=None):
-        engagement.count_fact(session, subject=str(payload.referral_id), metric=metric, **where)
+    stages = engagement.stage_metrics(business_status=payload.business_status, to_status=payload.status,
+                                      accompanied=None)
+    engagement.count_facts(session, subject=str(payload.referral_id), metrics=["referrals_made", *stages],
+                           site_id=payload.site_id, fellowship=payload.fellowship, occurred_at=event.occurred_at)
 
 
 def referral_status_changed(session: Session, event: Event) -> None:
     payload: ReferralStatusChanged = event.parsed()
-    for metric in engagement.stage_metrics(business_status=payload.business_status, to_status=payload.to_status,
-                                           accompanied=payload.accompanied, client_reported=payload.client_reported):
-        engagement.count_fact(session, subject=str(payload.referral_id), metric=metric, site_id=payload.site_id,
-                              fellowship=payload.fellowship, occurred_at=event.occurred_at)
+    metrics = engagement.stage_metrics(business_status=payload.business_status, to_status=payload.to_status,
+                                       accompanied=payload.accompanied, client_reported=payload.client_reported)
+    engagement.count_facts(session, subject=str(payload.referral_id), metrics=metrics, site_id=payload.site_id,
+                           fellowship=payload.fellowship, occurred_at=event.occurred_at)
 
 
 def referral_consent_withdrawn(session: Session, event: Event) -> None:
     payload: ReferralConsentWithdrawn = event.parsed()
-    engagement.count_fact(session, subject=str(payload.referral_id), metric="consent_withdrawn",
-                          site_id=payload.site_id, fellowship=payload.fellowship, occurred_at=event.occurred_at)
+    engagement.count_facts(session, subject=str(payload.referral_id), metrics=["consent_withdrawn"],
+                           site_id=payload.site_id, fellowship=payload.fellowship, occurred_at=event.occurred_at)
 
 
 def reminder_fact(metric: str) -> Handler:
     def handle(session: Session, event: Event) -> None:
         payload: ReminderFact = event.parsed()
-        engagement.count_fact(session, subject=str(payload.reminder_id), metric=metric, site_id=payload.site_id,
-                              fellowship=payload.fellowship, occurred_at=event.occurred_at)
+        engagement.count_facts(session, subject=str(payload.reminder_id), metrics=[metric], site_id=payload.site_id,
+                               fellowship=payload.fellowship, occurred_at=event.occurred_at)
 
     return handle
 
@@ -58,15 +57,15 @@ def attendance_reported(session: Session, event: Event) -> None:
     """The client's own YES to the follow-up (once per referral); a NO is not counted."""
     payload: AttendanceReported = event.parsed()
     if payload.attendance == "attended":
-        engagement.count_fact(session, subject=str(payload.referral_id), metric="client_reported_attended",
-                              site_id=payload.site_id, fellowship=payload.fellowship, occurred_at=event.occurred_at)
+        engagement.count_facts(session, subject=str(payload.referral_id), metrics=["client_reported_attended"],
+                               site_id=payload.site_id, fellowship=payload.fellowship, occurred_at=event.occurred_at)
 
 
 def contact_opted_out(session: Session, event: Event) -> None:
     payload: ContactOptedOut = event.parsed()
     for referral in payload.referrals:
-        engagement.count_fact(session, subject=str(referral.referral_id), metric="opted_out", site_id=referral.site_id,
-                              fellowship=referral.fellowship, occurred_at=event.occurred_at)
+        engagement.count_facts(session, subject=str(referral.referral_id), metrics=["opted_out"],
+                               site_id=referral.site_id, fellowship=referral.fellowship, occurred_at=event.occurred_at)
 
 
 HANDLERS: dict[str, Handler] = {

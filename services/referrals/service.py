@@ -39,11 +39,12 @@ clears the sealed contact from the referral's outbox events in the same transact
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import uuid
 from zoneinfo import ZoneInfo
 
 import structlog
-from sqlalchemy import Select, func, or_, select, update
+from sqlalchemy import Integer, Select, and_, bindparam, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from services.referrals import audit
@@ -61,6 +62,7 @@ from services.referrals.schemas import (
 )
 from shared.auth import Principal, Role
 from shared.crypto import FieldCipher
+from shared.db import upsert
 from shared.errors import Conflict, InvalidInput
 from shared.events import (
     ENDED_STATUSES,
@@ -403,6 +405,25 @@ def apply_opt_out(session: Session, *, event: Event) -> int:
 REMINDER_RANK = {"scheduled": 0, "held": 0, "sent": 1, "delivered": 2, "failed": 2, "too-late": 2, "cancelled": 2}
 
 
+@functools.cache
+def _reminder_upsert(dialect: str):
+    """The one statement a reminder fact is: the row is made, or its status moves on by rank (a
+    later event of the same rank wins; a lower rank never undoes a higher one) and its due time by
+    the later event. Built once per database kind, so each execution skips building it again."""
+    stored = ReferralReminder.__table__.c
+    stmt = upsert(dialect, ReferralReminder)
+    new = stmt.excluded
+    newer = new.status_event_at >= stored.status_event_at
+    stored_rank = case(REMINDER_RANK, value=stored.status, else_=0)
+    rank = bindparam("rank", type_=Integer)
+    wins = or_(stored_rank < rank, and_(stored_rank == rank, newer))
+    return stmt.on_conflict_do_update(index_elements=["reminder_id"], set_={
+        "due_at": case((and_(new.due_at.is_not(None), or_(stored.due_at.is_(None), newer)), new.due_at),
+                       else_=stored.due_at),
+        **{column: case((wins, new[column]), else_=stored[column]) for column in ("status", "reason", "status_event_at")},
+        "updated_at": new.updated_at})
+
+
 def record_reminder_fact(session: Session, *, event: Event) -> None:
     """reminder.*: keep the referral's local view of its reminders (and reachability)."""
     fact: ReminderFact = event.parsed()
@@ -410,21 +431,10 @@ def record_reminder_fact(session: Session, *, event: Event) -> None:
     if (fact.reason or "").startswith(("held:", "too late:")):  # notifications' send-time clock check
         status = {"scheduled": "held", "failed": "too-late"}.get(status, status)
     at = event.occurred_at
-    row = session.scalar(select(ReferralReminder).where(ReferralReminder.reminder_id == fact.reminder_id)
-                         .with_for_update())
-    if row is None:
-        session.add(ReferralReminder(reminder_id=fact.reminder_id, referral_id=fact.referral_id, kind=fact.kind,
-                                     channel=fact.channel, due_at=fact.due_at, status=status, reason=fact.reason,
-                                     status_event_at=at))
-        session.flush()
-    else:
-        stored_at = row.status_event_at
-        newer = at >= stored_at
-        if fact.due_at is not None and (row.due_at is None or newer):
-            row.due_at = fact.due_at
-        rank, stored_rank = REMINDER_RANK[status], REMINDER_RANK[row.status]
-        if rank > stored_rank or (rank == stored_rank and newer):
-            row.status, row.reason, row.status_event_at = status, fact.reason, at
+    session.execute(_reminder_upsert(session.get_bind().dialect.name), {
+        "reminder_id": fact.reminder_id, "referral_id": fact.referral_id, "kind": fact.kind, "channel": fact.channel,
+        "due_at": fact.due_at, "status": status, "reason": fact.reason, "status_event_at": at, "updated_at": utcnow(),
+        "rank": REMINDER_RANK[status]})
     if status in ("failed", "delivered"):
         _update_reachability(session, fact=fact, status=status, at=at)
 

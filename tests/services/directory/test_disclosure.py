@@ -270,8 +270,8 @@ def west_midlands(clean_state):
                                                         region=site.region))
         for site_id, fellowship, n in (("solihull", "aa", 5), ("birmingham", "smart", 1)):
             for _ in range(n):
-                engagement.count_fact(session, subject=str(uuid.uuid4()), metric=METRIC, site_id=site_id,
-                                      fellowship=fellowship, occurred_at=dt.datetime(2026, 11, 17, 10, tzinfo=dt.UTC))
+                engagement.count_facts(session, subject=str(uuid.uuid4()), metrics=[METRIC], site_id=site_id,
+                                       fellowship=fellowship, occurred_at=dt.datetime(2026, 11, 17, 10, tzinfo=dt.UTC))
 
 
 @pytest.mark.parametrize("point", [None, 0, 1, 2, 3, 4])

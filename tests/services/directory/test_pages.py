@@ -270,8 +270,8 @@ def count(metric: str, n: int, *, site: str = "croydon", fellowship: str = "aa",
     """n facts of one metric, as the event handlers count them."""
     with runtime.transaction() as session:
         for i in range(n):
-            engagement.count_fact(session, subject=f"{site}-{metric}-{fellowship}-{at.date()}-{i}", metric=metric,
-                               site_id=site, fellowship=fellowship, occurred_at=at)
+            engagement.count_facts(session, subject=f"{site}-{metric}-{fellowship}-{at.date()}-{i}", metrics=[metric],
+                                   site_id=site, fellowship=fellowship, occurred_at=at)
 
 
 def dashboard(role: str, site=None, region=None, query: str = ""):

@@ -17,7 +17,7 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("engagement_counts") as batch_op:
         batch_op.add_column(sa.Column("rounding_point", sa.SmallInteger(), nullable=True))
-    # Existing counters get their own random draw, as new ones do (engagement.count_fact).
+    # Existing counters get their own random draw, as new ones do (engagement.count_facts).
     conn = op.get_bind()
     counts = sa.table("engagement_counts", sa.column("site_id"), sa.column("fellowship"), sa.column("week_start"),
                       sa.column("metric"), sa.column("rounding_point"))
