@@ -53,9 +53,9 @@ def is_sqlite(bind) -> bool:
     return bind.dialect.name == "sqlite"
 
 
-def upsert(dialect: str, target):
-    """``INSERT`` into ``target`` with the ``ON CONFLICT`` clauses of the database (``dialect``:
-    PostgreSQL's, else SQLite's, the two FAMA runs on)."""
+def dialect_insert(dialect: str, target):
+    """The database's own ``INSERT`` into ``target``, the one with ``on_conflict_do_nothing`` /
+    ``on_conflict_do_update`` (``dialect``: PostgreSQL's, else SQLite's, the two FAMA runs on)."""
     return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(target)
 
 

@@ -21,7 +21,7 @@ from sqlalchemy import Column, MetaData, String, Table, Uuid, delete
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db import UTCDateTime, transaction, upsert
+from shared.db import UTCDateTime, dialect_insert, transaction
 from shared.events import Event, refusal, utcnow
 
 log = structlog.get_logger(__name__)
@@ -70,7 +70,7 @@ def claim_new(session: Session, inbox: Table, events: list[Event]) -> set | None
         return None
     now = utcnow()
     rows = [{"event_id": e.event_id, "event_type": e.type, "processed_at": now} for e in events]
-    statement = upsert(dialect, inbox).values(rows).on_conflict_do_nothing(index_elements=["event_id"])
+    statement = dialect_insert(dialect, inbox).values(rows).on_conflict_do_nothing(index_elements=["event_id"])
     return set(session.execute(statement.returning(inbox.c.event_id)).scalars())
 
 

@@ -39,7 +39,7 @@ from sqlalchemy.orm import Session
 from services.directory import service
 from services.directory.models import EngagementCount, EngagementFact, Site
 from shared.auth import Principal, Role
-from shared.db import upsert
+from shared.db import dialect_insert
 from shared.errors import Forbidden
 from shared.events import Stage
 
@@ -96,9 +96,9 @@ def stage_metrics(*, business_status: str | None, to_status: str | None, accompa
 def _counting(dialect: str):
     """The two statements counting facts: a fact once ever, and a counter by one. Built once per
     database kind: executing them skips building them again, and each takes many rows at once."""
-    facts = (upsert(dialect, EngagementFact).on_conflict_do_nothing(index_elements=["subject", "metric"])
+    facts = (dialect_insert(dialect, EngagementFact).on_conflict_do_nothing(index_elements=["subject", "metric"])
              .returning(EngagementFact.metric))
-    counts = upsert(dialect, EngagementCount).on_conflict_do_update(
+    counts = dialect_insert(dialect, EngagementCount).on_conflict_do_update(
         index_elements=["site_id", "fellowship", "week_start", "metric"], set_={"count": EngagementCount.count + 1})
     return facts, counts
 

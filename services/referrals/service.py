@@ -62,7 +62,7 @@ from services.referrals.schemas import (
 )
 from shared.auth import Principal, Role
 from shared.crypto import FieldCipher
-from shared.db import upsert
+from shared.db import dialect_insert
 from shared.errors import Conflict, InvalidInput
 from shared.events import (
     ENDED_STATUSES,
@@ -409,19 +409,20 @@ REMINDER_RANK = {"scheduled": 0, "held": 0, "sent": 1, "delivered": 2, "failed":
 def _reminder_upsert(dialect: str):
     """The one statement a reminder fact is: the row is made, or its status moves on by rank (a
     later event of the same rank wins; a lower rank never undoes a higher one) and its due time by
-    the later event. Built once per database kind, so each execution skips building it again."""
+    the later event; a stale event changes nothing, ``updated_at`` included. Built once per
+    database kind, so each execution skips building it again."""
     stored = ReferralReminder.__table__.c
-    stmt = upsert(dialect, ReferralReminder)
+    stmt = dialect_insert(dialect, ReferralReminder)
     new = stmt.excluded
     newer = new.status_event_at >= stored.status_event_at
     stored_rank = case(REMINDER_RANK, value=stored.status, else_=0)
     rank = bindparam("rank", type_=Integer)
     wins = or_(stored_rank < rank, and_(stored_rank == rank, newer))
+    due_moves = and_(new.due_at.is_not(None), or_(stored.due_at.is_(None), newer))
     return stmt.on_conflict_do_update(index_elements=["reminder_id"], set_={
-        "due_at": case((and_(new.due_at.is_not(None), or_(stored.due_at.is_(None), newer)), new.due_at),
-                       else_=stored.due_at),
+        "due_at": case((due_moves, new.due_at), else_=stored.due_at),
         **{column: case((wins, new[column]), else_=stored[column]) for column in ("status", "reason", "status_event_at")},
-        "updated_at": new.updated_at})
+        "updated_at": case((or_(wins, due_moves), new.updated_at), else_=stored.updated_at)})
 
 
 def record_reminder_fact(session: Session, *, event: Event) -> None:

@@ -119,6 +119,20 @@ def test_reminder_events_in_any_order_end_as_delivered(referral, order):
     assert rows[0].due_at == due
 
 
+def test_a_stale_reminder_event_changes_nothing_of_the_row(referral):
+    rid = uuid.uuid4()
+    t0 = utcnow()
+    assert deliver(reminder_event("delivered", referral["id"], reminder_id=rid, at=t0)) is True
+    with runtime.sessions() as session:
+        before = session.get(ReferralReminder, rid)
+        before = (before.status, before.status_event_at, before.due_at, before.updated_at)
+    # An older "sent" arrives late: new to the inbox, but it must not touch the row.
+    assert deliver(reminder_event("sent", referral["id"], reminder_id=rid, at=t0 - dt.timedelta(minutes=1))) is True
+    with runtime.sessions() as session:
+        after = session.get(ReferralReminder, rid)
+        assert (after.status, after.status_event_at, after.due_at, after.updated_at) == before
+
+
 def test_failed_reminder_flags_the_contact_unreachable_once(referral):
     rid = uuid.uuid4()
     t0 = utcnow()
