@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 import phonenumbers
 import structlog
-from sqlalchemy import func, select, update
+from sqlalchemy import func, inspect, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -316,8 +316,10 @@ def plan_reminders(session: Session, *, contact: ReferralContact, meeting: Meeti
     end = meeting_end(meeting, start, cfg)
     times = plan_times(meeting=meeting, planned_date=contact.planned_date, now=now, cfg=cfg)
     # Keyed as the unique constraint: one reminder of a kind per referral and meeting occurrence.
-    existing = {(r.kind, aware(r.meeting_start)): r
-                for r in session.scalars(select(Reminder).where(Reminder.referral_id == contact.referral_id))}
+    # A contact not yet written (new in this transaction) has none: reminders are made only here.
+    existing = {} if inspect(contact).pending else {
+        (r.kind, aware(r.meeting_start)): r
+        for r in session.scalars(select(Reminder).where(Reminder.referral_id == contact.referral_id))}
     days = {kind: _local_day(due, tz) for kind, due in times.items() if kind in PLANNED_KINDS}
     # The contact's planned reminders, and those this plan adds as it goes (in priority order).
     planned = _planned_over(session, contact.contact_hash, days.values())
@@ -346,6 +348,16 @@ def plan_reminders(session: Session, *, contact: ReferralContact, meeting: Meeti
     return made
 
 
+def _opt_out_and_meeting(session: Session, hash_: str, slug: str) -> tuple[bool, MeetingSnapshot | None]:
+    """Whether the contact opted out, and the referral's meeting: one round trip for both."""
+    row = session.execute(select(
+        select(OptOut.contact_hash).where(OptOut.contact_hash == hash_).exists().label("opted_out"),
+        select(meeting_replica.c.snapshot).where(meeting_replica.c.slug == slug).scalar_subquery().label("snapshot"),
+    )).one()
+    meeting = None if row.opted_out or row.snapshot is None else MeetingSnapshot.model_validate(row.snapshot)
+    return bool(row.opted_out), meeting
+
+
 def record_referral(session: Session, *, referral: ReferralCreated, now: dt.datetime | None = None) -> ReferralContact | None:
     """referral.created: keep the contact (encrypted) and plan its reminders."""
     contact = session.get(ReferralContact, referral.referral_id)
@@ -361,8 +373,7 @@ def record_referral(session: Session, *, referral: ReferralCreated, now: dt.date
         channel, value = "email", details.email.strip()
     # Read before the contact changes, so the contact is written once, as planned (no autoflush between).
     hash_ = contact_hash(value, channel) if value is not None else None
-    opted_out = hash_ is not None and is_opted_out(session, hash_)
-    meeting = get_meeting(session, meeting_replica, referral.meeting_slug) if hash_ and not opted_out else None
+    opted_out, meeting = _opt_out_and_meeting(session, hash_, referral.meeting_slug) if hash_ else (False, None)
     if contact is None:
         contact = ReferralContact(referral_id=referral.referral_id, active=True, planned=False)
         session.add(contact)
